@@ -1,0 +1,33 @@
+"""The Python API: build a plan from a config object and run it; the CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .executors import Executor
+from .plan import Plan, build_plan
+from .results import PipelineResult
+
+
+def run_pipeline(
+    config: DictConfig | Mapping[str, Any],
+    *,
+    name: str = "runtree",
+    executor: Executor | None = None,
+) -> PipelineResult:
+    """Validate `config` (raising ConfigErrors before any run exists), then run it and return its results.
+
+    `name` is the experiment used when the config sets none (the CLI passes the sweep's name).
+    """
+    return run_plan(build_plan(config, default_experiment=name), executor=executor)
+
+
+def run_plan(plan: Plan, *, executor: Executor | None = None) -> PipelineResult:
+    from .runner import Runner
+    from .tracking import TrackingWriter
+
+    writer = TrackingWriter(uri=plan.tracking_uri, experiment=plan.experiment)
+    return Runner(plan, writer=writer, executor=executor).run()

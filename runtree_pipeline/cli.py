@@ -1,0 +1,62 @@
+"""`python -m runtree_pipeline +sweep=NAME key=value ...`: Hydra composes the config, we plan, run and report.
+
+User errors are one line each on stderr with a non-zero exit (2: bad config, 3: tracking store unusable,
+1: the pipeline ran but a stage produced no result); bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .errors import ConfigErrors
+from .plan import build_plan
+
+log = logging.getLogger("runtree_pipeline")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _fail(code: int, message: str) -> None:
+    for line in message.splitlines():
+        print(f"runtree: error: {line}", file=sys.stderr)
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    sweep_name = hydra_cfg.runtime.choices.get("sweep") or "runtree"
+    try:
+        plan = build_plan(cfg, default_experiment=sweep_name)
+    except ConfigErrors as e:
+        _fail(2, str(e))
+    if cfg.get("dry_run"):
+        print(plan.describe())
+        return
+
+    from hydra.utils import instantiate
+
+    from .api import run_plan
+    from .summary import render, write_json
+    from .tracking import TrackingUnavailable
+
+    executor = instantiate(cfg.executor) if cfg.get("executor") else None
+    try:
+        result = run_plan(plan, executor=executor)
+    except TrackingUnavailable as e:
+        _fail(3, str(e))
+    where = f"experiment '{result.experiment}' in {result.tracking_uri}"
+    if not result.tracking_uri.startswith(("http://", "https://")):
+        where += f" — run `mlflow ui --backend-store-uri {result.tracking_uri}` and open that experiment"
+    print(render(result, plan, where=where))
+    summary = write_json(result, Path(hydra_cfg.runtime.output_dir) / "summary.json")
+    log.info("summary written to %s", summary)
+    if not result.ok:
+        failed = [f"{n}: {s.reason}" for n, s in result.stages.items() if s.status != "FINISHED"]
+        _fail(1, "pipeline did not complete: " + "; ".join(failed))

@@ -1,0 +1,32 @@
+"""Errors a user can fix by editing the config, kept apart from bugs so the CLI can print them as one line each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """One problem in the config, located by stage and key so the user knows where to look."""
+
+    def __init__(self, message: str, *, stage: str | None = None, key: str | None = None) -> None:
+        self.stage = stage
+        self.key = key
+        self.detail = message
+        where = []
+        if stage is not None:
+            where.append(f"stage '{stage}'")
+        if key is not None:
+            where.append(f"key '{key}'")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class ConfigErrors(ValueError):
+    """All problems found in one validation pass, so a user fixes them in one go rather than one per attempt."""
+
+    def __init__(self, errors: Iterable[ConfigError]) -> None:
+        self.errors = sorted(errors, key=lambda e: (e.stage or "", e.key or "", e.detail))
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class PipelineFailed(RuntimeError):
+    """The pipeline ran but could not produce what was asked (e.g. a stage with no successful leaf)."""

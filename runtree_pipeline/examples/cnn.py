@@ -1,0 +1,113 @@
+"""Small digits CNN used as example pipeline stage targets.
+
+Heavy imports (torch, sklearn, mlflow) live inside the functions so that
+importing this module stays cheap for the pipeline loader.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def _save_npz_atomic(path: Path, **arrays: Any) -> None:
+    """Concurrent prepare() calls may target the same directory; never expose a half-written file."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare(*, val_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """Split the bundled 8x8 digits once so training stages share identical data without downloads."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    X = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    X_tr, X_val, y_tr, y_val = train_test_split(
+        X, y, test_size=val_fraction, stratify=y, random_state=seed
+    )
+
+    base = Path(os.environ.get("RUNTREE_DATA_DIR") or tempfile.gettempdir())
+    out = (base / "runtree_digits" / f"val{val_fraction}_seed{seed}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _save_npz_atomic(out / "train.npz", X=X_tr, y=y_tr)
+    _save_npz_atomic(out / "val.npz", X=X_val, y=y_val)
+    return {"data_dir": str(out), "n_train": int(len(y_tr)), "n_val": int(len(y_val))}
+
+
+def train(
+    *,
+    data_dir: str,
+    epochs: int = 3,
+    channels: int = 16,
+    lr: float = 0.01,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train a tiny CNN: real enough to give meaningful curves, small enough for CPU in about a second."""
+    import mlflow
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with np.load(Path(data_dir) / name) as d:
+            return torch.from_numpy(d["X"]), torch.from_numpy(d["y"])
+
+    X_tr, y_tr = load("train.npz")
+    X_val, y_val = load("val.npz")
+
+    model = nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * channels * 4 * 4, 10),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    log_curve = mlflow.active_run() is not None
+
+    train_loss = val_loss = val_acc = float("nan")
+    for epoch in range(epochs):
+        model.train()
+        total, seen = 0.0, 0
+        for idx in torch.randperm(len(y_tr), generator=gen).split(batch_size):
+            opt.zero_grad()
+            loss = loss_fn(model(X_tr[idx]), y_tr[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        train_loss = total / seen
+
+        model.eval()
+        with torch.no_grad():
+            logits = model(X_val)
+            val_loss = loss_fn(logits, y_val).item()
+            val_acc = (logits.argmax(1) == y_val).float().mean().item()
+        if log_curve:
+            mlflow.log_metric("epoch_val_loss", val_loss, step=epoch)
+
+    return {"val_loss": float(val_loss), "val_accuracy": float(val_acc), "train_loss": float(train_loss)}

@@ -1,0 +1,17 @@
+"""Tag names that make up the run tree's contract with MLflow: what readers (UI columns, `search_runs`) rely on."""
+
+PIPELINE_ID = "runtree.pipeline_id"
+STAGE = "runtree.stage"
+LEVEL = "runtree.level"
+ROOT_RUN_ID = "runtree.root_run_id"
+BEST_RUN_ID = "runtree.best_run_id"
+UPSTREAM = "runtree.upstream."
+ERROR = "runtree.error"
+FAILED_CHILDREN = "runtree.failed_children"
+CHILDREN = "runtree.children"
+BEST_PARAM = "best."
+BEST_METRIC = "best_"
+
+CONFIG_ARTIFACT = "config.yaml"
+OUTPUTS_ARTIFACT = "outputs.json"
+TRACEBACK_ARTIFACT = "traceback.txt"
