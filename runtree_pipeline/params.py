@@ -18,8 +18,8 @@ def merge(base: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]
                 if not isinstance(node.get(part), dict):
                     node[part] = {}
                 node = node[part]
-            if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-                node[leaf] = merge(node[leaf], value)
+            if isinstance(value, Mapping):
+                node[leaf] = merge(node[leaf] if isinstance(node.get(leaf), dict) else {}, value)
             else:
                 node[leaf] = copy.deepcopy(value)
     return out
@@ -38,7 +38,7 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def lookup(params: Mapping[str, Any], dotted: str) -> Any:
-    """A value by dotted key; raises KeyError naming what exists."""
+    """A value by dotted key (`opt.lr`); KeyError when any part is missing."""
     node: Any = params
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:

@@ -118,15 +118,18 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
     objective = _objective(top.get("objective"), None, errors)
     tags = _tags(top.get("tags"), None, "tags", errors)
     stages_cfg = cfg.get("stages")
-    if not stages_cfg:
-        raise ConfigErrors([ConfigError("no stages declared: choose a pipeline with +sweep=NAME", key="stages")])
+    if not OmegaConf.is_dict(stages_cfg) or not stages_cfg:
+        errors.append(ConfigError("no stages declared: choose a pipeline with +sweep=NAME", key="stages"))
+        raise ConfigErrors(errors)
 
     stages: dict[str, StageSpec] = {}
-    for name in stages_cfg:
+    broken: set[str] = set()
+    for name in map(str, stages_cfg):
         try:
-            stages[str(name)] = _stage(str(name), stages_cfg[name], objective, errors)
+            stages[name] = _stage(name, stages_cfg[name], objective, errors)
         except ConfigError as e:
             errors.append(e)
+            broken.add(name)
 
     graph = nx.DiGraph()
     graph.add_nodes_from(stages)
@@ -134,14 +137,14 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         for dep in stage.depends_on:
             if dep in stages:
                 graph.add_edge(dep, stage.name)
-            else:
+            elif dep not in broken:
                 errors.append(ConfigError(f"unknown stage '{dep}'{_hint(dep, stages)}", stage=stage.name, key="depends_on"))
     try:
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
         order = tuple(nx.lexicographical_topological_sort(graph))
         for stage in stages.values():
-            _check_references(stage, stages, nx.ancestors(graph, stage.name), errors)
+            _check_references(stage, stages, nx.ancestors(graph, stage.name), broken, errors)
     else:
         path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
         errors.append(ConfigError(f"stages form a cycle: {path}", stage=cycle[0][0], key="depends_on"))
@@ -188,30 +191,41 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
         raise ConfigError(_first_line(e), stage=name) from None
 
     target_path = raw.get("_target_")
+    target = None
     if not isinstance(target_path, str) or not target_path:
-        raise ConfigError("missing `_target_` (a dotted path to a callable)", stage=name, key="_target_")
-    target = _import(target_path, name)
+        errors.append(ConfigError("missing `_target_` (a dotted path to a callable)", stage=name, key="_target_"))
+    else:
+        try:
+            target = _import(target_path, name)
+        except ConfigError as e:
+            errors.append(e)
     params = raw.get("params") or {}
     if not isinstance(params, dict):
-        raise ConfigError("must be a mapping", stage=name, key="params")
+        errors.append(ConfigError("must be a mapping", stage=name, key="params"))
+        params, target = {}, None
     depends_on = raw.get("depends_on") or []
     if isinstance(depends_on, str):
         depends_on = [depends_on]
+    if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+        errors.append(ConfigError(f"must be a list of stage names, got {depends_on!r}", stage=name, key="depends_on"))
+        depends_on = []
     objective = _objective(raw.get("objective"), default, errors, stage=name)
 
     levels = {}
+    sweeps_ok = True
     for level in ("variant", "subvariant"):
         if raw.get(level + "s") is not None:
             try:
                 levels[level] = parse_sweep(raw[level + "s"], stage=name, level=level)
             except ConfigError as e:
                 errors.append(e)
+                sweeps_ok = False
     on_failure = raw.get("on_failure") or "continue"
     if on_failure not in ON_FAILURE:
         errors.append(ConfigError(f"must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}", stage=name, key="on_failure"))
     spec = StageSpec(
         name=name,
-        target=target_path,
+        target=str(target_path),
         params=params,
         depends_on=tuple(str(d) for d in depends_on),
         variants=levels.get("variant"),
@@ -223,7 +237,8 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
     )
     if spec.sweeps and not objective.metric:
         errors.append(ConfigError("a stage that sweeps needs objective.metric to pick its best run", stage=name, key="objective.metric"))
-    _check_signature(spec, target, errors)
+    if sweeps_ok and target is not None:
+        _check_signature(spec, target, errors)
     return spec
 
 
@@ -263,8 +278,12 @@ def _check_signature(spec: StageSpec, target: Any, errors: list[ConfigError]) ->
             return
 
 
-def _check_references(spec: StageSpec, stages: Mapping[str, StageSpec], upstream: set[str], errors: list[ConfigError]) -> None:
+def _check_references(
+    spec: StageSpec, stages: Mapping[str, StageSpec], upstream: set[str], broken: set[str], errors: list[ConfigError]
+) -> None:
     for ref in spec.references:
+        if ref.stage in broken:
+            continue
         if ref.stage not in stages:
             errors.append(ConfigError(f"{ref.text} refers to unknown stage '{ref.stage}'{_hint(ref.stage, stages)}", stage=spec.name, key="params"))
         elif ref.stage not in upstream:

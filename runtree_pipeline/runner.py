@@ -179,11 +179,13 @@ class _Tree:
                 sampler.tell(point, leaf.objective)
 
         best = select_best(leaves, mode=self.stage.objective.mode)
-        failed = sum(leaf.status != "FINISHED" for leaf in leaves)
+        failed_leaves = sum(leaf.status != "FINISHED" for leaf in leaves)
+        failed_children = sum(node.best is None for node in children) if below else failed_leaves
         result_tags = {
             **(extra_tags or {}),
-            schema.CHILDREN: str(len(children) or len(leaves)),
-            schema.FAILED_CHILDREN: str(failed),
+            schema.CHILDREN: len(children) if below else len(leaves),
+            schema.FAILED_CHILDREN: failed_children,
+            schema.FAILED_LEAVES: failed_leaves,
         }
         metrics: dict[str, float] = {}
         if best is not None:

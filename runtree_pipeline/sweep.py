@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .params import flatten
 
 SAMPLERS = ("grid", "random", "tpe")
 SWEEP_KEYS = ("points", "params", "sampler", "n", "seed", "tags")
@@ -88,6 +89,12 @@ def point_name(params: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={format_value(v)}" for k, v in params.items())
 
 
+def _swept(params: Mapping[str, Any], dimensions: tuple[Dimension, ...]) -> dict[str, Any]:
+    """What tells siblings apart: the swept keys (all keys when nothing is swept)."""
+    swept = {d.key for d in dimensions if d.is_sweep}
+    return {k: v for k, v in params.items() if k in swept} or dict(params)
+
+
 class _Names:
     """Makes point names unique among siblings: a repeated draw becomes `name #2`."""
 
@@ -153,7 +160,7 @@ class OptunaSampler(Sampler):
         index = self._asked
         self._asked += 1
         self._trials[index] = trial
-        return Point(name=self._names.unique(point_name(params)), params=params, index=index)
+        return Point(name=self._names.unique(point_name(_swept(params, self._spec.dimensions))), params=params, index=index)
 
     def tell(self, point: Point, value: float | None) -> None:
         import optuna
@@ -194,7 +201,10 @@ def parse_sweep(raw: Any, *, stage: str, level: str) -> SweepSpec:
     has_points, has_params = raw.get("points") is not None, raw.get("params") is not None
     if has_points == has_params:
         raise ConfigError("give exactly one of `points` or `params`", stage=stage, key=where)
-    tags = {str(k): str(v) for k, v in (raw.get("tags") or {}).items()}
+    raw_tags = raw.get("tags") or {}
+    if not isinstance(raw_tags, Mapping):
+        raise ConfigError("must be a mapping of tag names to values", stage=stage, key=f"{where}.tags")
+    tags = {str(k): str(v) for k, v in raw_tags.items()}
     if has_points:
         if raw.get("sampler") not in (None, "grid"):
             raise ConfigError(
@@ -218,7 +228,7 @@ def parse_sweep(raw: Any, *, stage: str, level: str) -> SweepSpec:
             )
         names = _Names()
         points = tuple(
-            Point(name=names.unique(point_name(params)), params=params, index=i)
+            Point(name=names.unique(point_name(_swept(params, dimensions))), params=params, index=i)
             for i, params in enumerate(
                 dict(zip([d.key for d in dimensions], combo))
                 for combo in itertools.product(*(d.values() for d in dimensions))
@@ -256,8 +266,7 @@ def _dimensions(raw: Any, stage: str, where: str) -> tuple[Dimension, ...]:
         raise ConfigError("must map param names to values or sweeps", stage=stage, key=f"{where}.params")
     parser = OverridesParser.create()
     dims = []
-    for key, value in raw.items():
-        key = str(key)
+    for key, value in flatten(raw).items():
         if not isinstance(value, str):
             dims.append(Dimension(key=key, fixed=value))
             continue
@@ -269,7 +278,17 @@ def _dimensions(raw: Any, stage: str, where: str) -> tuple[Dimension, ...]:
                 f"malformed sweep {value!r}: {reason}", stage=stage, key=f"{where}.params.{key}"
             ) from None
         if override.is_sweep_override():
-            dims.append(Dimension(key=key, override=override))
+            dim = Dimension(key=key, override=override)
+            if dim.is_continuous:
+                _check_interval(override.value(), stage=stage, key=f"{where}.params.{key}")
+            dims.append(dim)
         else:
             dims.append(Dimension(key=key, fixed=override.value()))
     return tuple(dims)
+
+
+def _check_interval(sweep: Any, *, stage: str, key: str) -> None:
+    if not sweep.start < sweep.end:
+        raise ConfigError(f"interval({sweep.start}, {sweep.end}) is empty: start must be below end", stage=stage, key=key)
+    if "log" in sweep.tags and sweep.start <= 0:
+        raise ConfigError(f"a log interval must start above 0, got {sweep.start}", stage=stage, key=key)
