@@ -154,7 +154,9 @@ def _context_tags() -> dict[str, str]:
         user = "unknown"
     import sys
 
-    return {MLFLOW_USER: user, MLFLOW_SOURCE_NAME: Path(sys.argv[0]).name or "python", MLFLOW_SOURCE_TYPE: "LOCAL"}
+    argv0 = Path(sys.argv[0])
+    source = argv0.parent.name if argv0.name == "__main__.py" else argv0.name
+    return {MLFLOW_USER: user, MLFLOW_SOURCE_NAME: source or "python", MLFLOW_SOURCE_TYPE: "LOCAL"}
 
 
 @contextlib.contextmanager
