@@ -20,7 +20,8 @@ def run_pipeline(
 ) -> PipelineResult:
     """Validate `config` (raising ConfigErrors before any run exists), then run it and return its results.
 
-    `name` is the experiment used when the config sets none (the CLI passes the sweep's name).
+    `name` is the experiment used when the config sets none (the CLI passes the sweep's name); `resume: last` or
+    `resume: <pipeline_id>` in the config continues that execution instead of starting a new one.
     """
     return run_plan(build_plan(config, default_experiment=name), executor=executor)
 

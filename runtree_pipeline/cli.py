@@ -1,7 +1,8 @@
 """`python -m runtree_pipeline +sweep=NAME key=value ...`: Hydra composes the config, we plan, run and report.
 
-User errors are one line each on stderr with a non-zero exit (2: bad config, 3: tracking store unusable,
-1: the pipeline ran but a stage produced no result); bugs keep their traceback.
+User errors are one line each on stderr with a non-zero exit (2: bad config or unknown `resume`, 3: tracking store
+unusable, 4: a result could not be recorded, 130: interrupted, 1: a stage produced no result); bugs keep their
+traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .errors import ConfigErrors
+from .errors import ConfigErrors, Interrupted
 from .plan import build_plan
 
 log = logging.getLogger("runtree_pipeline")
@@ -44,13 +45,19 @@ def main(cfg: DictConfig) -> None:
 
     from .api import run_plan
     from .summary import render, write_json
-    from .tracking import TrackingUnavailable
+    from .tracking import TrackingFailed, TrackingUnavailable, UnknownPipeline
 
     executor = instantiate(cfg.executor) if cfg.get("executor") else None
     try:
         result = run_plan(plan, executor=executor)
     except TrackingUnavailable as e:
         _fail(3, str(e))
+    except UnknownPipeline as e:
+        _fail(2, str(e))
+    except TrackingFailed as e:
+        _fail(4, str(e))
+    except Interrupted as e:
+        _fail(130, str(e))
     where = f"experiment '{result.experiment}' in {result.tracking_uri}"
     if not result.tracking_uri.startswith(("http://", "https://")):
         where += f" — run `mlflow ui --backend-store-uri {result.tracking_uri}` and open that experiment"

@@ -30,3 +30,16 @@ class ConfigErrors(ValueError):
 
 class PipelineFailed(RuntimeError):
     """The pipeline ran but could not produce what was asked (e.g. a stage with no successful leaf)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: open runs were ended KILLED and the execution can be finished with `resume`."""
+
+    def __init__(self, pipeline_id: str, stage: str | None, killed: int) -> None:
+        self.pipeline_id = pipeline_id
+        self.stage = stage
+        self.killed = killed
+        super().__init__(
+            f"interrupted during stage '{stage}': {killed} open run(s) ended KILLED; "
+            f"finish with resume={pipeline_id} (or resume=last)"
+        )

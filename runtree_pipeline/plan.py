@@ -7,6 +7,7 @@ tracking store, which is what lets a bad config leave the store untouched.
 from __future__ import annotations
 
 import difflib
+import re
 import inspect
 import itertools
 from collections.abc import Mapping
@@ -79,6 +80,7 @@ class Plan:
     stages: Mapping[str, StageSpec]
     order: tuple[str, ...]
     config: Mapping[str, Any]
+    resume: str | None = None
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -152,8 +154,13 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
     if errors:
         raise ConfigErrors(errors)
 
+    resume = top.get("resume")
+    if resume is not None and not (resume == "last" or re.fullmatch(r"[0-9a-f]{12}", str(resume))):
+        errors.append(ConfigError(f"must be 'last' or a pipeline id (12 hex digits), got {resume!r}", key="resume"))
+    if errors:
+        raise ConfigErrors(errors)
     experiment = top.get("experiment") or default_experiment
-    config = dict(top)
+    config = {k: v for k, v in top.items() if k not in ("resume", "dry_run")}
     config["stages"] = {name: _stage_config(stages[name]) for name in order}
     return Plan(
         experiment=str(experiment),
@@ -162,6 +169,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         stages={name: stages[name] for name in order},
         order=order,
         config=config,
+        resume=str(resume) if resume is not None else None,
     )
 
 

@@ -30,6 +30,7 @@ class NodeResult:
     leaves: tuple[LeafResult, ...]
     best: LeafResult | None
     children: tuple[NodeResult, ...] = ()
+    changed: bool = True
 
     @property
     def failed(self) -> int:

@@ -2,6 +2,9 @@
 
 One scheduling loop serves every executor: each parent asks its sampler for points while the executor has free
 workers, and tells it each result as it completes (Optuna's ask/tell), so `tpe` works on a pool as well as inline.
+On resume the same walk runs against the previous execution's runs: a child whose content key matches a FINISHED
+run is reused, one that failed or was cut off is redone in that same run, and a parent is only written to when
+something below it changed.
 """
 
 from __future__ import annotations
@@ -9,22 +12,26 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import replace
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
 
 from . import schema
+from .errors import Interrupted
 from .executors import Executor, LocalExecutor
+from .interrupts import interruptible
 from .leaf import LeafOutcome, LeafTask, objective_value
 from .params import flatten, lookup, merge
 from .plan import Plan, StageSpec
+from .redact import redact
 from .references import Reference, substitute
 from .results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
-from .sweep import SweepSpec
-from .tracking import TrackingWriter
+from .resume import ExistingTree, content_key
+from .sweep import Point, SweepSpec
+from .tracking import TrackingFailed, TrackingWriter, UnknownPipeline, outputs_tags
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +40,58 @@ class StageInputError(ValueError):
     """A `${best:...}` reference that has no value in the upstream stage's best run."""
 
 
+@dataclass
+class _Slot:
+    """A run the walk is filling: freshly created, redone in place, or reused as it was."""
+
+    run: Any
+    key: str
+    state: str  # "new" | "redo" | "done"
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+
 class Runner:
-    def __init__(self, plan: Plan, *, writer: TrackingWriter, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        writer: TrackingWriter,
+        executor: Executor | None = None,
+    ) -> None:
         self.plan = plan
         self.writer = writer
         self.executor = executor or LocalExecutor()
-        self.pipeline_id = uuid.uuid4().hex[:12]
+        self.existing = ExistingTree()
+        resume = plan.resume
+        if resume:
+            self.pipeline_id = writer.latest_pipeline_id() if resume == "last" else str(resume)
+            runs = writer.pipeline_runs(self.pipeline_id) if self.pipeline_id else []
+            if not runs:
+                raise UnknownPipeline(
+                    f"resume={resume}: no pipeline execution {'at all' if resume == 'last' else resume!r} "
+                    f"in experiment '{writer.experiment}'"
+                )
+            self.existing = ExistingTree(runs)
+        else:
+            self.pipeline_id = uuid.uuid4().hex[:12]
         self._results: dict[str, StageResult] = {}
+        self._current: str | None = None
 
     def run(self) -> PipelineResult:
         try:
-            for name in self.plan.order:
-                self._results[name] = self._run_stage(self.plan.stages[name])
+            with interruptible():
+                for name in self.plan.order:
+                    self._current = name
+                    self._results[name] = self._run_stage(self.plan.stages[name])
         except KeyboardInterrupt:
-            self.writer.end_open_runs("KILLED")
-            raise
+            killed = self.writer.end_open_runs("KILLED")
+            raise Interrupted(self.pipeline_id, self._current, killed) from None
+        except TrackingFailed as e:
+            self.writer.end_open_runs("FAILED")
+            raise TrackingFailed(f"{e}; redo what is missing with resume={self.pipeline_id}") from e
         except BaseException:
             self.writer.end_open_runs("FAILED")
             raise
@@ -76,38 +120,57 @@ class Runner:
             schema.LEVEL: "stage",
             **{schema.UPSTREAM + d: run_id for d, run_id in upstream.items()},
         }
-        run = self.writer.start(name=stage.name, tags=tags)
-        stage_tags = {schema.ROOT_RUN_ID: run.info.run_id}
         try:
             params = substitute(dict(stage.params), self._lookup)
             levels = tuple(_resolve_points(level, self._lookup) for level in stage.levels)
         except (StageInputError, ValueError) as e:
-            self.writer.finish(run, status="FAILED", tags={**stage_tags, schema.ERROR: str(e)})
+            run = self.writer.start(name=stage.name, tags=tags)
+            self.writer.finish(run, status="FAILED", tags={schema.ROOT_RUN_ID: run.info.run_id, schema.ERROR: str(e)})
             log.error("stage %s failed: %s", stage.name, e)
             return StageResult(stage.name, "FAILED", reason=str(e), upstream=upstream)
-        config = {**self.plan.config, "stages": {stage.name: {**self.plan.config["stages"][stage.name], "params": params}}}
-        artifacts = {schema.CONFIG_ARTIFACT: yaml.safe_dump(config, sort_keys=False)}
 
-        log.info("stage %s: started (run %s)", stage.name, run.info.run_id)
-        tree = _Tree(self, stage, root_id=run.info.run_id)
+        key = content_key(stage=stage.name, target=stage.target, params=params)
+        slot = self._stage_slot(stage.name, key, tags)
+        stage_tags = {schema.ROOT_RUN_ID: slot.run_id}
+        config = {**self.plan.config, "stages": {stage.name: {**self.plan.config["stages"][stage.name], "params": params}}}
+        artifacts = {schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)}
+
+        tree = _Tree(self, stage, root_id=slot.run_id)
         if levels:
-            node = tree.parent(run, stage.name, "stage", params, levels, tags, extra_tags=stage_tags, artifacts=artifacts)
+            node = tree.parent(slot, stage.name, "stage", params, levels, tags, extra_tags=stage_tags, artifacts=artifacts)
         else:
-            leaf = tree.leaf_now(run, stage.name, params, extra_tags=stage_tags, artifacts=artifacts)
-            node = NodeResult(run.info.run_id, stage.name, "stage", (leaf,), leaf if leaf.status == "FINISHED" else None)
+            leaf = tree.leaf(slot, stage.name, params, extra_tags=stage_tags, artifacts=artifacts)
+            node = NodeResult(slot.run_id, stage.name, "stage", (leaf,), leaf if leaf.status == "FINISHED" else None)
+        if tree.stopped_by is not None:
+            reason = f"on_failure=stop: stopped after {tree.stopped_by.name} failed ({tree.stopped_by.error})"
+            log.error("stage %s failed: %s", stage.name, reason)
+            return StageResult(stage.name, "FAILED", node=node, reason=reason, upstream=upstream)
         if node.best is None:
             first = next((leaf.error for leaf in node.leaves if leaf.error), "no leaf had a finite objective value")
             reason = f"no successful leaf ({node.failed} of {len(node.leaves)} failed; first error: {first})"
             log.error("stage %s failed: %s", stage.name, reason)
             return StageResult(stage.name, "FAILED", node=node, reason=reason, upstream=upstream)
         log.info(
-            "stage %s: %d leaves, %d failed, best %s",
+            "stage %s: %d leaves (%d run now), %d failed, best %s",
             stage.name,
             len(node.leaves),
+            tree.executed,
             node.failed,
             node.best.name,
         )
         return StageResult(stage.name, "FINISHED", node=node, upstream=upstream)
+
+    def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any]) -> _Slot:
+        found = self.existing.stage(name, key)
+        if found is not None:
+            if found.info.status == "FINISHED":
+                return _Slot(found, key, "done")
+            self.writer.reopen(found)
+            return _Slot(found, key, "redo")
+        run = self.writer.start(name=name, tags={**tags, schema.KEY: key})
+        for stale in self.existing.stale_stages(name, key):
+            self.writer.annotate(stale, {schema.SUPERSEDED_BY: run.info.run_id})
+        return _Slot(run, key, "new")
 
     def _lookup(self, ref: Reference) -> Any:
         best = self._results[ref.stage].best
@@ -129,46 +192,66 @@ class _Tree:
     """Grows one stage's subtree; each parent drives its own ask/submit/tell loop."""
 
     def __init__(self, runner: Runner, stage: StageSpec, *, root_id: str) -> None:
-        self.runner = runner
         self.writer = runner.writer
         self.executor = runner.executor
+        self.existing = runner.existing
         self.stage = stage
         self.root_id = root_id
-        self.stopped = False
+        self.stopped_by: LeafResult | None = None
+        self.executed = 0
 
     def parent(
         self,
-        run: Any,
+        slot: _Slot,
         name: str,
         level: str,
         params: Mapping[str, Any],
         levels: tuple[SweepSpec, ...],
-        tags: Mapping[str, str],
+        tags: Mapping[str, Any],
         *,
-        extra_tags: Mapping[str, str] | None = None,
+        extra_tags: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str] | None = None,
     ) -> NodeResult:
         spec, below = levels[0], levels[1:]
         sampler = spec.new_sampler(direction=self.stage.objective.mode)
+        if spec.sampler == "tpe" and slot.state != "new":
+            sampler.replay(self.existing.points_under(slot.run_id))
         child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: self.root_id}
         leaves: list[LeafResult] = []
         children: list[NodeResult] = []
-        pending: dict[Future[LeafOutcome], tuple[Any, Any, str, dict[str, Any]]] = {}
+        pending: dict[Future[LeafOutcome], tuple[Point, _Slot, str, dict[str, Any]]] = {}
+        changed = slot.state != "done"
+
+        def reopen() -> None:
+            nonlocal changed
+            if not changed:
+                self.writer.reopen(slot.run)
+                changed = True
+
         while True:
-            while not self.stopped and len(pending) < self.executor.workers:
+            while self.stopped_by is None and len(pending) < self.executor.workers:
                 point = sampler.ask()
                 if point is None:
                     break
                 child_name = f"{name}/{point.name}"
                 child_params = merge(params, point.params)
-                child = self.writer.start(name=child_name, tags=child_tags, parent_id=run.info.run_id)
+                child_key = content_key(parent=slot.key, name=point.name, params=child_params)
+                child = self._child_slot(slot, child_name, child_key, child_tags, point)
+                if child.state != "done":
+                    reopen()
                 if below:
                     node = self.parent(child, child_name, spec.level, child_params, below, child_tags)
+                    if node.changed:
+                        reopen()
                     children.append(node)
                     leaves.extend(node.leaves)
                     sampler.tell(point, node.best.objective if node.best else None)
+                elif child.state == "done":
+                    leaf = self._reused(child.run, child_name, child_params)
+                    leaves.append(leaf)
+                    sampler.tell(point, leaf.objective)
                 else:
-                    pending[self._submit(child, child_params)] = (point, child, child_name, child_params)
+                    pending[self._submit(child.run, child_params)] = (point, child, child_name, child_params)
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -179,45 +262,73 @@ class _Tree:
                 sampler.tell(point, leaf.objective)
 
         best = select_best(leaves, mode=self.stage.objective.mode)
+        if changed or slot.run.info.status != "FINISHED":
+            self._finish_parent(slot, params, leaves, children, best, below, extra_tags, artifacts)
+            changed = True
+        return NodeResult(slot.run_id, name, level, tuple(leaves), best, tuple(children), changed=changed)
+
+    def _finish_parent(self, slot, params, leaves, children, best, below, extra_tags, artifacts) -> None:
         failed_leaves = sum(leaf.status != "FINISHED" for leaf in leaves)
         failed_children = sum(node.best is None for node in children) if below else failed_leaves
-        result_tags = {
+        tags: dict[str, Any] = {
             **(extra_tags or {}),
             schema.CHILDREN: len(children) if below else len(leaves),
             schema.FAILED_CHILDREN: failed_children,
             schema.FAILED_LEAVES: failed_leaves,
         }
         metrics: dict[str, float] = {}
+        clear: tuple[str, ...] = ()
         if best is not None:
-            result_tags[schema.BEST_RUN_ID] = best.run_id
-            result_tags.update({schema.BEST_PARAM + k: v for k, v in flatten(dict(best.params)).items()})
+            tags[schema.BEST_RUN_ID] = best.run_id
+            tags.update({schema.BEST_PARAM + k: v for k, v in flatten(dict(best.params)).items()})
             metrics = {schema.BEST_METRIC + k: v for k, v in best.metrics.items()}
+            clear = (schema.ERROR,) if slot.state != "new" else ()
         else:
-            result_tags[schema.ERROR] = f"no successful leaf among {len(leaves)}"
+            tags[schema.ERROR] = f"no successful leaf among {len(leaves)}"
+        if self.stopped_by is not None and slot.run_id == self.root_id:
+            tags[schema.ERROR] = f"stopped after {self.stopped_by.name} failed (on_failure=stop)"
+            clear = ()
         self.writer.finish(
-            run,
+            slot.run,
             status="FINISHED" if best is not None else "FAILED",
             params=flatten(dict(params)),
             metrics=metrics,
-            tags=result_tags,
+            tags=tags,
             artifacts=artifacts,
+            clear_tags=clear,
         )
-        return NodeResult(run.info.run_id, name, level, tuple(leaves), best, tuple(children))
 
-    def leaf_now(
+    def _child_slot(self, parent: _Slot, name: str, key: str, tags: Mapping[str, Any], point: Point) -> _Slot:
+        found = self.existing.child(parent.run_id, key) if parent.state != "new" else None
+        if found is None:
+            run = self.writer.start(
+                name=name,
+                tags={**tags, schema.KEY: key, schema.POINT: json.dumps(point.params, sort_keys=True, default=str)},
+                parent_id=parent.run_id,
+            )
+            return _Slot(run, key, "new")
+        if found.info.status == "FINISHED":
+            return _Slot(found, key, "done")
+        self.writer.reopen(found)
+        return _Slot(found, key, "redo")
+
+    def leaf(
         self,
-        run: Any,
+        slot: _Slot,
         name: str,
         params: Mapping[str, Any],
         *,
-        extra_tags: Mapping[str, str] | None = None,
+        extra_tags: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str] | None = None,
     ) -> LeafResult:
         """A stage without sweeps: its own run is the leaf."""
-        outcome = self._submit(run, params, require_objective=False).result()
-        return self._record(run, name, params, outcome, extra_tags=extra_tags, artifacts=artifacts)
+        if slot.state == "done":
+            return self._reused(slot.run, name, params)
+        outcome = self._submit(slot.run, params, require_objective=False).result()
+        return self._record(slot, name, params, outcome, extra_tags=extra_tags, artifacts=artifacts)
 
     def _submit(self, run: Any, params: Mapping[str, Any], *, require_objective: bool = True) -> Future[LeafOutcome]:
+        self.executed += 1
         task = LeafTask(
             target=self.stage.target,
             kwargs=params,
@@ -227,33 +338,51 @@ class _Tree:
         )
         return self.executor.submit(task)
 
+    def _reused(self, run: Any, name: str, params: Mapping[str, Any]) -> LeafResult:
+        returned = json.loads(run.data.tags.get(schema.RETURNED, "[]"))
+        metrics = {k: run.data.metrics[k] for k in returned if k in run.data.metrics}
+        outcome = LeafOutcome(metrics=metrics, outputs=self.writer.outputs_of(run))
+        return LeafResult(
+            run_id=run.info.run_id,
+            name=name,
+            params=params,
+            metrics=metrics,
+            outputs=outcome.outputs,
+            status="FINISHED",
+            objective=objective_value(outcome, self.stage.objective.metric),
+        )
+
     def _record(
         self,
-        run: Any,
+        slot: _Slot,
         name: str,
         params: Mapping[str, Any],
         outcome: LeafOutcome,
         *,
-        extra_tags: Mapping[str, str] | None = None,
+        extra_tags: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str] | None = None,
     ) -> LeafResult:
-        tags = dict(extra_tags or {})
+        tags = {**(extra_tags or {}), schema.RETURNED: json.dumps(sorted(outcome.metrics)), **outputs_tags(outcome.outputs)}
         files = dict(artifacts or {})
         if outcome.outputs:
-            files[schema.OUTPUTS_ARTIFACT] = json.dumps(outcome.outputs, indent=2, sort_keys=True)
+            files[schema.OUTPUTS_ARTIFACT] = json.dumps(redact(dict(outcome.outputs)), indent=2, sort_keys=True)
         if outcome.error:
             tags[schema.ERROR] = outcome.error
             if outcome.traceback:
                 files[schema.TRACEBACK_ARTIFACT] = outcome.traceback
             log.warning("run %s failed: %s", name, outcome.error)
-            if self.stage.on_failure == "stop":
-                self.stopped = True
         status = "FINISHED" if outcome.ok else "FAILED"
         self.writer.finish(
-            run, status=status, params=flatten(dict(params)), metrics=outcome.metrics, tags=tags, artifacts=files
+            slot.run,
+            status=status,
+            params=flatten(dict(params)),
+            metrics=outcome.metrics,
+            tags=tags,
+            artifacts=files,
+            clear_tags=(schema.ERROR,) if outcome.ok and slot.state == "redo" else (),
         )
-        return LeafResult(
-            run_id=run.info.run_id,
+        leaf = LeafResult(
+            run_id=slot.run_id,
             name=name,
             params=params,
             metrics=outcome.metrics,
@@ -262,6 +391,9 @@ class _Tree:
             error=outcome.error,
             objective=objective_value(outcome, self.stage.objective.metric),
         )
+        if outcome.error and self.stage.on_failure == "stop" and self.stopped_by is None:
+            self.stopped_by = leaf
+        return leaf
 
 
 def _resolve_points(level: SweepSpec, lookup_fn: Any) -> SweepSpec:

@@ -116,6 +116,9 @@ class Sampler:
     def tell(self, point: Point, value: float | None) -> None:
         """Report a point's objective value (None when it failed); samplers that do not learn ignore it."""
 
+    def replay(self, points: list[dict[str, Any]]) -> None:
+        """On resume, ask these points (a previous execution's) first; only samplers that learn need it."""
+
 
 class FixedSampler(Sampler):
     def __init__(self, points: tuple[Point, ...]) -> None:
@@ -161,6 +164,20 @@ class OptunaSampler(Sampler):
         self._asked += 1
         self._trials[index] = trial
         return Point(name=self._names.unique(point_name(_swept(params, self._spec.dimensions))), params=params, index=index)
+
+    def replay(self, points: list[dict[str, Any]]) -> None:
+        for params in points[: self._spec.n]:
+            fixed = {}
+            for dim in self._spec.dimensions:
+                if not dim.is_sweep or dim.key not in params:
+                    continue
+                choices = _choices(dim)
+                if choices is None:
+                    fixed[dim.key] = params[dim.key]
+                elif params[dim.key] in choices:
+                    fixed[dim.key] = choices.index(params[dim.key])
+            if len(fixed) == len(self._distributions):
+                self._study.enqueue_trial(fixed, skip_if_exists=False)
 
     def tell(self, point: Point, value: float | None) -> None:
         import optuna

@@ -1,4 +1,4 @@
-"""All MLflow I/O: the one place that decides how runs are created, batched, ended and where writes happen.
+"""All MLflow I/O: the one place that decides how runs are created, batched, ended, retried and where writes happen.
 
 It uses `MlflowClient` with explicit run ids and `mlflow.parentRunId` tags rather than the fluent active-run stack,
 which is per thread and cannot express grandchildren; the only fluent state it touches is the leaf run it makes
@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from . import schema
+from .interrupts import shielded
+from .redact import REDACTED, is_secret, redact
 
 PARENT_TAG = "mlflow.parentRunId"
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# A tag holds at most 8000 characters; larger outputs live only in the artifact.
+_MAX_TAG = 7000
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _quiet_mlflow_env() -> None:
@@ -33,6 +44,42 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached or used; raised before any work starts."""
 
 
+class TrackingFailed(RuntimeError):
+    """A write still failed after retries: the run is left for `resume` to redo, never silently dropped."""
+
+
+class UnknownPipeline(LookupError):
+    """`resume=` names no pipeline execution of this experiment."""
+
+
+def filter_eq(key: str, value: str) -> str:
+    """`tags.`key` = 'value'` for MLflow's search grammar, quoted so no value can break or widen the query.
+
+    The grammar has no escape character: the value is wrapped in whichever quote it does not contain, and a value
+    containing both is refused rather than guessed at. `=` never treats `%` or `_` as wildcards.
+    """
+    if "`" in key:
+        raise ValueError(f"tag key {key!r} cannot be used in a search filter")
+    if "'" not in value:
+        quoted = f"'{value}'"
+    elif '"' not in value:
+        quoted = f'"{value}"'
+    else:
+        raise ValueError(f"value {value!r} holds both quote characters and cannot be searched for exactly")
+    return f"tags.`{key}` = {quoted}"
+
+
+def _is_transient(error: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    text = str(error).lower()
+    if isinstance(error, MlflowException):
+        return error.error_code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "RESOURCE_EXHAUSTED") or any(
+            s in text for s in ("database is locked", "max retries exceeded", "connection", "timed out")
+        )
+    return isinstance(error, (ConnectionError, TimeoutError)) or "database is locked" in text
+
+
 class TrackingWriter:
     """Creates and ends runs in one experiment with the fewest round trips: create, one batch, end."""
 
@@ -46,7 +93,8 @@ class TrackingWriter:
         self.client = MlflowClient(self.uri)
         self.experiment = experiment
         try:
-            self.experiment_id = self._experiment_id(experiment)
+            with _few_http_retries():
+                self.experiment_id = self._experiment_id(experiment)
         except Exception as e:  # noqa: BLE001 - any failure here means the store is not usable
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingUnavailable(f"tracking store {self.uri} is not usable: {reason}") from e
@@ -69,20 +117,38 @@ class TrackingWriter:
                     raise
         raise TrackingUnavailable(f"experiment '{name}' could not be created or found")
 
-    @property
-    def experiment_url(self) -> str:
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}"
-        return f"mlflow ui --backend-store-uri {self.uri}  (then open experiment '{self.experiment}')"
+    def _retrying(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                with shielded():
+                    return call(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - classified just below
+                if delay is None or not _is_transient(e):
+                    raise TrackingFailed(f"could not {what}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+                log.warning("retrying in %.1fs: could not %s (%s)", delay, what, type(e).__name__)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
-    def start(self, *, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> Any:
+    def start(self, *, name: str, tags: Mapping[str, Any], parent_id: str | None = None) -> Any:
         """Create a RUNNING run with all its tags in one call; returns the MLflow `Run`."""
-        all_tags = {**self._context_tags, "mlflow.runName": name, **tags}
+        all_tags = {**self._context_tags, "mlflow.runName": name, **_texts(tags)}
         if parent_id is not None:
             all_tags[PARENT_TAG] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run = self._retrying(f"create run {name}", self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
         self._open[run.info.run_id] = run
         return run
+
+    def annotate(self, run: Any, tags: Mapping[str, Any]) -> None:
+        """Tags on a run that is otherwise done (e.g. marking a stage run superseded)."""
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, v) for k, v in _texts(tags).items()]
+        self._retrying(f"tag run {run.info.run_name}", self.client.log_batch, run.info.run_id, tags=batch)
+
+    def reopen(self, run: Any) -> None:
+        """Mark an existing run RUNNING again before redoing or extending it (resume)."""
+        self._retrying(f"reopen run {run.info.run_name}", self.client.update_run, run.info.run_id, status="RUNNING")
+        self._open[run.info.run_id] = run
 
     def finish(
         self,
@@ -91,40 +157,44 @@ class TrackingWriter:
         status: str,
         params: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, str] | None = None,
+        tags: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str] | None = None,
+        clear_tags: Iterable[str] = (),
     ) -> None:
         """One batch for everything the run learned, its artifacts, then the end: nothing is left RUNNING."""
-        self.log(run, params=params, metrics=metrics, tags=tags, artifacts=artifacts)
-        self.client.set_terminated(run.info.run_id, status=status)
-        self._open.pop(run.info.run_id, None)
+        from mlflow.entities import Metric, Param, RunTag
 
-    def end_open_runs(self, status: str = "FAILED") -> None:
+        run_id, name = run.info.run_id, run.info.run_name
+        now = int(time.time() * 1000)
+        batch_params = [Param(k, REDACTED if is_secret(k) else _text(v)) for k, v in (params or {}).items()]
+        batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        batch_tags = [RunTag(k, v) for k, v in _texts(tags or {}).items()]
+        if batch_params or batch_metrics or batch_tags:
+            self._retrying(
+                f"record results of run {name}",
+                self.client.log_batch,
+                run_id,
+                metrics=batch_metrics,
+                params=batch_params,
+                tags=batch_tags,
+            )
+        for key in clear_tags:
+            with contextlib.suppress(Exception):
+                self.client.delete_tag(run_id, key)
+        if artifacts:
+            self._retrying(f"store artifacts of run {name}", self._log_artifacts, run, artifacts)
+        self._retrying(f"end run {name}", self.client.set_terminated, run_id, status=status)
+        self._open.pop(run_id, None)
+
+    def end_open_runs(self, status: str = "FAILED") -> int:
         """After an interruption or a bug: end whatever is still RUNNING, best effort, so nothing is left open."""
+        ended = 0
         for run_id in list(self._open):
             with contextlib.suppress(Exception):
                 self.client.set_terminated(run_id, status=status)
+                ended += 1
             self._open.pop(run_id, None)
-
-    def log(
-        self,
-        run: Any,
-        *,
-        params: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, str] | None = None,
-        artifacts: Mapping[str, str] | None = None,
-    ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        now = int(time.time() * 1000)
-        batch_params = [Param(k, _text(v)) for k, v in (params or {}).items()]
-        batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-        batch_tags = [RunTag(k, _text(v)) for k, v in (tags or {}).items()]
-        if batch_params or batch_metrics or batch_tags:
-            self.client.log_batch(run.info.run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
-        if artifacts:
-            self._log_artifacts(run, artifacts)
+        return ended
 
     def _log_artifacts(self, run: Any, files: Mapping[str, str]) -> None:
         """Write straight to the run's artifact repository: `MlflowClient.log_text` would fetch the run first."""
@@ -135,25 +205,94 @@ class TrackingWriter:
                 Path(tmp, name).write_text(text, encoding="utf-8")
             get_artifact_repository(run.info.artifact_uri).log_artifacts(tmp)
 
+    def pipeline_runs(self, pipeline_id: str) -> list[Any]:
+        """Every run of one pipeline execution: one paginated search, never a query per run."""
+        return self._search(filter_eq(schema.PIPELINE_ID, pipeline_id))
+
+    def latest_pipeline_id(self) -> str | None:
+        runs = self._retrying(
+            "find the latest pipeline",
+            self.client.search_runs,
+            [self.experiment_id],
+            filter_string=filter_eq(schema.LEVEL, "stage"),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].data.tags.get(schema.PIPELINE_ID) if runs else None
+
+    def _search(self, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self._retrying(
+                "search runs",
+                self.client.search_runs,
+                [self.experiment_id],
+                filter_string=filter_string,
+                max_results=50000,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def outputs_of(self, run: Any) -> dict[str, Any]:
+        """A finished leaf's outputs: from its tag when small, else from its `outputs.json` artifact."""
+        text = run.data.tags.get(schema.OUTPUTS)
+        if text is not None:
+            return json.loads(text)
+        if run.data.tags.get(schema.OUTPUTS_IN_ARTIFACT):
+            path = self._retrying("read outputs", self.client.download_artifacts, run.info.run_id, schema.OUTPUTS_ARTIFACT)
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        return {}
+
+
+def outputs_tags(outputs: Mapping[str, Any]) -> dict[str, str]:
+    """Outputs small enough ride along as a tag, so a resume reads them without downloading an artifact."""
+    if not outputs:
+        return {}
+    text = json.dumps(redact(dict(outputs)), sort_keys=True)
+    return {schema.OUTPUTS: text} if len(text) <= _MAX_TAG else {schema.OUTPUTS_IN_ARTIFACT: "true"}
+
+
+def _texts(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {k: REDACTED if is_secret(k) else _text(v) for k, v in tags.items()}
+
 
 def _text(value: Any) -> str:
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, default=str)
+        return json.dumps(redact(value), sort_keys=True, default=str)
     return str(value)
+
+
+@contextlib.contextmanager
+def _few_http_retries() -> Iterator[None]:
+    """At start-up an unreachable server should fail in seconds, not after MLflow's minutes of backoff."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _context_tags() -> dict[str, str]:
     """The user/source tags MLflow's fluent API would add, computed once per process instead of per run."""
+    import getpass
+    import sys
+
     from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
     try:
-        import getpass
-
         user = getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in some containers
         user = "unknown"
-    import sys
-
     argv0 = Path(sys.argv[0])
     source = argv0.parent.name if argv0.name == "__main__.py" else argv0.name
     return {MLFLOW_USER: user, MLFLOW_SOURCE_NAME: source or "python", MLFLOW_SOURCE_TYPE: "LOCAL"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -34,11 +33,32 @@ def logs_steps(*, x: float, steps: int = 3) -> dict:
     return {"loss": x}
 
 
-def counted(*, x: float, log_file: str) -> dict:
-    """Appends a line per call so tests can count executions."""
+def counted(*, x: float, log_file: str, y: float = 0.0, sleep: float = 0.0) -> dict:
+    """Appends a line per call so tests can count executions; sleeps first so a test can interrupt it."""
+    import time
+
+    time.sleep(sleep)
     with open(log_file, "a") as fh:
-        fh.write(f"{x}\n")
+        fh.write(f"{x},{y}\n")
+    return {"loss": (x - 1) ** 2 + y}
+
+
+def fails_once(*, x: float, marker_dir: str, fail_on: tuple = ()) -> dict:
+    """Fails the first call for each x in fail_on, succeeds afterwards: a transient bad trial."""
+    marker = Path(marker_dir) / f"failed-{x}"
+    if x in fail_on and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"transient failure at x={x}")
     return {"loss": (x - 1) ** 2}
+
+
+def nan_at(*, x: float, nan_on: tuple = ()) -> dict:
+    return {"loss": float("nan") if x in nan_on else (x - 1) ** 2 + 10}
+
+
+def secret_user(*, api_key: str, x: float = 0.0) -> dict:
+    return {"loss": x, "key_len": len(api_key)}
 
 
 def nested(*, opt: dict, x: float = 0.0) -> dict:
@@ -46,8 +66,3 @@ def nested(*, opt: dict, x: float = 0.0) -> dict:
 
 
 NOT_CALLABLE = 42
-
-if os.environ.get("RUNTREE_TEST_IMPORT_ERROR"):
-    raise ImportError("configured to fail")
-
-__all__ = ["Path"]
