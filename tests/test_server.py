@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 from mlflow import MlflowClient
 
-from tests.conftest import all_runs
+from tests.conftest import all_runs, cli_env
 
 
 def test_pipeline_against_tracking_server(run_cli, mlflow_server):
@@ -27,6 +31,80 @@ def test_pipeline_against_tracking_server(run_cli, mlflow_server):
 
 
 def test_unreachable_store_is_one_clear_error_before_any_work(run_cli):
-    proc = run_cli("+sweep=tutorial", "tracking_uri=http://127.0.0.1:9", timeout=600, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    started = time.monotonic()
+    proc = run_cli("+sweep=tutorial", "tracking_uri=http://127.0.0.1:9", timeout=600)
+    assert time.monotonic() - started < 60
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].startswith("runtree: error: tracking store http://127.0.0.1:9 is not usable")
+
+
+OUTAGE_SWEEP = """
+# @package _global_
+experiment: outage
+objective: {metric: loss}
+stages:
+  fit:
+    _target_: tests.targets.counted
+    params: {log_file: CALLS, sleep: 0.4}
+    subvariants:
+      params: {x: "range(0, 8)"}
+"""
+
+
+def _start(tmp_path, url, *args, **env):
+    conf = tmp_path / "conf" / "sweep"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "fit.yaml").write_text(OUTAGE_SWEEP.replace("CALLS", str(tmp_path / "calls.txt")))
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(conf.parent), "+sweep=fit", f"tracking_uri={url}", *args],
+        cwd=tmp_path,
+        env=cli_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_calls(tmp_path, n):
+    deadline = time.time() + 120
+    path = tmp_path / "calls.txt"
+    while not path.exists() or len(path.read_text().splitlines()) < n:
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def _assert_complete(url):
+    runs = all_runs(MlflowClient(url), "outage")
+    assert len(runs) == 1 + 8
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    leaves = [r for r in runs if r.data.tags["runtree.level"] == "subvariant"]
+    (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
+    assert stage.data.metrics["best_loss"] == min(r.data.metrics["loss"] for r in leaves) == 0.0
+
+
+def test_a_short_server_outage_mid_run_is_ridden_out(own_mlflow_server, tmp_path):
+    proc = _start(tmp_path, own_mlflow_server.url)
+    _wait_calls(tmp_path, 2)
+    own_mlflow_server.stop()
+    time.sleep(2)
+    own_mlflow_server.start()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _assert_complete(own_mlflow_server.url)
+
+
+def test_a_write_that_finally_fails_is_loud_and_resumable(own_mlflow_server, tmp_path):
+    fast_fail = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    proc = _start(tmp_path, own_mlflow_server.url, **fast_fail)
+    _wait_calls(tmp_path, 2)
+    own_mlflow_server.stop()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 4, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("runtree: error: could not ") and "resume=" in last
+
+    own_mlflow_server.start()
+    proc = _start(tmp_path, own_mlflow_server.url, "resume=last")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _assert_complete(own_mlflow_server.url)
