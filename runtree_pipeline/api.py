@@ -31,4 +31,7 @@ def run_plan(plan: Plan, *, executor: Executor | None = None) -> PipelineResult:
     from .tracking import TrackingWriter
 
     writer = TrackingWriter(uri=plan.tracking_uri, experiment=plan.experiment)
-    return Runner(plan, writer=writer, executor=executor).run()
+    try:
+        return Runner(plan, writer=writer, executor=executor).run()
+    finally:
+        writer.close()

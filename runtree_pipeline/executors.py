@@ -1,32 +1,177 @@
 """Where leaves run. An executor only runs leaf tasks; scheduling, ask/tell and tracking stay in the runner.
 
-The interface is deliberately tiny (submit a task, get a future; close) so that a process pool or a Ray cluster
-is one small class each and every executor passes the same tests.
+The interface is small (start, submit a task and get a future of its outcome, close) so that a process pool or a
+Ray cluster is one short class each, and every executor passes the same tests. Workers only compute: the driver
+creates and ends every run, and a worker writes only what the target itself logs to its already-created leaf run.
+A worker that dies takes down its own leaf only, which becomes a FAILED run.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
+from .errors import ConfigError, ConfigErrors
 from .leaf import LeafOutcome, LeafTask, execute
 
 
 class Executor:
-    """Strategy for running leaf tasks. `workers` is how many tasks the runner keeps in flight."""
+    """Strategy for running leaf tasks. `workers` bounds the leaves in flight across the whole pipeline."""
 
     workers: int = 1
 
+    def start(self, *, tracking_uri: str) -> None:
+        """Acquire workers; raise ConfigErrors if this executor cannot work with this tracking store."""
+        self._slots = threading.BoundedSemaphore(self.workers)
+
     def submit(self, task: LeafTask) -> Future[LeafOutcome]:
+        """Run a task once a worker is free (blocks until then), so no leaf run sits RUNNING in a queue."""
+        self._slots.acquire()
+        try:
+            future = self._submit(task)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release workers; called once when the pipeline ends, also after an error."""
+        """Release workers; called once when the pipeline ends, also after an error or an interrupt."""
 
 
 class LocalExecutor(Executor):
-    """In-process, one leaf at a time: the simplest thing that is also the fastest for quick trials."""
+    """In-process, one leaf at a time: the simplest thing, and the fastest for quick trials."""
 
-    def submit(self, task: LeafTask) -> Future[LeafOutcome]:
+    def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         future: Future[LeafOutcome] = Future()
         future.set_result(execute(task))
         return future
+
+
+class ProcessExecutor(Executor):
+    """A pool of worker processes on this machine (pebble: a worker that dies fails only its own task)."""
+
+    def __init__(self, workers: int | None = None, start_method: str = "spawn") -> None:
+        self.workers = int(workers or os.cpu_count() or 1)
+        self.start_method = start_method
+        self._pool: Any = None
+
+    def start(self, *, tracking_uri: str) -> None:
+        from pebble import ProcessPool
+
+        super().start(tracking_uri=tracking_uri)
+        self._pool = ProcessPool(
+            max_workers=self.workers,
+            context=multiprocessing.get_context(self.start_method),
+            initializer=_warm_worker,
+        )
+
+    def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
+        return _outcome_of(self._pool.schedule(execute, args=(task,)), _describe_pebble_error)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join()
+            self._pool = None
+
+
+class RayExecutor(Executor):
+    """Leaves as Ray tasks, on a local Ray runtime (`address: local`) or a cluster (`auto`, `ray://...`)."""
+
+    def __init__(
+        self,
+        address: str = "local",
+        workers: int | None = None,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+    ) -> None:
+        self.address = address
+        self.requested_workers = workers
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self._remote: Any = None
+        self._started_ray = False
+
+    def start(self, *, tracking_uri: str) -> None:
+        if self.address != "local" and not tracking_uri.startswith(("http://", "https://")):
+            raise ConfigErrors(
+                [
+                    ConfigError(
+                        f"Ray workers on other machines cannot write to {tracking_uri}: "
+                        "use a tracking server (tracking_uri=http://HOST:PORT) or executor.address=local",
+                        key="executor.address",
+                    )
+                ]
+            )
+        try:
+            import ray
+        except ImportError:
+            raise ConfigErrors(
+                [ConfigError("the ray executor needs Ray: pip install 'runtree-pipeline[ray]'", key="executor")]
+            ) from None
+        if not ray.is_initialized():
+            ray.init(
+                address=None if self.address == "local" else self.address,
+                include_dashboard=False,
+                log_to_driver=True,
+                configure_logging=False,
+            )
+            self._started_ray = True
+        cpus = ray.cluster_resources().get("CPU", 1)
+        self.workers = int(self.requested_workers or max(1, cpus // max(self.num_cpus, 1e-9)))
+        self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(execute)
+        super().start(tracking_uri=tracking_uri)
+
+    def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
+        return _outcome_of(self._remote.remote(task).future(), _describe_ray_error)
+
+    def close(self) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+
+def _outcome_of(future: Future, describe: Callable[[BaseException], str]) -> Future[LeafOutcome]:
+    """A future that always holds an outcome: a worker lost mid-task is a failed leaf, not a hung pipeline."""
+    out: Future[LeafOutcome] = Future()
+
+    def done(f: Future) -> None:
+        if f.cancelled():
+            out.set_result(LeafOutcome(error="Cancelled: the pipeline was stopped before this leaf ran"))
+            return
+        error = f.exception()
+        out.set_result(f.result() if error is None else LeafOutcome(error=describe(error)))
+
+    future.add_done_callback(done)
+    return out
+
+
+def _describe_pebble_error(error: BaseException) -> str:
+    from pebble import ProcessExpired
+
+    if isinstance(error, ProcessExpired):
+        return f"WorkerDied: the worker process exited with code {error.exitcode} while running this leaf"
+    return f"{type(error).__name__}: {error}"
+
+
+def _describe_ray_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else 'the Ray task failed'}"
+
+
+def _warm_worker() -> None:
+    """Import mlflow while the pool starts, in parallel, rather than inside the first leaf of each worker."""
+    from .tracking import _quiet_mlflow_env
+
+    _quiet_mlflow_env()
+    import mlflow  # noqa: F401

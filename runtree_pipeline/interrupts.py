@@ -41,13 +41,19 @@ def interruptible() -> Iterator[None]:
 
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
-    """Around one tracking write: a signal that arrives now is raised when the write is done."""
+    """Around one tracking write: a signal that arrives now is raised when the write is done.
+
+    Only the main thread receives signals; writes on other threads finish before the runner ends open runs.
+    """
     global _depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _depth += 1
     try:
         yield
     finally:
         _depth -= 1
-        if _depth == 0 and _pending and threading.current_thread() is threading.main_thread():
+        if _depth == 0 and _pending:
             _pending.clear()
             raise KeyboardInterrupt

@@ -9,11 +9,13 @@ something below it changed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +40,28 @@ log = logging.getLogger(__name__)
 
 class StageInputError(ValueError):
     """A `${best:...}` reference that has no value in the upstream stage's best run."""
+
+
+class _Cancelled(Exception):
+    """Raised in a driver thread that notices the pipeline was interrupted; its runs are ended KILLED."""
+
+
+class _InlinePool:
+    """The sequential stand-in for a thread pool: runs each call at once in the caller's thread.
+
+    With one worker this keeps targets in the main thread, where Ctrl-C interrupts them immediately.
+    """
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - handed to whoever waits on the future, as a pool would
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing runs in the background."""
 
 
 @dataclass
@@ -78,32 +102,67 @@ class Runner:
         else:
             self.pipeline_id = uuid.uuid4().hex[:12]
         self._results: dict[str, StageResult] = {}
-        self._current: str | None = None
+        self._running: set[str] = set()
+        self.cancelled = threading.Event()
+        self.subtrees: Any = _InlinePool()
 
     def run(self) -> PipelineResult:
+        self.executor.start(tracking_uri=self.writer.uri)
+        parallel = self.executor.workers > 1
+        stages = ThreadPoolExecutor(len(self.plan.order), "runtree-stage") if parallel else _InlinePool()
+        if parallel:
+            self.subtrees = ThreadPoolExecutor(self.executor.workers, "runtree-variant")
         try:
             with interruptible():
-                for name in self.plan.order:
-                    self._current = name
-                    self._results[name] = self._run_stage(self.plan.stages[name])
+                self._schedule(stages)
+            self.writer.flush()
         except KeyboardInterrupt:
+            self._stop(stages)
             killed = self.writer.end_open_runs("KILLED")
-            raise Interrupted(self.pipeline_id, self._current, killed) from None
+            raise Interrupted(self.pipeline_id, ", ".join(sorted(self._running)) or None, killed) from None
         except TrackingFailed as e:
+            self._stop(stages)
             self.writer.end_open_runs("FAILED")
             raise TrackingFailed(f"{e}; redo what is missing with resume={self.pipeline_id}") from e
         except BaseException:
+            self._stop(stages)
             self.writer.end_open_runs("FAILED")
             raise
         finally:
             self.executor.close()
+            stages.shutdown()
+            self.subtrees.shutdown()
         return PipelineResult(
             pipeline_id=self.pipeline_id,
             experiment=self.plan.experiment,
             experiment_id=self.writer.experiment_id,
             tracking_uri=self.writer.uri,
-            stages=dict(self._results),
+            stages={name: self._results[name] for name in self.plan.order},
         )
+
+    def _schedule(self, pool: Any) -> None:
+        """Start every stage whose dependencies have results; independent branches overlap on a parallel executor."""
+        waiting = list(self.plan.order)
+        running: dict[Future[StageResult], str] = {}
+        while waiting or running:
+            for name in [n for n in waiting if all(d in self._results for d in self.plan.stages[n].depends_on)]:
+                waiting.remove(name)
+                self._running.add(name)
+                running[pool.submit(self._run_stage, self.plan.stages[name])] = name
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                self._results[name] = future.result()
+                self._running.discard(name)
+
+    def _stop(self, stages: Any) -> None:
+        """Let every driver thread see the interruption and return, so nothing writes after the runs are ended."""
+        self.cancelled.set()
+        self.executor.close()
+        stages.shutdown(wait=True, cancel_futures=True)
+        self.subtrees.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.writer.flush()
 
     def _run_stage(self, stage: StageSpec) -> StageResult:
         blocked = sorted(d for d in stage.depends_on if self._results[d].status != "FINISHED")
@@ -195,6 +254,8 @@ class _Tree:
         self.writer = runner.writer
         self.executor = runner.executor
         self.existing = runner.existing
+        self.subtrees = runner.subtrees
+        self.cancelled = runner.cancelled
         self.stage = stage
         self.root_id = root_id
         self.stopped_by: LeafResult | None = None
@@ -219,7 +280,7 @@ class _Tree:
         child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: self.root_id}
         leaves: list[LeafResult] = []
         children: list[NodeResult] = []
-        pending: dict[Future[LeafOutcome], tuple[Point, _Slot, str, dict[str, Any]]] = {}
+        pending: dict[Future[Any], tuple[Point, _Slot, str, dict[str, Any]]] = {}
         changed = slot.state != "done"
 
         def reopen() -> None:
@@ -229,7 +290,7 @@ class _Tree:
                 changed = True
 
         while True:
-            while self.stopped_by is None and len(pending) < self.executor.workers:
+            while not self.cancelled.is_set() and self.stopped_by is None and len(pending) < self.executor.workers:
                 point = sampler.ask()
                 if point is None:
                     break
@@ -240,12 +301,8 @@ class _Tree:
                 if child.state != "done":
                     reopen()
                 if below:
-                    node = self.parent(child, child_name, spec.level, child_params, below, child_tags)
-                    if node.changed:
-                        reopen()
-                    children.append(node)
-                    leaves.extend(node.leaves)
-                    sampler.tell(point, node.best.objective if node.best else None)
+                    job = self.subtrees.submit(self.parent, child, child_name, spec.level, child_params, below, child_tags)
+                    pending[job] = (point, child, child_name, child_params)
                 elif child.state == "done":
                     leaf = self._reused(child.run, child_name, child_params)
                     leaves.append(leaf)
@@ -255,11 +312,21 @@ class _Tree:
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            if self.cancelled.is_set():
+                raise _Cancelled
             for future in done:
                 point, child, child_name, child_params = pending.pop(future)
-                leaf = self._record(child, child_name, child_params, future.result())
-                leaves.append(leaf)
-                sampler.tell(point, leaf.objective)
+                result = future.result()
+                if isinstance(result, NodeResult):
+                    if result.changed:
+                        reopen()
+                    children.append(result)
+                    leaves.extend(result.leaves)
+                    sampler.tell(point, result.best.objective if result.best else None)
+                else:
+                    leaf = self._record(child, child_name, child_params, result)
+                    leaves.append(leaf)
+                    sampler.tell(point, leaf.objective)
 
         best = select_best(leaves, mode=self.stage.objective.mode)
         if changed or slot.run.info.status != "FINISHED":
@@ -268,6 +335,7 @@ class _Tree:
         return NodeResult(slot.run_id, name, level, tuple(leaves), best, tuple(children), changed=changed)
 
     def _finish_parent(self, slot, params, leaves, children, best, below, extra_tags, artifacts) -> None:
+        self.writer.flush()
         failed_leaves = sum(leaf.status != "FINISHED" for leaf in leaves)
         failed_children = sum(node.best is None for node in children) if below else failed_leaves
         tags: dict[str, Any] = {
@@ -325,6 +393,8 @@ class _Tree:
         if slot.state == "done":
             return self._reused(slot.run, name, params)
         outcome = self._submit(slot.run, params, require_objective=False).result()
+        if self.cancelled.is_set():
+            raise _Cancelled
         return self._record(slot, name, params, outcome, extra_tags=extra_tags, artifacts=artifacts)
 
     def _submit(self, run: Any, params: Mapping[str, Any], *, require_objective: bool = True) -> Future[LeafOutcome]:
