@@ -303,6 +303,19 @@ class TrackingWriter:
         return {}
 
 
+def prepare_store(uri: str | None) -> str:
+    """Create a sqlite store's schema (and switch it to WAL) from one process; a no-op for servers."""
+    _quiet_mlflow_env()
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        MlflowClient(uri).search_experiments(max_results=1)
+        _use_wal(uri)
+    return uri
+
+
 def _use_wal(uri: str) -> None:
     """SQLite's WAL journal lets worker processes log while the driver writes (measured faster here, too).
 

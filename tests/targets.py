@@ -66,3 +66,34 @@ def nested(*, opt: dict, x: float = 0.0) -> dict:
 
 
 NOT_CALLABLE = 42
+
+
+def contract(*, x: float, y: float = 0.0, fail_on: tuple = ()) -> dict:
+    """What every executor must get right: fluent logging to the leaf, a failing point, a returned metric."""
+    import mlflow
+
+    for i in range(3):
+        mlflow.log_metric("curve", x + i, step=i)
+    if x in fail_on:
+        raise ValueError(f"bad point x={x}")
+    return {"loss": (x - 2) ** 2 + y, "x_seen": x}
+
+
+def crash_at(*, x: float, crash_on: tuple = ()) -> dict:
+    """Kills its own worker process, as a segfaulting extension or an OOM kill would."""
+    import os
+
+    if x in crash_on:
+        os._exit(3)
+    return {"loss": x}
+
+
+def sleepy(*, x: float = 0.0, sleep: float = 0.5) -> dict:
+    import time
+
+    time.sleep(sleep)
+    return {"loss": x}
+
+
+def logs_steps_grouped(*, x: float, group: int, steps: int = 3) -> dict:
+    return logs_steps(x=x + 100 * group, steps=steps)
