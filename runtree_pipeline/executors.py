@@ -72,6 +72,11 @@ class ProcessExecutor(Executor):
             context=multiprocessing.get_context(self.start_method),
             initializer=_warm_worker,
         )
+        seen: set[int] = set()
+        for _ in range(10):
+            seen.update(f.result(timeout=300) for f in [self._pool.schedule(_worker_pid) for _ in range(self.workers)])
+            if len(seen) >= self.workers:
+                break
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         return _outcome_of(self._pool.schedule(execute, args=(task,)), _describe_pebble_error)
@@ -167,6 +172,14 @@ def _describe_pebble_error(error: BaseException) -> str:
 def _describe_ray_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else 'the Ray task failed'}"
+
+
+def _worker_pid() -> int:
+    """A short task: once every worker has answered one, the pool is warm and leaves will not queue behind imports."""
+    import time
+
+    time.sleep(0.05)
+    return os.getpid()
 
 
 def _warm_worker() -> None:

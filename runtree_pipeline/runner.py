@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -260,6 +261,7 @@ class _Tree:
         self.root_id = root_id
         self.stopped_by: LeafResult | None = None
         self.executed = 0
+        self._replays = any(level.sampler == "tpe" for level in stage.levels)
 
     def parent(
         self,
@@ -289,15 +291,20 @@ class _Tree:
                 self.writer.reopen(slot.run)
                 changed = True
 
+        ahead: deque[tuple[Point, str, dict[str, Any], Future[_Slot]]] = deque()
+        depth = self.writer.prefetch if not (below or sampler.learns) else 1
         while True:
             while not self.cancelled.is_set() and self.stopped_by is None and len(pending) < self.executor.workers:
-                point = sampler.ask()
-                if point is None:
+                while len(ahead) < depth and (point := sampler.ask()) is not None:
+                    child_name = f"{name}/{point.name}"
+                    child_params = merge(params, point.params)
+                    child_key = content_key(parent=slot.key, name=point.name, params=child_params)
+                    creating = self.writer.in_background(self._child_slot, slot, child_name, child_key, child_tags, point)
+                    ahead.append((point, child_name, child_params, creating))
+                if not ahead:
                     break
-                child_name = f"{name}/{point.name}"
-                child_params = merge(params, point.params)
-                child_key = content_key(parent=slot.key, name=point.name, params=child_params)
-                child = self._child_slot(slot, child_name, child_key, child_tags, point)
+                point, child_name, child_params, creating = ahead.popleft()
+                child = creating.result()
                 if child.state != "done":
                     reopen()
                 if below:
@@ -328,6 +335,10 @@ class _Tree:
                     leaves.append(leaf)
                     sampler.tell(point, leaf.objective)
 
+        for _, child_name, _, creating in ahead:
+            child = creating.result()
+            if child.state != "done":
+                self.writer.finish(child.run, status="KILLED", tags={schema.ERROR: "not run: the stage stopped first"})
         best = select_best(leaves, mode=self.stage.objective.mode)
         if changed or slot.run.info.status != "FINISHED":
             self._finish_parent(slot, params, leaves, children, best, below, extra_tags, artifacts)
@@ -369,11 +380,10 @@ class _Tree:
     def _child_slot(self, parent: _Slot, name: str, key: str, tags: Mapping[str, Any], point: Point) -> _Slot:
         found = self.existing.child(parent.run_id, key) if parent.state != "new" else None
         if found is None:
-            run = self.writer.start(
-                name=name,
-                tags={**tags, schema.KEY: key, schema.POINT: json.dumps(point.params, sort_keys=True, default=str)},
-                parent_id=parent.run_id,
-            )
+            own = {schema.KEY: key}
+            if self._replays:
+                own[schema.POINT] = json.dumps(point.params, sort_keys=True, default=str)
+            run = self.writer.start(name=name, tags={**tags, **own}, parent_id=parent.run_id)
             return _Slot(run, key, "new")
         if found.info.status == "FINISHED":
             return _Slot(found, key, "done")

@@ -108,7 +108,12 @@ class _Names:
 
 
 class Sampler:
-    """Ask/tell over the points of one parent. `ask` returns None once the sweep is exhausted."""
+    """Ask/tell over the points of one parent. `ask` returns None once the sweep is exhausted.
+
+    `learns` is true when a point depends on results told before it, so points must not be asked ahead.
+    """
+
+    learns = False
 
     def ask(self) -> Point | None:
         raise NotImplementedError
@@ -143,6 +148,7 @@ class OptunaSampler(Sampler):
             sampler=sampler, direction="minimize" if direction == "min" else "maximize"
         )
         self._spec = spec
+        self.learns = spec.sampler == "tpe"
         self._distributions = {d.key: _distribution(d) for d in spec.dimensions if d.is_sweep}
         self._trials: dict[int, Any] = {}
         self._names = _Names()

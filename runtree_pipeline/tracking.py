@@ -186,6 +186,22 @@ class TrackingWriter:
             self._inflight.add(future)
         future.add_done_callback(self._landed)
 
+    @property
+    def prefetch(self) -> int:
+        """How many runs to create ahead of need: only worth it when a round trip can overlap other work."""
+        return IO_THREADS if self._io is not None else 1
+
+    def in_background(self, call: Callable[..., T], *args: Any) -> Future[T]:
+        """Run `call` on an I/O thread against a server (so round trips overlap), at once otherwise."""
+        if self._io is not None:
+            return self._io.submit(call, *args)
+        future: Future[T] = Future()
+        try:
+            future.set_result(call(*args))
+        except Exception as e:  # noqa: BLE001 - re-raised by whoever takes the result
+            future.set_exception(e)
+        return future
+
     def close(self) -> None:
         """Wait for the last writes and stop the I/O threads."""
         if self._io is not None:
