@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from .executors import Executor
 from .plan import Plan, build_plan
+from .progress import Progress
 from .results import PipelineResult
 
 
@@ -26,12 +27,22 @@ def run_pipeline(
     return run_plan(build_plan(config, default_experiment=name), executor=executor)
 
 
-def run_plan(plan: Plan, *, executor: Executor | None = None) -> PipelineResult:
+def run_plan(
+    plan: Plan,
+    *,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+    plots: bool = True,
+) -> PipelineResult:
+    """Run a validated plan. `command` is recorded on every stage run as the way to reproduce it; `plots` draws
+    the children of every parent and the DAG as artifacts once the tree is recorded."""
     from .runner import Runner
     from .tracking import TrackingWriter
 
     writer = TrackingWriter(uri=plan.tracking_uri, experiment=plan.experiment)
     try:
-        return Runner(plan, writer=writer, executor=executor).run()
+        runner = Runner(plan, writer=writer, executor=executor, progress=progress, command=command, plots=plots)
+        return runner.run()
     finally:
         writer.close()

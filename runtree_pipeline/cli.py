@@ -44,12 +44,20 @@ def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
     from .api import run_plan
+    from .progress import make_progress
+    from .provenance import cli_command
     from .summary import render, write_json
     from .tracking import TrackingFailed, TrackingUnavailable, UnknownPipeline
 
     executor = instantiate(cfg.executor) if cfg.get("executor") else None
     try:
-        result = run_plan(plan, executor=executor)
+        result = run_plan(
+            plan,
+            executor=executor,
+            progress=make_progress(bool(cfg.get("progress", True))),
+            command=cli_command(sys.argv, list(hydra_cfg.overrides.task)),
+            plots=bool(cfg.get("plots", True)),
+        )
     except TrackingUnavailable as e:
         _fail(3, str(e))
     except UnknownPipeline as e:

@@ -63,6 +63,10 @@ class StageSpec:
         s = self.subvariants.size() if self.subvariants else 0
         return v, s * max(v, 1) if self.subvariants else 0
 
+    def leaf_count(self) -> int:
+        v, s = self.run_counts()
+        return s or v or 1
+
     def param_keys(self) -> set[str]:
         keys = set(flatten(dict(self.params)))
         for level in self.levels:

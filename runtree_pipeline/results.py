@@ -31,6 +31,7 @@ class NodeResult:
     best: LeafResult | None
     children: tuple[NodeResult, ...] = ()
     changed: bool = True
+    artifact_uri: str | None = None
 
     @property
     def failed(self) -> int:

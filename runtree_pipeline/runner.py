@@ -29,6 +29,9 @@ from .interrupts import interruptible
 from .leaf import LeafOutcome, LeafTask, objective_value
 from .params import flatten, lookup, merge
 from .plan import Plan, StageSpec
+from .plots import DAG_PLOT
+from .progress import Progress
+from .provenance import invocation_tags
 from .redact import redact
 from .references import Reference, substitute
 from .results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
@@ -85,10 +88,16 @@ class Runner:
         *,
         writer: TrackingWriter,
         executor: Executor | None = None,
+        progress: Progress | None = None,
+        command: str | None = None,
+        plots: bool = True,
     ) -> None:
         self.plan = plan
         self.writer = writer
         self.executor = executor or LocalExecutor()
+        self.progress = progress or Progress()
+        self.command = command
+        self.plots = plots
         self.existing = ExistingTree()
         resume = plan.resume
         if resume:
@@ -108,6 +117,7 @@ class Runner:
         self.subtrees: Any = _InlinePool()
 
     def run(self) -> PipelineResult:
+        self._invocation = invocation_tags(self.command)
         self.executor.start(tracking_uri=self.writer.uri)
         parallel = self.executor.workers > 1
         stages = ThreadPoolExecutor(len(self.plan.order), "runtree-stage") if parallel else _InlinePool()
@@ -116,7 +126,9 @@ class Runner:
         try:
             with interruptible():
                 self._schedule(stages)
-            self.writer.flush()
+                self.writer.flush()
+                if self.plots:
+                    self._draw()
         except KeyboardInterrupt:
             self._stop(stages)
             killed = self.writer.end_open_runs("KILLED")
@@ -131,6 +143,7 @@ class Runner:
             raise
         finally:
             self.executor.close()
+            self.progress.close()
             stages.shutdown()
             self.subtrees.shutdown()
         return PipelineResult(
@@ -153,8 +166,34 @@ class Runner:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 name = running.pop(future)
-                self._results[name] = future.result()
+                self._results[name] = result = future.result()
                 self._running.discard(name)
+                self.progress.stage_finished(name, status=result.status)
+
+    def _draw(self) -> None:
+        """Pictures for the MLflow UI on every parent that changed, and the DAG on every stage run."""
+        from .plots import dag_plot, parent_plots
+
+        edges = [(dep, s.name) for s in self.plan.stages.values() for dep in s.depends_on]
+        status = {name: result.status for name, result in self._results.items()}
+        for name, result in self._results.items():
+            node = result.node
+            if node is None or not node.changed or node.artifact_uri is None:
+                continue
+            objective = self.plan.stages[name].objective
+            try:
+                files: dict[str, bytes] = {DAG_PLOT: dag_plot(edges, self.plan.order, highlight=name, status=status)}
+                for parent in (node, *node.children):
+                    if objective.metric and parent.changed:
+                        best_id = parent.best.run_id if parent.best else None
+                        drawn = parent_plots(parent.leaves, metric=objective.metric, mode=objective.mode, best_run_id=best_id)
+                        if parent is node:
+                            files.update(drawn)
+                        elif drawn and parent.artifact_uri:
+                            self.writer.attach(parent.artifact_uri, drawn)
+                self.writer.attach(node.artifact_uri, files)
+            except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
+                log.warning("could not draw plots for stage %s: %s", name, e)
 
     def _stop(self, stages: Any) -> None:
         """Let every driver thread see the interruption and return, so nothing writes after the runs are ended."""
@@ -180,17 +219,26 @@ class Runner:
             schema.LEVEL: "stage",
             **{schema.UPSTREAM + d: run_id for d, run_id in upstream.items()},
         }
+        own = {
+            **self._invocation,
+            schema.LEVELS: ",".join(level.level for level in stage.levels),
+            schema.OBJECTIVE_MODE: stage.objective.mode,
+        }
+        if stage.objective.metric:
+            own[schema.OBJECTIVE_METRIC] = stage.objective.metric
         try:
             params = substitute(dict(stage.params), self._lookup)
             levels = tuple(_resolve_points(level, self._lookup) for level in stage.levels)
         except (StageInputError, ValueError) as e:
-            run = self.writer.start(name=stage.name, tags=tags)
+            run = self.writer.start(name=stage.name, tags={**tags, **own})
             self.writer.finish(run, status="FAILED", tags={schema.ROOT_RUN_ID: run.info.run_id, schema.ERROR: str(e)})
             log.error("stage %s failed: %s", stage.name, e)
             return StageResult(stage.name, "FAILED", reason=str(e), upstream=upstream)
 
         key = content_key(stage=stage.name, target=stage.target, params=params)
-        slot = self._stage_slot(stage.name, key, tags)
+        slot = self._stage_slot(stage.name, key, tags, own)
+        objective = stage.objective
+        self.progress.stage_started(stage.name, total=stage.leaf_count(), metric=objective.metric, mode=objective.mode)
         stage_tags = {schema.ROOT_RUN_ID: slot.run_id}
         config = {**self.plan.config, "stages": {stage.name: {**self.plan.config["stages"][stage.name], "params": params}}}
         artifacts = {schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)}
@@ -200,7 +248,8 @@ class Runner:
             node = tree.parent(slot, stage.name, "stage", params, levels, tags, extra_tags=stage_tags, artifacts=artifacts)
         else:
             leaf = tree.leaf(slot, stage.name, params, extra_tags=stage_tags, artifacts=artifacts)
-            node = NodeResult(slot.run_id, stage.name, "stage", (leaf,), leaf if leaf.status == "FINISHED" else None)
+            best = leaf if leaf.status == "FINISHED" else None
+            node = NodeResult(slot.run_id, stage.name, "stage", (leaf,), best, (), slot.state != "done", slot.run.info.artifact_uri)
         if tree.stopped_by is not None:
             reason = f"on_failure=stop: stopped after {tree.stopped_by.name} failed ({tree.stopped_by.error})"
             log.error("stage %s failed: %s", stage.name, reason)
@@ -210,24 +259,16 @@ class Runner:
             reason = f"no successful leaf ({node.failed} of {len(node.leaves)} failed; first error: {first})"
             log.error("stage %s failed: %s", stage.name, reason)
             return StageResult(stage.name, "FAILED", node=node, reason=reason, upstream=upstream)
-        log.info(
-            "stage %s: %d leaves (%d run now), %d failed, best %s",
-            stage.name,
-            len(node.leaves),
-            tree.executed,
-            node.failed,
-            node.best.name,
-        )
         return StageResult(stage.name, "FINISHED", node=node, upstream=upstream)
 
-    def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any]) -> _Slot:
+    def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any], own: Mapping[str, Any]) -> _Slot:
         found = self.existing.stage(name, key)
         if found is not None:
             if found.info.status == "FINISHED":
                 return _Slot(found, key, "done")
             self.writer.reopen(found)
             return _Slot(found, key, "redo")
-        run = self.writer.start(name=name, tags={**tags, schema.KEY: key})
+        run = self.writer.start(name=name, tags={**tags, **own, schema.KEY: key})
         for stale in self.existing.stale_stages(name, key):
             self.writer.annotate(stale, {schema.SUPERSEDED_BY: run.info.run_id})
         return _Slot(run, key, "new")
@@ -260,7 +301,7 @@ class _Tree:
         self.stage = stage
         self.root_id = root_id
         self.stopped_by: LeafResult | None = None
-        self.executed = 0
+        self.progress = runner.progress
         self._replays = any(level.sampler == "tpe" for level in stage.levels)
 
     def parent(
@@ -343,7 +384,9 @@ class _Tree:
         if changed or slot.run.info.status != "FINISHED":
             self._finish_parent(slot, params, leaves, children, best, below, extra_tags, artifacts)
             changed = True
-        return NodeResult(slot.run_id, name, level, tuple(leaves), best, tuple(children), changed=changed)
+        return NodeResult(
+            slot.run_id, name, level, tuple(leaves), best, tuple(children), changed, slot.run.info.artifact_uri
+        )
 
     def _finish_parent(self, slot, params, leaves, children, best, below, extra_tags, artifacts) -> None:
         self.writer.flush()
@@ -408,7 +451,6 @@ class _Tree:
         return self._record(slot, name, params, outcome, extra_tags=extra_tags, artifacts=artifacts)
 
     def _submit(self, run: Any, params: Mapping[str, Any], *, require_objective: bool = True) -> Future[LeafOutcome]:
-        self.executed += 1
         task = LeafTask(
             target=self.stage.target,
             kwargs=params,
@@ -422,6 +464,8 @@ class _Tree:
         returned = json.loads(run.data.tags.get(schema.RETURNED, "[]"))
         metrics = {k: run.data.metrics[k] for k in returned if k in run.data.metrics}
         outcome = LeafOutcome(metrics=metrics, outputs=self.writer.outputs_of(run))
+        objective = objective_value(outcome, self.stage.objective.metric)
+        self.progress.leaf_done(self.stage.name, objective=objective, failed=False)
         return LeafResult(
             run_id=run.info.run_id,
             name=name,
@@ -429,7 +473,7 @@ class _Tree:
             metrics=metrics,
             outputs=outcome.outputs,
             status="FINISHED",
-            objective=objective_value(outcome, self.stage.objective.metric),
+            objective=objective,
         )
 
     def _record(
@@ -471,6 +515,7 @@ class _Tree:
             error=outcome.error,
             objective=objective_value(outcome, self.stage.objective.metric),
         )
+        self.progress.leaf_done(self.stage.name, objective=leaf.objective, failed=not outcome.ok)
         if outcome.error and self.stage.on_failure == "stop" and self.stopped_by is None:
             self.stopped_by = leaf
         return leaf

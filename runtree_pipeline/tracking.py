@@ -83,50 +83,41 @@ def _is_transient(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, TimeoutError)) or "database is locked" in text
 
 
-class TrackingWriter:
-    """Creates and ends runs in one experiment with the fewest round trips: create, one batch, end."""
+class TrackingReader:
+    """Reads run trees back (resume's lookups, the `runtree` command) with paginated searches and retries."""
 
-    def __init__(self, *, uri: str | None, experiment: str) -> None:
+    def __init__(self, *, uri: str | None, experiment: str | None = None) -> None:
         _quiet_mlflow_env()
         import mlflow
         from mlflow import MlflowClient
 
         self.uri = uri or mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
         self.experiment = experiment
+        self._check_exists()
+        self.client = MlflowClient(self.uri)
         try:
             with _few_http_retries():
-                self.experiment_id = self._experiment_id(experiment)
+                self.experiment_ids = self._experiment_ids(experiment)
+        except (TrackingUnavailable, UnknownExperiment):
+            raise
         except Exception as e:  # noqa: BLE001 - any failure here means the store is not usable
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingUnavailable(f"tracking store {self.uri} is not usable: {reason}") from e
-        self._context_tags = _context_tags()
-        self._open: dict[str, Any] = {}
-        self._inflight: set[Future[None]] = set()
-        self._errors: list[BaseException] = []
-        self._lock = threading.Lock()
-        self._io: ThreadPoolExecutor | None = None
-        if self.uri.startswith(("http://", "https://")):
-            self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="runtree-io")
-        elif self.uri.startswith("sqlite:///"):
-            _use_wal(self.uri)
 
-    def _experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
+    def _check_exists(self) -> None:
+        """Reading must not create an empty sqlite file where the user mistyped a path."""
+        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///") :]).exists():
+            raise TrackingUnavailable(f"no tracking store at {self.uri}")
 
-        for _ in range(3):
-            found = self.client.get_experiment_by_name(name)
-            if found is not None:
-                if found.lifecycle_stage == "deleted":
-                    self.client.restore_experiment(found.experiment_id)
-                return found.experiment_id
-            try:
-                return self.client.create_experiment(name)
-            except MlflowException as e:
-                if "already exists" not in str(e).lower():
-                    raise
-        raise TrackingUnavailable(f"experiment '{name}' could not be created or found")
+    def _experiment_ids(self, name: str | None) -> list[str]:
+        if name is None:
+            return [e.experiment_id for e in self.client.search_experiments()]
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            known = sorted(e.name for e in self.client.search_experiments())
+            raise UnknownExperiment(f"no experiment '{name}' in {self.uri} (it has: {', '.join(known) or 'none'})")
+        return [found.experiment_id]
+
 
     def _retrying(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         for delay in (*RETRY_DELAYS, None):
@@ -139,6 +130,99 @@ class TrackingWriter:
                 log.warning("retrying in %.1fs: could not %s (%s)", delay, what, type(e).__name__)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def pipeline_runs(self, pipeline_id: str) -> list[Any]:
+        """Every run of one pipeline execution: one paginated search, never a query per run."""
+        return self._search(filter_eq(schema.PIPELINE_ID, pipeline_id))
+
+    def stage_runs(self) -> list[Any]:
+        """Every stage run: one per stage per pipeline execution, the roots of the trees."""
+        return self._search(filter_eq(schema.LEVEL, "stage"))
+
+    def run(self, run_id: str) -> Any:
+        return self._retrying(f"read run {run_id}", self.client.get_run, run_id)
+
+    def latest_pipeline_id(self) -> str | None:
+        runs = self._retrying(
+            "find the latest pipeline",
+            self.client.search_runs,
+            self.experiment_ids,
+            filter_string=filter_eq(schema.LEVEL, "stage"),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].data.tags.get(schema.PIPELINE_ID) if runs else None
+
+    def _search(self, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self._retrying(
+                "search runs",
+                self.client.search_runs,
+                self.experiment_ids,
+                filter_string=filter_string,
+                max_results=50000,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def outputs_of(self, run: Any) -> dict[str, Any]:
+        """A finished leaf's outputs: from its tag when small, else from its `outputs.json` artifact."""
+        text = run.data.tags.get(schema.OUTPUTS)
+        if text is not None:
+            return json.loads(text)
+        if run.data.tags.get(schema.OUTPUTS_IN_ARTIFACT):
+            path = self._retrying("read outputs", self.client.download_artifacts, run.info.run_id, schema.OUTPUTS_ARTIFACT)
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        return {}
+
+
+class UnknownExperiment(LookupError):
+    """An experiment name that the store does not hold."""
+
+
+class TrackingWriter(TrackingReader):
+    """Creates and ends runs in one experiment with the fewest round trips: create, one batch, end."""
+
+    def __init__(self, *, uri: str | None, experiment: str) -> None:
+        super().__init__(uri=uri, experiment=experiment)
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        self.experiment_id = self.experiment_ids[0]
+        self._context_tags = _context_tags()
+        self._open: dict[str, Any] = {}
+        self._inflight: set[Future[None]] = set()
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._io: ThreadPoolExecutor | None = None
+        if self.uri.startswith(("http://", "https://")):
+            self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="runtree-io")
+        elif self.uri.startswith("sqlite:///"):
+            _use_wal(self.uri)
+
+    def _check_exists(self) -> None:
+        """A writer creates the store if it is missing."""
+
+    def _experiment_ids(self, name: str | None) -> list[str]:
+        from mlflow.exceptions import MlflowException
+
+        for _ in range(3):
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                if found.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(found.experiment_id)
+                return [found.experiment_id]
+            try:
+                return [self.client.create_experiment(name)]
+            except MlflowException as e:
+                if "already exists" not in str(e).lower():
+                    raise
+        raise TrackingUnavailable(f"experiment '{name}' could not be created or found")
 
     def start(self, *, name: str, tags: Mapping[str, Any], parent_id: str | None = None) -> Any:
         """Create a RUNNING run with all its tags in one call; returns the MLflow `Run`."""
@@ -253,7 +337,7 @@ class TrackingWriter:
             with contextlib.suppress(Exception):
                 self.client.delete_tag(run_id, key)
         if artifacts:
-            self._retrying(f"store artifacts of run {name}", self._log_artifacts, run, artifacts)
+            self._retrying(f"store artifacts of run {name}", _write_artifacts, run.info.artifact_uri, artifacts)
         self._retrying(f"end run {name}", self.client.set_terminated, run_id, status=status)
         self._open.pop(run_id, None)
 
@@ -267,56 +351,24 @@ class TrackingWriter:
             self._open.pop(run_id, None)
         return ended
 
-    def _log_artifacts(self, run: Any, files: Mapping[str, str]) -> None:
-        """Write straight to the run's artifact repository: `MlflowClient.log_text` would fetch the run first."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    def attach(self, artifact_uri: str, files: Mapping[str, str | bytes]) -> None:
+        """Artifacts for a run that may already be ended (pictures drawn after the tree is recorded)."""
+        self._retrying("store artifacts", _write_artifacts, artifact_uri, files)
 
-        with tempfile.TemporaryDirectory(prefix="runtree-") as tmp:
-            for name, text in files.items():
-                Path(tmp, name).write_text(text, encoding="utf-8")
-            get_artifact_repository(run.info.artifact_uri).log_artifacts(tmp)
 
-    def pipeline_runs(self, pipeline_id: str) -> list[Any]:
-        """Every run of one pipeline execution: one paginated search, never a query per run."""
-        return self._search(filter_eq(schema.PIPELINE_ID, pipeline_id))
+def _write_artifacts(artifact_uri: str, files: Mapping[str, str | bytes]) -> None:
+    """Straight to the run's artifact repository: `MlflowClient.log_text` would fetch the run first."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    def latest_pipeline_id(self) -> str | None:
-        runs = self._retrying(
-            "find the latest pipeline",
-            self.client.search_runs,
-            [self.experiment_id],
-            filter_string=filter_eq(schema.LEVEL, "stage"),
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        return runs[0].data.tags.get(schema.PIPELINE_ID) if runs else None
-
-    def _search(self, filter_string: str) -> list[Any]:
-        runs: list[Any] = []
-        token = None
-        while True:
-            page = self._retrying(
-                "search runs",
-                self.client.search_runs,
-                [self.experiment_id],
-                filter_string=filter_string,
-                max_results=50000,
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
-
-    def outputs_of(self, run: Any) -> dict[str, Any]:
-        """A finished leaf's outputs: from its tag when small, else from its `outputs.json` artifact."""
-        text = run.data.tags.get(schema.OUTPUTS)
-        if text is not None:
-            return json.loads(text)
-        if run.data.tags.get(schema.OUTPUTS_IN_ARTIFACT):
-            path = self._retrying("read outputs", self.client.download_artifacts, run.info.run_id, schema.OUTPUTS_ARTIFACT)
-            return json.loads(Path(path).read_text(encoding="utf-8"))
-        return {}
+    with tempfile.TemporaryDirectory(prefix="runtree-") as tmp:
+        for name, content in files.items():
+            path = Path(tmp, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content, encoding="utf-8")
+        get_artifact_repository(artifact_uri).log_artifacts(tmp)
 
 
 def prepare_store(uri: str | None) -> str:
