@@ -156,8 +156,16 @@ def reproduce_command(stage: Any, leaf: Any) -> str | None:
 
 
 def _hydra_value(text: str) -> str:
-    """A logged param (always text in MLflow) back in Hydra's override grammar."""
-    if re.fullmatch(r"-?\d+(\.\d*)?([eE][-+]?\d+)?|[A-Za-z_][\w.\-/]*", text) or text.startswith(("[", "{")):
+    """A logged param (always text in MLflow) back in Hydra's override grammar: as is when Hydra's parser reads
+    it back to the same text, quoted otherwise (spaces that matter, commas that would make a sweep, quotes)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_override(f"k={text}")
+    except HydraException:
+        parsed = None
+    if parsed is not None and not parsed.is_sweep_override() and str(parsed.value()) == text:
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
