@@ -6,16 +6,16 @@ Importing the package stays cheap (no mlflow, optuna or torch) so that `dry_run=
 from __future__ import annotations
 
 from .api import run_pipeline, run_plan
-from .errors import ConfigError, ConfigErrors, PipelineFailed
+from .errors import ConfigError, ConfigErrors, Interrupted
 from .plan import Plan, StageSpec, build_plan
 from .results import LeafResult, NodeResult, PipelineResult, StageResult
 
 __all__ = [
     "ConfigError",
     "ConfigErrors",
+    "Interrupted",
     "LeafResult",
     "NodeResult",
-    "PipelineFailed",
     "PipelineResult",
     "Plan",
     "StageResult",

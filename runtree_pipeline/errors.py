@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def first_line(error: BaseException) -> str:
+    """The readable part of an exception from a library that writes several lines (Hydra, OmegaConf, MLflow)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ConfigError(ValueError):
     """One problem in the config, located by stage and key so the user knows where to look."""
 
@@ -26,10 +32,6 @@ class ConfigErrors(ValueError):
     def __init__(self, errors: Iterable[ConfigError]) -> None:
         self.errors = sorted(errors, key=lambda e: (e.stage or "", e.key or "", e.detail))
         super().__init__("\n".join(str(e) for e in self.errors))
-
-
-class PipelineFailed(RuntimeError):
-    """The pipeline ran but could not produce what was asked (e.g. a stage with no successful leaf)."""
 
 
 class Interrupted(KeyboardInterrupt):

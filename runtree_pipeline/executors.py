@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .errors import ConfigError, ConfigErrors
+from .futures import run_now
 from .leaf import LeafOutcome, LeafTask, execute
 
 
@@ -50,9 +51,7 @@ class LocalExecutor(Executor):
     """In-process, one leaf at a time: the simplest thing, and the fastest for quick trials."""
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
-        future: Future[LeafOutcome] = Future()
-        future.set_result(execute(task))
-        return future
+        return run_now(execute, task)
 
 
 class ProcessExecutor(Executor):

@@ -18,7 +18,7 @@ import networkx as nx
 from omegaconf import DictConfig, OmegaConf
 
 from . import references
-from .errors import ConfigError, ConfigErrors
+from .errors import ConfigError, ConfigErrors, first_line
 from .params import flatten, merge
 from .sweep import SweepSpec, parse_sweep
 
@@ -187,7 +187,7 @@ def _resolve_top(cfg: DictConfig, errors: list[ConfigError]) -> dict[str, Any]:
                 value = cfg[key]
             out[str(key)], _ = references.resolve_recording(value)
         except Exception as e:  # noqa: BLE001 - OmegaConf wraps the user's interpolation error in many types
-            errors.append(ConfigError(_first_line(e), key=str(key)))
+            errors.append(ConfigError(first_line(e), key=str(key)))
     return out
 
 
@@ -200,7 +200,7 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
     try:
         raw, refs = references.resolve_recording(node)
     except Exception as e:  # noqa: BLE001 - OmegaConf wraps the user's interpolation error in many types
-        raise ConfigError(_first_line(e), stage=name) from None
+        raise ConfigError(first_line(e), stage=name) from None
 
     target_path = raw.get("_target_")
     target = None
@@ -260,7 +260,7 @@ def _import(path: str, stage: str) -> Any:
     try:
         target = get_object(path)
     except Exception as e:  # noqa: BLE001 - importing user code can raise anything
-        raise ConfigError(f"cannot import '{path}': {_first_line(e)}", stage=stage, key="_target_") from None
+        raise ConfigError(f"cannot import '{path}': {first_line(e)}", stage=stage, key="_target_") from None
     if not callable(target):
         raise ConfigError(f"'{path}' is not callable", stage=stage, key="_target_")
     return target
@@ -353,8 +353,3 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
 def _hint(word: str, options: Any) -> str:
     match = difflib.get_close_matches(word, sorted(options), n=1)
     return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -24,6 +24,7 @@ import yaml
 
 from . import schema
 from .errors import Interrupted
+from .futures import run_now
 from .executors import Executor, LocalExecutor
 from .interrupts import interruptible
 from .leaf import LeafOutcome, LeafTask, objective_value
@@ -57,12 +58,7 @@ class _InlinePool:
     """
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as e:  # noqa: BLE001 - handed to whoever waits on the future, as a pool would
-            future.set_exception(e)
-        return future
+        return run_now(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Nothing runs in the background."""

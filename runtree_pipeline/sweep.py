@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .params import flatten
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -296,9 +296,8 @@ def _dimensions(raw: Any, stage: str, where: str) -> tuple[Dimension, ...]:
         try:
             override = parser.parse_override(f"{key}={value}")
         except HydraException as e:
-            reason = str(e).splitlines()[0]
             raise ConfigError(
-                f"malformed sweep {value!r}: {reason}", stage=stage, key=f"{where}.params.{key}"
+                f"malformed sweep {value!r}: {first_line(e)}", stage=stage, key=f"{where}.params.{key}"
             ) from None
         if override.is_sweep_override():
             dim = Dimension(key=key, override=override)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import schema
+from .errors import first_line
+from .futures import run_now
 from .interrupts import shielded
 from .redact import REDACTED, is_secret, redact
 
@@ -101,8 +103,7 @@ class TrackingReader:
         except (TrackingUnavailable, UnknownExperiment):
             raise
         except Exception as e:  # noqa: BLE001 - any failure here means the store is not usable
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrackingUnavailable(f"tracking store {self.uri} is not usable: {reason}") from e
+            raise TrackingUnavailable(f"tracking store {self.uri} is not usable: {first_line(e)}") from e
 
     def _check_exists(self) -> None:
         """Reading must not create an empty sqlite file where the user mistyped a path."""
@@ -126,7 +127,7 @@ class TrackingReader:
                     return call(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - classified just below
                 if delay is None or not _is_transient(e):
-                    raise TrackingFailed(f"could not {what}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+                    raise TrackingFailed(f"could not {what}: {first_line(e)}") from e
                 log.warning("retrying in %.1fs: could not %s (%s)", delay, what, type(e).__name__)
                 time.sleep(delay)
         raise AssertionError("unreachable")
@@ -277,14 +278,7 @@ class TrackingWriter(TrackingReader):
 
     def in_background(self, call: Callable[..., T], *args: Any) -> Future[T]:
         """Run `call` on an I/O thread against a server (so round trips overlap), at once otherwise."""
-        if self._io is not None:
-            return self._io.submit(call, *args)
-        future: Future[T] = Future()
-        try:
-            future.set_result(call(*args))
-        except Exception as e:  # noqa: BLE001 - re-raised by whoever takes the result
-            future.set_exception(e)
-        return future
+        return self._io.submit(call, *args) if self._io is not None else run_now(call, *args)
 
     def close(self) -> None:
         """Wait for the last writes and stop the I/O threads."""

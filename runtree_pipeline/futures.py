@@ -1,0 +1,19 @@
+"""Futures for code that is sometimes concurrent and sometimes not, so both share one code path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run_now(call: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    """A finished future of `call(...)`: how sequential code stands in where concurrent code would hand out futures."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(call(*args, **kwargs))
+    except Exception as e:  # noqa: BLE001 - re-raised by whoever takes the result, as a pool would
+        future.set_exception(e)
+    return future
