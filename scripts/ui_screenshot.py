@@ -1,0 +1,134 @@
+"""Screenshot of the MLflow UI showing a pipeline's run tree expanded, for the README.
+
+Run by hand (needs Debian's `chromium` and `chromium-driver` packages and `pip install selenium`):
+
+    python scripts/ui_screenshot.py                      # runs +sweep=cnn in a temp dir first
+    python scripts/ui_screenshot.py --store ./mlflow.db --experiment cnn --out docs/mlflow-ui.png
+
+It starts `mlflow ui` on a free loopback port against the store, opens the experiment's runs page in headless
+Chromium, expands every nested run and saves the picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROME_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--window-size=2000,1000",
+)
+# Columns that make the tree's point: each parent's best and each leaf's own value.
+COLUMNS = ("best_val_loss", "val_loss")
+# The run-name cell's expand/collapse button; the "+" icon has a vertical bar the "−" icon lacks.
+EXPANDER = "button[data-component-id*='runnamecellrenderer']"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_store(workdir: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "runtree_pipeline", "+sweep=cnn", "progress=false"], cwd=workdir, check=True)
+    return workdir / "mlflow.db"
+
+
+def serve(store: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("mlflow ui did not start")
+
+
+def click_all(driver, xpath: str) -> None:
+    for element in driver.find_elements("xpath", xpath):
+        try:
+            element.click()
+        except Exception:  # noqa: BLE001 - a banner that is already gone is fine
+            pass
+
+
+def screenshot(url: str, experiment_id: str, out: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(f"{url}/#/experiments/{experiment_id}/runs")
+        time.sleep(6)
+        click_all(driver, "//button[normalize-space(.)='Model training']")
+        click_all(driver, "//button[@aria-label='Close']")
+        time.sleep(2)
+        for _ in range(6):
+            collapsed = [b for b in driver.find_elements("css selector", EXPANDER) if "V4.5" in b.get_attribute("innerHTML")]
+            if not collapsed:
+                break
+            for button in collapsed:
+                button.click()
+                time.sleep(0.3)
+            time.sleep(1)
+        click_all(driver, "//*[contains(normalize-space(.), 'Show more columns') and not(*[contains(normalize-space(.), 'Show more columns')])]")
+        time.sleep(1)
+        for column in COLUMNS:
+            click_all(driver, f"//*[normalize-space(text())='{column}']")
+            time.sleep(0.3)
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+        time.sleep(1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, help="an mlflow.db made by the pipeline (default: run +sweep=cnn now)")
+    parser.add_argument("--experiment", default="cnn", help="experiment to show (its metrics named in COLUMNS)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "mlflow-ui.png")
+    args = parser.parse_args()
+    store = args.store.resolve() if args.store else make_store(Path(tempfile.mkdtemp(prefix="runtree-ui-")))
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(f"sqlite:///{store}").get_experiment_by_name(args.experiment)
+    if experiment is None:
+        sys.exit(f"no experiment '{args.experiment}' in {store}")
+    proc, url = serve(store)
+    try:
+        screenshot(url, experiment.experiment_id, args.out)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
