@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .redact import redact
+
 
 @dataclass(frozen=True)
 class LeafResult:
@@ -92,9 +94,9 @@ class PipelineResult:
                     "run_id": best.run_id,
                     "name": best.name,
                     "objective": best.objective,
-                    "params": dict(best.params),
+                    "params": redact(dict(best.params)),
                     "metrics": dict(best.metrics),
-                    "outputs": dict(best.outputs),
+                    "outputs": redact(dict(best.outputs)),
                 },
             }
         return out

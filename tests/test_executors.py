@@ -205,3 +205,21 @@ def test_import_and_dry_run_do_not_import_mlflow(args, tmp_path):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "runtree_pipeline" in imported
     assert not {m for m in imported if m.split(".")[0] in ("mlflow", "optuna", "torch", "ray")}
+
+
+def test_an_inherited_mlflow_run_id_does_not_hijack_the_tree(run_cli, store, client):
+    """mlflow#15713: MLFLOW_RUN_ID in the environment would silently become the parent of the first run."""
+    assert run_cli("+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=1").returncode == 0
+    stranger = all_runs(client, "tutorial")[0].info.run_id
+    proc = run_cli(
+        "+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=2", "experiment=inherited",
+        "executor=processes", "executor.workers=2", MLFLOW_RUN_ID=stranger,
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = all_runs(client, "inherited")
+    assert len(runs) == 1 + 5 + 10
+    (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
+    assert "mlflow.parentRunId" not in stage.data.tags
+    ids = {r.info.run_id for r in runs}
+    assert all(r.data.tags["mlflow.parentRunId"] in ids for r in runs if r is not stage)
+    assert client.get_run(stranger).info.status == "FINISHED"

@@ -288,6 +288,7 @@ def test_secret_looking_keys_are_redacted_everywhere(store, client):
     }
     result = run_pipeline(config)
     assert result.stages["fit"].best.metrics["key_len"] == 9
+    assert result.to_dict()["stages"]["fit"]["best"]["params"]["api_key"] == "***"
     runs = all_runs(client, "secrets")
     for r in runs:
         assert r.data.params["api_key"] == "***"
