@@ -152,7 +152,7 @@ def contenders(uri: str, tag: str, cwd: Path) -> dict[str, list[str]]:
             f"experiment=runtree-{tag}", f"hydra.run.dir={cwd / 'outputs' / tag}",
         ],
         # runtree switches a sqlite file to WAL; the floor again on that same file shows what WAL alone gives.
-        "floor again, after (sqlite: now in WAL mode)": [sys.executable, "-c", FLOOR, uri, f"floor2-{tag}", *SHAPE],
+        "floor again, after runtree (a sqlite file is now WAL)": [sys.executable, "-c", FLOOR, uri, f"floor2-{tag}", *SHAPE],
     }
 
 
