@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
+
+from runtree_pipeline.localserver import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE = ("5", "25")  # parents, children per parent
@@ -102,31 +102,6 @@ def env() -> dict[str, str]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(root: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=root, env={**env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("mlflow server did not start")
-
-
 def ms_per_run(uri: str, experiment: str) -> tuple[float, int]:
     from mlflow import MlflowClient
 
@@ -161,7 +136,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per contender and store; the median is shown")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="runtree-bench-"))
-    server, url = start_server(root)
+    server = LocalMlflowServer(root, workers=None, env=env()).start()
+    url = server.url
     rows = []
     try:
         for store_name, make_uri in (("sqlite", lambda i: f"sqlite:///{root / f'bench{i}.db'}"), ("server", lambda i: url)):
@@ -193,8 +169,7 @@ def main() -> None:
                  f"hydra.run.dir={root / 'outputs' / 'dry'}"], root) for _ in range(5)
         )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
     print(f"| store | contender | ms/run | tutorial loop ÷ this | this ÷ floor |")
     print("|---|---|---:|---:|---:|")

@@ -12,14 +12,13 @@ Chromium, expands every nested run and saves the picture.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from runtree_pipeline.localserver import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 CHROME_FLAGS = (
@@ -32,34 +31,9 @@ COLUMNS = ("best_val_loss", "val_loss")
 EXPANDER = "button[data-component-id*='runnamecellrenderer']"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_store(workdir: Path) -> Path:
     subprocess.run([sys.executable, "-m", "runtree_pipeline", "+sweep=cnn", "progress=false"], cwd=workdir, check=True)
     return workdir / "mlflow.db"
-
-
-def serve(store: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("mlflow ui did not start")
 
 
 def click_all(driver, xpath: str) -> None:
@@ -121,12 +95,8 @@ def main() -> None:
     experiment = MlflowClient(f"sqlite:///{store}").get_experiment_by_name(args.experiment)
     if experiment is None:
         sys.exit(f"no experiment '{args.experiment}' in {store}")
-    proc, url = serve(store)
-    try:
-        screenshot(url, experiment.experiment_id, args.out)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with LocalMlflowServer(store.parent, backend_uri=f"sqlite:///{store}", command="ui", workers=None) as ui:
+        screenshot(ui.url, experiment.experiment_id, args.out)
     print(args.out)
 
 

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from runtree_pipeline.localserver import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,65 +61,14 @@ def all_runs(client, experiment: str | None = None) -> list:
     return client.search_runs(ids, max_results=50000) if ids else []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` on loopback (single worker: no Nagle delay; no job runner), stoppable mid-test."""
-
-    def __init__(self, root: Path, port: int | None = None) -> None:
-        self.root = root
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> MlflowServer:
-        import urllib.request
-
-        log = open(self.root / "server.log", "a")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-                "--artifacts-destination", str(self.root / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            ],
-            cwd=self.root,
-            env=cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+def server_at(root: Path) -> LocalMlflowServer:
+    """A real `mlflow server` on loopback (single worker, no job runner) whose children see the test env."""
+    return LocalMlflowServer(root, env=cli_env())
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("server")).start()
+    server = server_at(tmp_path_factory.mktemp("server")).start()
     yield server.url
     server.stop()
 
@@ -128,6 +78,6 @@ def own_mlflow_server(tmp_path):
     """A server this test may stop and restart."""
     root = tmp_path / "server"
     root.mkdir()
-    server = MlflowServer(root).start()
+    server = server_at(root).start()
     yield server
     server.stop()
