@@ -60,6 +60,8 @@ def main(cfg: DictConfig) -> None:
         )
     except TrackingUnavailable as e:
         _fail(3, str(e))
+    except ConfigErrors as e:
+        _fail(2, str(e))
     except UnknownPipeline as e:
         _fail(2, str(e))
     except TrackingFailed as e:

@@ -178,10 +178,16 @@ def test_independent_stages_overlap(store, client):
     assert join.start_time >= max(left.end_time, right.end_time)
 
 
-def test_ray_on_a_cluster_refuses_a_local_store(store, client):
+def test_ray_on_a_cluster_refuses_a_local_store(store, client, run_cli):
     config = contract_config(store, "refused")
     with pytest.raises(ConfigErrors, match="key 'executor.address': Ray workers on other machines cannot write"):
         run_pipeline(config, executor=RayExecutor(address="auto"))
+    proc = run_cli("+sweep=tutorial", f"tracking_uri={store}", "executor=ray", "executor.address=auto")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"runtree: error: key 'executor.address': Ray workers on other machines cannot write to {store}: "
+        "use a tracking server (tracking_uri=http://HOST:PORT) or executor.address=local"
+    ]
     assert all_runs(client) == []
 
 
