@@ -65,8 +65,7 @@ def _run(args: argparse.Namespace) -> str:
         raise _Fail(2, str(e)) from None
 
     if args.command == "list":
-        names = {e.experiment_id: e.name for e in reader.client.search_experiments()}
-        return render_list(reader.stage_runs(), names)
+        return render_list(reader.stage_runs(), reader.experiment_names())
 
     pipeline_id = reader.latest_pipeline_id() if args.pipeline == "last" else args.pipeline
     runs = reader.pipeline_runs(pipeline_id) if pipeline_id else []

@@ -149,7 +149,9 @@ class OptunaSampler(Sampler):
         )
         self._spec = spec
         self.learns = spec.sampler == "tpe"
-        self._distributions = {d.key: _distribution(d) for d in spec.dimensions if d.is_sweep}
+        swept = [d for d in spec.dimensions if d.is_sweep]
+        self._choices = {d.key: _choices(d) for d in swept}
+        self._distributions = {d.key: _distribution(d, self._choices[d.key]) for d in swept}
         self._trials: dict[int, Any] = {}
         self._names = _Names()
         self._asked = 0
@@ -164,7 +166,7 @@ class OptunaSampler(Sampler):
                 params[dim.key] = dim.fixed
                 continue
             raw = trial.params[dim.key]
-            choices = _choices(dim)
+            choices = self._choices[dim.key]
             params[dim.key] = choices[raw] if choices is not None else raw
         index = self._asked
         self._asked += 1
@@ -177,7 +179,7 @@ class OptunaSampler(Sampler):
             for dim in self._spec.dimensions:
                 if not dim.is_sweep or dim.key not in params:
                     continue
-                choices = _choices(dim)
+                choices = self._choices[dim.key]
                 if choices is None:
                     fixed[dim.key] = params[dim.key]
                 elif params[dim.key] in choices:
@@ -200,13 +202,13 @@ def _choices(dim: Dimension) -> list[Any] | None:
     return None if dim.is_continuous else dim.values()
 
 
-def _distribution(dim: Dimension) -> Any:
+def _distribution(dim: Dimension, choices: list[Any] | None) -> Any:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    if dim.is_continuous:
+    if choices is None:
         sweep = dim.override.value()
         return FloatDistribution(float(sweep.start), float(sweep.end), log="log" in sweep.tags)
-    return CategoricalDistribution(list(range(len(dim.values()))))
+    return CategoricalDistribution(list(range(len(choices))))
 
 
 def parse_sweep(raw: Any, *, stage: str, level: str) -> SweepSpec:

@@ -136,6 +136,11 @@ class TrackingReader:
         """Every run of one pipeline execution: one paginated search, never a query per run."""
         return self._search(filter_eq(schema.PIPELINE_ID, pipeline_id))
 
+    def experiment_names(self) -> dict[str, str]:
+        """Experiment id → name, for showing runs from several experiments."""
+        experiments = self._retrying("list experiments", self.client.search_experiments)
+        return {e.experiment_id: e.name for e in experiments}
+
     def stage_runs(self) -> list[Any]:
         """Every stage run: one per stage per pipeline execution, the roots of the trees."""
         return self._search(filter_eq(schema.LEVEL, "stage"))
