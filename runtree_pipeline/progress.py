@@ -1,6 +1,8 @@
 """Progress while a pipeline runs: live bars on a terminal, a few periodic log lines anywhere else.
 
 Bars (tqdm) show leaves done of total per stage and overall, failures, the current best objective, elapsed and ETA.
+On a resume, leaves that finished before are reused, not run: they count as done at once and are reported as
+reused, so the ETA reflects only the leaves that really run.
 Without a terminal (CI logs, Hydra multirun jobs) the same facts go through logging, so Hydra's job log keeps
 them, at most once per interval per stage plus a line when a stage starts and ends: a 10,000-leaf sweep does not
 flood a log.
@@ -26,31 +28,49 @@ class _Stage:
     total: int
     metric: str | None
     mode: str
+    resumed: bool = False
     done: int = 0
     failed: int = 0
+    reused: int = 0
+    redone: int = 0
     best: float | None = None
     started: float = field(default_factory=time.monotonic)
     last_line: float = field(default_factory=time.monotonic)
     bar: Any = None
 
-    def update(self, objective: float | None, failed: bool) -> None:
+    def update(self, objective: float | None, failed: bool, origin: str) -> None:
         self.done += 1
         self.failed += failed
+        self.reused += origin == "reused"
+        self.redone += origin == "redone"
         if objective is not None and math.isfinite(objective):
             if self.best is None or (objective < self.best if self.mode == "min" else objective > self.best):
                 self.best = objective
 
     def facts(self) -> str:
-        parts = [f"{self.done}/{self.total} leaves"]
+        parts = [f"{self.done}/{self.total} leaves" + self.how()]
         if self.failed:
             parts.append(f"{self.failed} failed")
         if self.best is not None and self.metric:
             parts.append(f"best {self.metric}={format_value(self.best)}")
         elapsed = time.monotonic() - self.started
         parts.append(f"{_clock(elapsed)} elapsed")
-        if 0 < self.done < self.total:
-            parts.append(f"ETA {_clock(elapsed / self.done * (self.total - self.done))}")
+        ran = self.done - self.reused
+        if ran > 0 and self.done < self.total:
+            parts.append(f"ETA {_clock(elapsed / ran * (self.total - self.done))}")
         return ", ".join(parts)
+
+    def how(self) -> str:
+        said = [f"{n} {word}" for n, word in ((self.reused, "reused"), (self.redone, "redone")) if n]
+        return f" ({', '.join(said)})" if said else ""
+
+    def plan(self) -> str:
+        """What starting the stage will do, said before any leaf is looked at: on a resume, how many leaves
+        will run is only known as the walk meets them."""
+        leaves = f"{self.total} leaf" if self.total == 1 else f"{self.total} leaves"
+        if self.resumed:
+            return f"resumed, {leaves}; those that finished before are reused, not run"
+        return f"started, {leaves} to run"
 
 
 class Progress:
@@ -60,16 +80,19 @@ class Progress:
         self._lock = threading.Lock()
         self._stages: dict[str, _Stage] = {}
 
-    def stage_started(self, name: str, *, total: int, metric: str | None, mode: str) -> None:
+    def stage_started(
+        self, name: str, *, total: int, metric: str | None, mode: str, resumed: bool = False
+    ) -> None:
         with self._lock:
-            self._stages[name] = stage = _Stage(total=total, metric=metric, mode=mode)
+            self._stages[name] = stage = _Stage(total=total, metric=metric, mode=mode, resumed=resumed)
             self._started(name, stage)
 
-    def leaf_done(self, name: str, *, objective: float | None, failed: bool) -> None:
+    def leaf_done(self, name: str, *, objective: float | None, failed: bool, origin: str = "executed") -> None:
+        """`origin` is LeafResult.origin: "executed", "redone" or "reused"."""
         with self._lock:
             stage = self._stages.get(name)
             if stage is not None:
-                stage.update(objective, failed)
+                stage.update(objective, failed, origin)
                 self._updated(name, stage)
 
     def stage_finished(self, name: str, *, status: str) -> None:
@@ -94,7 +117,7 @@ class LogProgress(Progress):
         self.interval = interval
 
     def _started(self, name: str, stage: _Stage) -> None:
-        log.info("stage %s: started, %d leaves to run", name, stage.total)
+        log.info("stage %s: %s", name, stage.plan())
 
     def _updated(self, name: str, stage: _Stage) -> None:
         now = time.monotonic()
@@ -117,7 +140,7 @@ class BarProgress(Progress):
 
     def _started(self, name: str, stage: _Stage) -> None:
         stage.bar = self._tqdm(
-            total=stage.total, desc=name, unit="leaf", file=self._stream, position=len(self._stages), leave=True
+            total=stage.total, desc=f"{name} (resumed)" if stage.resumed else name, unit="leaf", file=self._stream, position=len(self._stages), leave=True
         )
         self._overall.total += stage.total
         self._overall.refresh()
@@ -125,6 +148,10 @@ class BarProgress(Progress):
     def _updated(self, name: str, stage: _Stage) -> None:
         stage.bar.update(1)
         postfix = {}
+        if stage.reused:
+            postfix["reused"] = stage.reused
+        if stage.redone:
+            postfix["redone"] = stage.redone
         if stage.failed:
             postfix["failed"] = stage.failed
         if stage.best is not None and stage.metric:

@@ -8,19 +8,37 @@ import subprocess
 from collections.abc import Sequence
 
 COMMAND = "runtree.command"
+CWD = "runtree.cwd"
 GIT_COMMIT = "mlflow.source.git.commit"
 GIT_DIRTY = "runtree.git_dirty"
 _NOT_REPRODUCING = ("resume", "dry_run", "progress")
 
 
 def invocation_tags(command: str | None) -> dict[str, str]:
-    """Tags for every stage run: the command, and the commit of the working directory when it is a git repo."""
+    """Tags for every stage run: the command, the directory it was started in (its relative paths, a target
+    module next to it and `--config-dir ./conf` only work from there), and the commit when that is a git repo."""
     tags = {COMMAND: command} if command else {}
+    tags[CWD] = launch_dir()
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags[GIT_COMMIT] = commit
         tags[GIT_DIRTY] = "true" if _git("status", "--porcelain", "--untracked-files=no") else "false"
     return tags
+
+
+def launch_dir() -> str:
+    """Where the command was typed, also when `hydra.job.chdir=true` moved the job into its output directory."""
+    here = os.getcwd()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            runtime = HydraConfig.get().runtime
+            if os.path.realpath(here) == os.path.realpath(runtime.output_dir):
+                return str(runtime.cwd)
+    except Exception:  # noqa: BLE001 - outside a Hydra job the process's own directory is the answer
+        pass
+    return here
 
 
 def cli_command(argv: Sequence[str], task_overrides: Sequence[str]) -> str:

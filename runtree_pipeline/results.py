@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .redact import redact
+
+if TYPE_CHECKING:
+    import pandas
+
+
+LEAF_COUNTS = ("executed", "reused", "redone", "failed")
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,9 @@ class LeafResult:
     status: str
     error: str | None = None
     objective: float | None = None
+    origin: str = "executed"
+    """How this execution got the result: "executed" (a new run), "redone" (an earlier run that had failed or
+    been cut off, run again in place) or "reused" (an earlier FINISHED run with the same content key, not run)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,18 @@ class NodeResult:
     def failed(self) -> int:
         return sum(leaf.status != "FINISHED" for leaf in self.leaves)
 
+    def counts(self) -> dict[str, int]:
+        """What this execution did with the leaves, so a resume can be told apart from a fresh run.
+
+        `executed`, `reused` and `redone` partition the leaves; `failed` counts those that did not finish and
+        overlaps the first and third (a redo that fails again is both redone and failed; reused leaves never fail).
+        """
+        counts = dict.fromkeys(LEAF_COUNTS, 0)
+        for leaf in self.leaves:
+            counts[leaf.origin] += 1
+        counts["failed"] = self.failed
+        return counts
+
 
 @dataclass(frozen=True)
 class StageResult:
@@ -56,6 +77,11 @@ class StageResult:
     def best(self) -> LeafResult | None:
         return self.node.best if self.node else None
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Leaves executed, reused, redone and failed in this execution (all zero for a skipped stage)."""
+        return self.node.counts() if self.node else dict.fromkeys(LEAF_COUNTS, 0)
+
 
 @dataclass(frozen=True)
 class PipelineResult:
@@ -68,6 +94,14 @@ class PipelineResult:
     @property
     def ok(self) -> bool:
         return all(s.status == "FINISHED" for s in self.stages.values())
+
+    def to_frame(self) -> pandas.DataFrame:
+        """Every run of this execution, one row each, read back from the store: the table `runtree export` writes,
+        for analysis in pandas without writing `search_runs` filters (needs pandas, which MLflow brings)."""
+        from .export import pipeline_frame
+        from .tracking import TrackingReader
+
+        return pipeline_frame(TrackingReader(uri=self.tracking_uri, experiment=self.experiment), self.pipeline_id)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -88,6 +122,7 @@ class PipelineResult:
                 "runs": len(stage.node.leaves) + _count_parents(stage.node) if stage.node else 0,
                 "leaves": len(stage.node.leaves) if stage.node else 0,
                 "failed_leaves": stage.node.failed if stage.node else 0,
+                **stage.counts,
                 "best": None
                 if best is None
                 else {

@@ -1,4 +1,8 @@
-"""The one-screen report at the end of a run, and the same facts as `summary.json` for scripts."""
+"""The one-screen report at the end of a run, and the same facts as `summary.json` for scripts.
+
+Every stage line carries what this execution did with its leaves (`executed`, `reused`, `redone`, `failed`; see
+`NodeResult.counts`), so a resume that ran nothing says so instead of looking like a fresh run.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 from pathlib import Path
 
 from .plan import Plan
-from .results import PipelineResult
+from .results import LEAF_COUNTS, PipelineResult
 from .sweep import format_value
 
 
@@ -18,19 +22,20 @@ def render(result: PipelineResult, plan: Plan, *, where: str) -> str:
     ]
     for name, stage in facts["stages"].items():
         objective = plan.stages[name].objective
-        head = f"  {name:<12} {stage['status']:<8} {stage['runs']:>4} runs"
-        if stage["failed_leaves"]:
-            head += f", {stage['failed_leaves']} failed"
+        counts = " ".join(f"{key}={stage[key]}" for key in LEAF_COUNTS)
+        runs = f"{stage['runs']:>4} run" + ("s" if stage["runs"] != 1 else " ")
+        lines.append(f"  {name:<12} {stage['status']:<8} {runs}  {counts}")
+        indent = f"  {'':<12} "
         best = stage["best"]
         if best is None:
-            lines.append(f"{head}  — {stage['reason']}")
+            lines.append(f"{indent}{stage['reason']}")
             continue
         value = best["metrics"].get(objective.metric) if objective.metric else None
         score = f"{objective.metric}={format_value(value)} ({objective.mode})" if value is not None else "done"
-        lines.append(f"{head}  best {score}  run {best['run_id']}")
+        lines.append(f"{indent}best {score}  run {best['run_id']}")
         params = ", ".join(f"{k}={format_value(v)}" for k, v in _flat(best["params"]).items())
         if params:
-            lines.append(f"  {'':<12} params: {_clip(params)}")
+            lines.append(f"{indent}params: {_clip(params)}")
     lines.append(f"look: {where}")
     return "\n".join(lines)
 

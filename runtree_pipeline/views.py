@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import schema
-from .provenance import COMMAND
+from .provenance import COMMAND, CWD
 from .redact import REDACTED
 from .tracking import PARENT_TAG
 
@@ -38,7 +38,11 @@ class RunTree:
             if run.data.tags.get(schema.STAGE) == name:
                 return run
         have = ", ".join(r.data.tags.get(schema.STAGE, "?") for r in self.stages)
-        raise LookupError(f"no stage '{name}' in this pipeline (it has: {have})")
+        raise LookupError(f"no stage '{name}' in pipeline {self.pipeline_id} (it has: {have})")
+
+    @property
+    def pipeline_id(self) -> str | None:
+        return self.stages[0].data.tags.get(schema.PIPELINE_ID) if self.stages else None
 
 
 def objective_of(stage_run: Any) -> tuple[str | None, str]:
@@ -46,11 +50,11 @@ def objective_of(stage_run: Any) -> tuple[str | None, str]:
     return tags.get(schema.OBJECTIVE_METRIC), tags.get(schema.OBJECTIVE_MODE, "min")
 
 
-def render_tree(tree: RunTree, *, limit: int = 8) -> str:
+def render_tree(tree: RunTree, *, limit: int = 8, experiment: str | None = None) -> str:
     if not tree.stages:
         return "(no runs)"
     first = tree.stages[0]
-    lines = [f"pipeline {first.data.tags.get(schema.PIPELINE_ID)}  ({_when(first.info.start_time)})"]
+    lines = [f"{_which(first, experiment)}  ({_when(first.info.start_time)})"]
     for stage in tree.stages:
         metric, mode = objective_of(stage)
         lines.append(_line(stage, metric, is_best=False))
@@ -124,10 +128,16 @@ def _line(run: Any, metric: str | None, *, is_best: bool, params: Sequence[str] 
     return "  ".join(parts)
 
 
-def render_best(stage: Any, leaf: Any) -> str:
+def _which(stage: Any, experiment: str | None) -> str:
+    """Names what is shown, so output read later (or with several experiments in one store) is unambiguous."""
+    text = f"pipeline {stage.data.tags.get(schema.PIPELINE_ID)}"
+    return text + (f" of experiment '{experiment}'" if experiment else "")
+
+
+def render_best(stage: Any, leaf: Any, *, experiment: str | None = None) -> str:
     metric, mode = objective_of(stage)
     lines = [
-        f"stage {stage.data.tags.get(schema.STAGE)} of pipeline {stage.data.tags.get(schema.PIPELINE_ID)}: "
+        f"stage {stage.data.tags.get(schema.STAGE)} of {_which(stage, experiment)}: "
         f"best by {metric or 'its only run'}{f' ({mode})' if metric else ''}",
         f"run      {leaf.info.run_id}  {leaf.info.run_name}",
     ]
@@ -136,7 +146,7 @@ def render_best(stage: Any, leaf: Any) -> str:
     command = reproduce_command(stage, leaf)
     if command:
         lines.append("reproduce the whole pipeline (same seeds, same best):")
-        lines.append(f"  {stage.data.tags[COMMAND]}")
+        lines.append(f"  {_from_launch_dir(stage, stage.data.tags[COMMAND])}")
         lines.append("reproduce this run only:")
         lines.append(f"  {command}")
         if any(v == REDACTED for v in leaf.data.params.values()):
@@ -152,7 +162,14 @@ def reproduce_command(stage: Any, leaf: Any) -> str | None:
     name = stage.data.tags.get(schema.STAGE)
     pins = [f"~stages.{name}.{level}s" for level in filter(None, stage.data.tags.get(schema.LEVELS, "").split(","))]
     pins += [f"++stages.{name}.params.{k}={_hydra_value(v)}" for k, v in sorted(leaf.data.params.items())]
-    return command + " " + " ".join(shlex.quote(p) for p in pins)
+    return _from_launch_dir(stage, command + " " + " ".join(shlex.quote(p) for p in pins))
+
+
+def _from_launch_dir(stage: Any, command: str) -> str:
+    """Relative paths in the command (`--config-dir conf`, `sqlite:///mlflow.db`) and a target module beside them
+    only resolve where the pipeline was started, so the printed line goes there first and works from anywhere."""
+    cwd = stage.data.tags.get(CWD)
+    return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
 
 
 def _hydra_value(text: str) -> str:
@@ -186,8 +203,7 @@ def render_list(stage_runs: Iterable[Any], experiments: dict[str, str]) -> str:
         )
         bests = []
         for stage in stages:
-            metric, _ = objective_of(stage)
-            value = stage.data.metrics.get(schema.BEST_METRIC + metric) if metric else None
+            value = _objective_value(stage, objective_of(stage)[0])
             bests.append(f"{stage.data.tags.get(schema.STAGE)}={_fmt(value) if value is not None else '-'}")
         start = min(r.info.start_time or 0 for r in stages)
         experiment = experiments.get(stages[0].info.experiment_id, stages[0].info.experiment_id)
