@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
 
 
@@ -35,13 +36,24 @@ class ConfigErrors(ValueError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: open runs were ended KILLED and the execution can be finished with `resume`."""
+    """Ctrl-C or SIGTERM: open runs were ended KILLED and the execution can be finished with `resume`.
 
-    def __init__(self, pipeline_id: str, stage: str | None, killed: int) -> None:
+    `exit_code` follows the shell's 128 + signal convention (130 for SIGINT, 143 for SIGTERM), so a supervisor
+    that sent SIGTERM sees that its own signal ended the process.
+    """
+
+    def __init__(
+        self, pipeline_id: str, stage: str | None, killed: int, *, signum: int = signal.SIGINT, recorded: bool = True
+    ) -> None:
         self.pipeline_id = pipeline_id
         self.stage = stage
         self.killed = killed
-        super().__init__(
-            f"interrupted during stage '{stage}': {killed} open run(s) ended KILLED; "
-            f"finish with resume={pipeline_id} (or resume=last)"
-        )
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.recorded = recorded
+        when = f" during stage '{stage}'" if stage else ""
+        if recorded:
+            then = f"{killed} open run(s) ended KILLED; finish with resume={pipeline_id} (or resume=last)"
+        else:
+            then = "nothing was recorded yet; run the same command again"
+        super().__init__(f"interrupted{when}: {then}")

@@ -8,16 +8,22 @@ A worker that dies takes down its own leaf only, which becomes a FAILED run.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .errors import ConfigError, ConfigErrors
 from .futures import run_now
+from .interrupts import shielded
 from .leaf import LeafOutcome, LeafTask, execute
+
+
+STOPPED = "Cancelled: the pipeline was stopped before this leaf finished"
 
 
 class Executor:
@@ -28,23 +34,49 @@ class Executor:
     def start(self, *, tracking_uri: str) -> None:
         """Acquire workers; raise ConfigErrors if this executor cannot work with this tracking store."""
         self._slots = threading.BoundedSemaphore(self.workers)
+        self._gate = threading.Lock()
+        self._inflight: set[Future[LeafOutcome]] = set()
+        self._closed = False
 
     def submit(self, task: LeafTask) -> Future[LeafOutcome]:
-        """Run a task once a worker is free (blocks until then), so no leaf run sits RUNNING in a queue."""
+        """Run a task once a worker is free (blocks until then), so no leaf run sits RUNNING in a queue.
+
+        A task submitted while the executor closes gets a stopped outcome instead of a future nobody completes.
+        """
         self._slots.acquire()
         try:
-            future = self._submit(task)
+            with self._gate:
+                future = run_now(LeafOutcome, error=STOPPED) if self._closed else self._submit(task)
+                self._inflight.add(future)
         except BaseException:
             self._slots.release()
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(self._settled)
         return future
+
+    def _settled(self, future: Future[LeafOutcome]) -> None:
+        self._inflight.discard(future)
+        self._slots.release()
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release workers; called once when the pipeline ends, also after an error or an interrupt."""
+        """Release workers; called when the pipeline ends, also after an error or an interrupt, maybe twice.
+
+        Every future handed out is done afterwards: a pool stopped while a task was being queued loses that task,
+        and a driver thread waiting for it would keep the pipeline from ever exiting.
+        """
+        gate = getattr(self, "_gate", None)
+        if gate is not None:
+            with gate:
+                self._closed = True
+        self._shutdown()
+        for future in list(getattr(self, "_inflight", ())):
+            _settle(future, LeafOutcome(error=STOPPED))
+
+    def _shutdown(self) -> None:
+        """Stop the workers."""
 
 
 class LocalExecutor(Executor):
@@ -66,21 +98,24 @@ class ProcessExecutor(Executor):
         from pebble import ProcessPool
 
         super().start(tracking_uri=tracking_uri)
-        self._pool = ProcessPool(
-            max_workers=self.workers,
-            context=multiprocessing.get_context(self.start_method),
-            initializer=_warm_worker,
-        )
+        with shielded(), _sigint_blocked():
+            self._pool = ProcessPool(
+                max_workers=self.workers,
+                context=multiprocessing.get_context(self.start_method),
+                initializer=_warm_worker,
+            )
+            warming = [self._pool.schedule(_worker_pid) for _ in range(self.workers)]
         seen: set[int] = set()
         for _ in range(10):
-            seen.update(f.result(timeout=300) for f in [self._pool.schedule(_worker_pid) for _ in range(self.workers)])
+            seen.update(f.result(timeout=300) for f in warming)
             if len(seen) >= self.workers:
                 break
+            warming = [self._pool.schedule(_worker_pid) for _ in range(self.workers)]
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         return _outcome_of(self._pool.schedule(execute, args=(task,)), _describe_pebble_error)
 
-    def close(self) -> None:
+    def _shutdown(self) -> None:
         if self._pool is not None:
             self._pool.stop()
             self._pool.join()
@@ -137,7 +172,7 @@ class RayExecutor(Executor):
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         return _outcome_of(self._remote.remote(task).future(), _describe_ray_error)
 
-    def close(self) -> None:
+    def _shutdown(self) -> None:
         if self._started_ray:
             import ray
 
@@ -151,13 +186,19 @@ def _outcome_of(future: Future, describe: Callable[[BaseException], str]) -> Fut
 
     def done(f: Future) -> None:
         if f.cancelled():
-            out.set_result(LeafOutcome(error="Cancelled: the pipeline was stopped before this leaf ran"))
+            _settle(out, LeafOutcome(error=STOPPED))
             return
         error = f.exception()
-        out.set_result(f.result() if error is None else LeafOutcome(error=describe(error)))
+        _settle(out, f.result() if error is None else LeafOutcome(error=describe(error)))
 
     future.add_done_callback(done)
     return out
+
+
+def _settle(future: Future[LeafOutcome], outcome: LeafOutcome) -> None:
+    """Complete a future unless the worker or `close` got there first."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(outcome)
 
 
 def _describe_pebble_error(error: BaseException) -> str:
@@ -171,6 +212,24 @@ def _describe_pebble_error(error: BaseException) -> str:
 def _describe_ray_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else 'the Ray task failed'}"
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Workers (and pebble's threads, which spawn replacements) start with Ctrl-C blocked, as the pool wants it
+    ignored: a terminal's Ctrl-C reaches the whole process group, and would otherwise print a KeyboardInterrupt
+    traceback from every worker still importing. The driver gets its own Ctrl-C as soon as the pool has started."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # starting it unblocks SIGINT again, so it starts first
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _worker_pid() -> int:

@@ -1,8 +1,19 @@
-"""Ctrl-C and SIGTERM that never land in the middle of a tracking write.
+"""Ctrl-C and SIGTERM that never leave a run behind RUNNING, and never leave a store half-written.
 
-A signal arriving while `create_run` is in flight would leave a run in the store that nobody knows to end. While a
-pipeline runs, the signal is raised as KeyboardInterrupt at once (a long target stops immediately) unless a write is
-in flight, in which case it is raised as soon as that write returns.
+A signal arriving between `create_run` returning and the writer noting that run as open would leave a run in the
+store that nobody knows to end. So while a pipeline runs (`interruptible`), a signal is raised as `Signalled` at
+once (a long target stops immediately) unless a `shielded` section is in progress — a write together with the
+bookkeeping that lets the runner end that run — in which case it is raised as soon as that section ends.
+
+Once a signal has been raised the pipeline is stopping: a second Ctrl-C must not cut the clean-up short, so later
+signals are only noted, and the clean-up runs under `shielded(discard=True)`. A target that swallows the
+KeyboardInterrupt (training loops often do, to stop early) does not undo the request either: the next shielded
+section raises it again.
+
+Outside a pipeline a shield still defers the signal, then hands it to whatever handler was there before (Python's
+KeyboardInterrupt, a caller's own handler, or death by SIGTERM), so that a store being created is never left half
+migrated. Only the main thread receives signals; shields on other threads are no-ops, and the runner waits for those
+threads before it ends the open runs.
 """
 
 from __future__ import annotations
@@ -10,50 +21,133 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
-_pending: list[int] = []
+T = TypeVar("T")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_scopes = 0
 _depth = 0
+_pending: int | None = None
+_stopping: int | None = None
+_previous: dict[int, Any] = {}
+
+
+class Signalled(KeyboardInterrupt):
+    """A KeyboardInterrupt that remembers its signal, so SIGTERM can exit 143 where Ctrl-C exits 130."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def received() -> int | None:
+    """The signal this pipeline is stopping for, if one was raised: it counts even when the code it interrupted
+    turned the KeyboardInterrupt into an error of its own, or swallowed it."""
+    return _stopping
 
 
 def _handler(signum: int, frame: Any) -> None:
-    if _depth > 0:
-        _pending.append(signum)
+    global _pending, _stopping
+    if _depth > 0 or _scopes == 0 or _stopping is not None:
+        if _pending is None:
+            _pending = signum
         return
-    raise KeyboardInterrupt
+    _stopping = signum
+    raise Signalled(signum)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _install() -> None:
+    for s in _SIGNALS:
+        _previous[s] = signal.signal(s, _handler)
+
+
+def _restore() -> None:
+    for s, handler in _previous.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    _previous.clear()
+
+
+def _take_pending() -> int | None:
+    global _pending
+    signum, _pending = _pending, None
+    return signum
 
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """While a pipeline runs: SIGINT and SIGTERM become KeyboardInterrupt, deferred past tracking writes."""
-    if threading.current_thread() is not threading.main_thread():
+    """While a pipeline runs: SIGINT and SIGTERM raise `Signalled`, deferred past shielded sections. Nests."""
+    global _scopes, _stopping
+    if not _on_main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    if _scopes == 0 and _depth == 0:
+        _install()
+    _scopes += 1
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        _pending.clear()
+        _scopes -= 1
+        if _scopes == 0 and _depth == 0:
+            _restore()
+            signum = _take_pending()
+            stopping, _stopping = _stopping, None
+            if signum is not None and stopping is None:
+                signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
-def shielded() -> Iterator[None]:
-    """Around one tracking write: a signal that arrives now is raised when the write is done.
+def shielded(*, discard: bool = False) -> Iterator[None]:
+    """A section a signal must not cut in two: a signal that arrives now is raised when the section ends.
 
-    Only the main thread receives signals; writes on other threads finish before the runner ends open runs.
+    With `discard`, for the clean-up of a pipeline that is already stopping, such a signal is dropped instead.
     """
-    global _depth
-    if threading.current_thread() is not threading.main_thread():
+    global _depth, _pending, _stopping
+    if not _on_main_thread():
         yield
         return
+    own_handlers = _scopes == 0 and _depth == 0
+    if own_handlers:
+        _install()
+    before = _pending
     _depth += 1
     try:
         yield
     finally:
-        _depth -= 1
-        if _depth == 0 and _pending:
-            _pending.clear()
-            raise KeyboardInterrupt
+        if discard:
+            _pending = before
+        if own_handlers:
+            _restore()
+            _depth -= 1
+            if (signum := _take_pending()) is not None:
+                signal.raise_signal(signum)
+        else:
+            signum = _take_pending() if _depth == 1 and not discard else None
+            _depth -= 1
+            if _depth == 0 and _scopes > 0 and not discard:
+                if signum is None:
+                    signum = _take_pending()
+                if _stopping is None:
+                    _stopping = signum
+                if _stopping is not None:
+                    raise Signalled(_stopping)
+
+
+class ThreadPool(ThreadPoolExecutor):
+    """A thread pool whose `submit` a signal cannot cut in two.
+
+    `submit` starts a thread and then records it; a signal in between leaves a thread that `shutdown(wait=True)`
+    does not wait for, which then creates runs after the runner has ended the open ones.
+    """
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with shielded():
+            return super().submit(fn, *args, **kwargs)

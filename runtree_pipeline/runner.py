@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import threading
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +27,7 @@ from . import schema
 from .errors import Interrupted
 from .futures import run_now
 from .executors import Executor, LocalExecutor
-from .interrupts import interruptible
+from .interrupts import ThreadPool, interruptible, received, shielded
 from .leaf import LeafOutcome, LeafTask, objective_value
 from .params import flatten, lookup, merge
 from .plan import Plan, StageSpec
@@ -95,53 +96,54 @@ class Runner:
         self.command = command
         self.plots = plots
         self.existing = ExistingTree()
-        resume = plan.resume
-        if resume:
-            self.pipeline_id = writer.latest_pipeline_id() if resume == "last" else str(resume)
-            runs = writer.pipeline_runs(self.pipeline_id) if self.pipeline_id else []
-            if not runs:
-                raise UnknownPipeline(
-                    f"resume={resume}: no pipeline execution {'at all' if resume == 'last' else resume!r} "
-                    f"in experiment '{writer.experiment}'"
-                )
-            self.existing = ExistingTree(runs)
-        else:
-            self.pipeline_id = uuid.uuid4().hex[:12]
+        self.pipeline_id = str(plan.resume) if plan.resume and plan.resume != "last" else uuid.uuid4().hex[:12]
         self._results: dict[str, StageResult] = {}
         self._running: set[str] = set()
         self.cancelled = threading.Event()
         self.subtrees: Any = _InlinePool()
 
     def run(self) -> PipelineResult:
-        self._invocation = invocation_tags(self.command)
-        self.executor.start(tracking_uri=self.writer.uri)
-        parallel = self.executor.workers > 1
-        stages = ThreadPoolExecutor(len(self.plan.order), "runtree-stage") if parallel else _InlinePool()
-        if parallel:
-            self.subtrees = ThreadPoolExecutor(self.executor.workers, "runtree-variant")
-        try:
-            with interruptible():
+        """Everything from reading a previous execution to the last picture happens where a signal is handled.
+
+        An interruption, a failed write or a bug all end the same way: driver threads and workers are stopped
+        first, so nothing writes afterwards, then every run still open is ended; a second signal cannot cut that
+        short.
+        """
+        stages: Any = _InlinePool()
+        with interruptible():
+            try:
+                self._load_previous()
+                self._invocation = invocation_tags(self.command)
+                self.executor.start(tracking_uri=self.writer.uri)
+                if self.executor.workers > 1:
+                    stages = ThreadPool(len(self.plan.order), "runtree-stage")
+                    self.subtrees = ThreadPool(self.executor.workers, "runtree-variant")
                 self._schedule(stages)
                 self.writer.flush()
                 if self.plots:
                     self._draw()
-        except KeyboardInterrupt:
-            self._stop(stages)
-            killed = self.writer.end_open_runs("KILLED")
-            raise Interrupted(self.pipeline_id, ", ".join(sorted(self._running)) or None, killed) from None
-        except TrackingFailed as e:
-            self._stop(stages)
-            self.writer.end_open_runs("FAILED")
-            raise TrackingFailed(f"{e}; redo what is missing with resume={self.pipeline_id}") from e
-        except BaseException:
-            self._stop(stages)
-            self.writer.end_open_runs("FAILED")
-            raise
-        finally:
-            self.executor.close()
-            self.progress.close()
-            stages.shutdown()
-            self.subtrees.shutdown()
+            except BaseException as e:
+                # A library interrupted mid-way may turn the KeyboardInterrupt into an error of its own.
+                signum = getattr(e, "signum", signal.SIGINT) if isinstance(e, KeyboardInterrupt) else received()
+                with shielded(discard=True):
+                    killed = self._stop(stages, "FAILED" if signum is None else "KILLED")
+                if signum is not None:
+                    raise Interrupted(
+                        self.pipeline_id,
+                        ", ".join(sorted(self._running)) or None,
+                        killed,
+                        signum=signum,
+                        recorded=bool(self.plan.resume) or self.writer.created_runs,
+                    ) from None
+                if isinstance(e, TrackingFailed):
+                    raise TrackingFailed(f"{e}; redo what is missing with resume={self.pipeline_id}") from e
+                raise
+            finally:
+                with shielded(discard=True):
+                    self.executor.close()
+                    self.progress.close()
+                    stages.shutdown()
+                    self.subtrees.shutdown()
         return PipelineResult(
             pipeline_id=self.pipeline_id,
             experiment=self.plan.experiment,
@@ -191,7 +193,22 @@ class Runner:
             except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
                 log.warning("could not draw plots for stage %s: %s", name, e)
 
-    def _stop(self, stages: Any) -> None:
+    def _load_previous(self) -> None:
+        """On resume, the previous execution's runs: read here, where a signal is handled like any other."""
+        resume = self.plan.resume
+        if not resume:
+            return
+        if resume == "last":
+            self.pipeline_id = self.writer.latest_pipeline_id() or ""
+        runs = self.writer.pipeline_runs(self.pipeline_id) if self.pipeline_id else []
+        if not runs:
+            raise UnknownPipeline(
+                f"resume={resume}: no pipeline execution {'at all' if resume == 'last' else resume!r} "
+                f"in experiment '{self.writer.experiment}'"
+            )
+        self.existing = ExistingTree(runs)
+
+    def _stop(self, stages: Any, status: str) -> int:
         """Let every driver thread see the interruption and return, so nothing writes after the runs are ended."""
         self.cancelled.set()
         self.executor.close()
@@ -199,6 +216,7 @@ class Runner:
         self.subtrees.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.writer.flush()
+        return self.writer.end_open_runs(status)
 
     def _run_stage(self, stage: StageSpec) -> StageResult:
         blocked = sorted(d for d in stage.depends_on if self._results[d].status != "FINISHED")
@@ -234,8 +252,10 @@ class Runner:
         key = content_key(stage=stage.name, target=stage.target, params=params)
         slot = self._stage_slot(stage.name, key, tags, own)
         objective = stage.objective
-        self.progress.stage_started(stage.name, total=stage.leaf_count(), metric=objective.metric, mode=objective.mode)
-        stage_tags = {schema.ROOT_RUN_ID: slot.run_id}
+        self.progress.stage_started(
+            stage.name, total=stage.leaf_count(), metric=objective.metric, mode=objective.mode, resumed=slot.state != "new"
+        )
+        stage_tags = {schema.ROOT_RUN_ID: slot.run_id, **self._invocation}
         config = {**self.plan.config, "stages": {stage.name: {**self.plan.config["stages"][stage.name], "params": params}}}
         artifacts = {schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)}
 
@@ -461,7 +481,7 @@ class _Tree:
         metrics = {k: run.data.metrics[k] for k in returned if k in run.data.metrics}
         outcome = LeafOutcome(metrics=metrics, outputs=self.writer.outputs_of(run))
         objective = objective_value(outcome, self.stage.objective.metric)
-        self.progress.leaf_done(self.stage.name, objective=objective, failed=False)
+        self.progress.leaf_done(self.stage.name, objective=objective, failed=False, origin="reused")
         return LeafResult(
             run_id=run.info.run_id,
             name=name,
@@ -470,6 +490,7 @@ class _Tree:
             outputs=outcome.outputs,
             status="FINISHED",
             objective=objective,
+            origin="reused",
         )
 
     def _record(
@@ -510,8 +531,9 @@ class _Tree:
             status=status,
             error=outcome.error,
             objective=objective_value(outcome, self.stage.objective.metric),
+            origin="redone" if slot.state == "redo" else "executed",
         )
-        self.progress.leaf_done(self.stage.name, objective=leaf.objective, failed=not outcome.ok)
+        self.progress.leaf_done(self.stage.name, objective=leaf.objective, failed=not outcome.ok, origin=leaf.origin)
         if outcome.error and self.stage.on_failure == "stop" and self.stopped_by is None:
             self.stopped_by = leaf
         return leaf

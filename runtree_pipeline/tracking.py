@@ -15,14 +15,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import schema
 from .errors import first_line
 from .futures import run_now
-from .interrupts import shielded
+from .interrupts import ThreadPool, shielded
 from .redact import REDACTED, is_secret, redact
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -202,17 +202,19 @@ class TrackingWriter(TrackingReader):
         self.experiment_id = self.experiment_ids[0]
         self._context_tags = _context_tags()
         self._open: dict[str, Any] = {}
+        self.created_runs = False
         self._inflight: set[Future[None]] = set()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
-        self._io: ThreadPoolExecutor | None = None
+        self._io: ThreadPool | None = None
         if self.uri.startswith(("http://", "https://")):
-            self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="runtree-io")
+            self._io = ThreadPool(IO_THREADS, thread_name_prefix="runtree-io")
         elif self.uri.startswith("sqlite:///"):
             _use_wal(self.uri)
 
     def _check_exists(self) -> None:
-        """A writer creates the store if it is missing."""
+        """A writer creates the store if it is missing, all at once (see `create_sqlite_store`)."""
+        create_sqlite_store(self.uri)
 
     def _experiment_ids(self, name: str | None) -> list[str]:
         from mlflow.exceptions import MlflowException
@@ -235,8 +237,13 @@ class TrackingWriter(TrackingReader):
         all_tags = {**self._context_tags, "mlflow.runName": name, **_texts(tags)}
         if parent_id is not None:
             all_tags[PARENT_TAG] = parent_id
-        run = self._retrying(f"create run {name}", self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
+        return self._retrying(f"create run {name}", self._create, name, all_tags)
+
+    def _create(self, name: str, tags: dict[str, str]) -> Any:
+        """Create and note as open in one shielded step: a signal between the two would orphan a RUNNING run."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self._open[run.info.run_id] = run
+        self.created_runs = True
         return run
 
     def annotate(self, run: Any, tags: Mapping[str, Any]) -> None:
@@ -248,7 +255,10 @@ class TrackingWriter(TrackingReader):
 
     def reopen(self, run: Any) -> None:
         """Mark an existing run RUNNING again before redoing or extending it (resume)."""
-        self._retrying(f"reopen run {run.info.run_name}", self.client.update_run, run.info.run_id, status="RUNNING")
+        self._retrying(f"reopen run {run.info.run_name}", self._reopen, run)
+
+    def _reopen(self, run: Any) -> None:
+        self.client.update_run(run.info.run_id, status="RUNNING")
         self._open[run.info.run_id] = run
 
     def finish(
@@ -271,10 +281,11 @@ class TrackingWriter(TrackingReader):
         if self._io is None:
             self._finish(*args)
             return
-        future = self._io.submit(self._finish, *args)
-        with self._lock:
-            self._inflight.add(future)
-        future.add_done_callback(self._landed)
+        with shielded():
+            future = self._io.submit(self._finish, *args)
+            with self._lock:
+                self._inflight.add(future)
+            future.add_done_callback(self._landed)
 
     @property
     def prefetch(self) -> int:
@@ -337,11 +348,20 @@ class TrackingWriter(TrackingReader):
                 self.client.delete_tag(run_id, key)
         if artifacts:
             self._retrying(f"store artifacts of run {name}", _write_artifacts, run.info.artifact_uri, artifacts)
-        self._retrying(f"end run {name}", self.client.set_terminated, run_id, status=status)
+        self._retrying(f"end run {name}", self._end, run_id, status)
+
+    def _end(self, run_id: str, status: str) -> None:
+        """End and forget in one shielded step: ending a FINISHED run again as KILLED would make resume redo it."""
+        self.client.set_terminated(run_id, status=status)
         self._open.pop(run_id, None)
 
     def end_open_runs(self, status: str = "FAILED") -> int:
-        """After an interruption or a bug: end whatever is still RUNNING, best effort, so nothing is left open."""
+        """After an interruption or a bug: end whatever is still RUNNING, best effort, so nothing is left open.
+
+        The I/O threads are drained first: a run they are creating right now must be open before we look.
+        """
+        if self._io is not None:
+            self._io.shutdown(wait=True)
         ended = 0
         for run_id in list(self._open):
             with contextlib.suppress(Exception):
@@ -378,9 +398,49 @@ def prepare_store(uri: str | None) -> str:
 
     uri = uri or mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
+        create_sqlite_store(uri)
         MlflowClient(uri).search_experiments(max_results=1)
         _use_wal(uri)
     return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Give a new sqlite store MLflow's full schema under a temporary name, then link it into place.
+
+    MLflow migrates a new file in dozens of steps that are not one transaction; a signal between two of them left
+    a file MLflow refuses to open ("table ... already exists"). Built aside with signals deferred, the store is
+    either absent or complete. Linking, unlike renaming, never replaces a store another process created meanwhile.
+    """
+    path = _sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(f"{path.name}.creating-{os.getpid()}")
+    with shielded():
+        try:
+            engine = sqlalchemy.create_engine(f"sqlite:///{building}")
+            try:
+                _initialize_tables(engine)
+            finally:
+                engine.dispose()
+            try:
+                os.link(building, path)
+            except FileExistsError:
+                pass
+            except OSError:
+                if not path.exists():
+                    os.replace(building, path)
+        finally:
+            for leftover in (building, building.with_name(building.name + "-journal")):
+                leftover.unlink(missing_ok=True)
 
 
 def _use_wal(uri: str) -> None:
@@ -390,8 +450,8 @@ def _use_wal(uri: str) -> None:
     """
     import sqlite3
 
-    path = uri[len("sqlite:///") :]
-    if not path or path == ":memory:":
+    path = _sqlite_path(uri)
+    if path is None:
         return
     with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path, timeout=20)) as db:
         db.execute("PRAGMA journal_mode=WAL")

@@ -1,4 +1,8 @@
-"""Resume, de-duplication and failure isolation, through the CLI and the Python API against a real sqlite store."""
+"""Resume, de-duplication and failure isolation against a real sqlite store.
+
+Through the Python API, except where the process is the subject: a pipeline killed or interrupted as a process,
+and the exit code of a `resume=` that names nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,41 @@ import collections
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
-from runtree_pipeline import run_pipeline
+from runtree_pipeline import ConfigErrors, run_pipeline
 from runtree_pipeline.tracking import filter_eq
 from tests.conftest import all_runs, cli_env
 
-SWEEP = """
-# @package _global_
-experiment: resumable
-objective: {metric: loss}
-stages:
-  fit:
-    _target_: tests.targets.counted
-    params: {log_file: CALLS, sleep: 0.0}
-    variants:
-      points:
-        a: {y: 0.0}
-        b: {y: 1.0}
-    subvariants:
-      params: {x: "range(0, 6)"}
-"""
+
+def resumable(tmp_path, store: str, *, xs: str = "range(0, 4)", sleep: float = 0.0) -> dict:
+    """The pipeline these tests resume: 2 variants x 4 points of a target that counts its calls."""
+    return {
+        "tracking_uri": store,
+        "experiment": "resumable",
+        "objective": {"metric": "loss"},
+        "stages": {
+            "fit": {
+                "_target_": "tests.targets.counted",
+                "params": {"log_file": str(tmp_path / "calls.txt"), "sleep": sleep},
+                "variants": {"points": {"a": {"y": 0.0}, "b": {"y": 1.0}}},
+                "subvariants": {"params": {"x": xs}},
+            }
+        },
+    }
 
 
 @pytest.fixture
-def conf(tmp_path) -> Path:
+def conf(tmp_path, store) -> Path:
+    """The same pipeline as a sweep file, for the CLI."""
     d = tmp_path / "conf"
     (d / "sweep").mkdir(parents=True)
-    (d / "sweep" / "fit.yaml").write_text(textwrap.dedent(SWEEP).replace("CALLS", str(tmp_path / "calls.txt")))
+    config = {k: v for k, v in resumable(tmp_path, store).items() if k != "tracking_uri"}
+    (d / "sweep" / "fit.yaml").write_text("# @package _global_\n" + yaml.safe_dump(config, sort_keys=False))
     return d
 
 
@@ -91,8 +96,8 @@ def wait_for_calls(tmp_path, n, proc, timeout=120):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
 def test_interrupted_pipeline_resumes_without_redoing_finished_leaves(run_cli, conf, store, client, tmp_path, sig):
-    proc = start_cli(tmp_path, conf, store, "stages.fit.params.sleep=0.3")
-    wait_for_calls(tmp_path, 4, proc)
+    proc = start_cli(tmp_path, conf, store, "stages.fit.params.sleep=0.2")
+    wait_for_calls(tmp_path, 3, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
 
@@ -109,34 +114,30 @@ def test_interrupted_pipeline_resumes_without_redoing_finished_leaves(run_cli, c
     }
     assert finished_before
 
-    proc = run_cli("--config-dir", str(conf), "+sweep=fit", f"tracking_uri={store}", "stages.fit.params.sleep=0.3", "resume=last")
-    assert proc.returncode == 0, proc.stderr
-    runs = assert_complete_tree(client, "resumable", 12)
+    run_pipeline({**resumable(tmp_path, store, sleep=0.2), "resume": "last"})
+    runs = assert_complete_tree(client, "resumable", 8)
     assert len([r for r in runs if r.data.tags["runtree.level"] == "stage"]) == 1
     counted = calls(tmp_path)
-    assert set(counted) == {f"{x},{y}" for x in range(6) for y in (0.0, 1.0)}
+    assert set(counted) == {f"{x},{y}" for x in range(4) for y in (0.0, 1.0)}
     for leaf in finished_before:
         assert counted[leaf] == 1, leaf
-    assert sum(counted.values()) <= 12 + 1
+    assert sum(counted.values()) <= 8 + 1
 
 
-def test_grown_space_adds_only_new_points_and_a_finished_resume_executes_nothing(run_cli, conf, store, client, tmp_path):
-    base = ("--config-dir", str(conf), "+sweep=fit", f"tracking_uri={store}", "stages.fit.subvariants.params.x='range(1, 4)'")
-    assert run_cli(*base).returncode == 0
+def test_grown_space_adds_only_new_points_and_a_finished_resume_executes_nothing(store, client, tmp_path):
+    run_pipeline(resumable(tmp_path, store, xs="range(1, 4)"))
     assert sum(calls(tmp_path).values()) == 6
     first = {r.info.run_id: r for r in all_runs(client, "resumable")}
 
-    grown = (*base[:-1], "stages.fit.subvariants.params.x='range(-1, 4)'", "resume=last")
-    proc = run_cli(*grown)
-    assert proc.returncode == 0, proc.stderr
+    grown = {**resumable(tmp_path, store, xs="range(-1, 4)"), "resume": "last"}
+    run_pipeline(grown)
     counted = calls(tmp_path)
     assert sum(counted.values()) == 10
     assert counted["-1,0.0"] == counted["0,1.0"] == 1
     runs = assert_complete_tree(client, "resumable", 10)
     assert set(first) <= {r.info.run_id for r in runs}
 
-    again = run_cli(*grown)
-    assert again.returncode == 0, again.stderr
+    run_pipeline(grown)
     assert sum(calls(tmp_path).values()) == 10
     after = all_runs(client, "resumable")
     assert {r.info.run_id: r.info.end_time for r in after} == {r.info.run_id: r.info.end_time for r in runs}
@@ -301,11 +302,11 @@ def test_secret_looking_keys_are_redacted_everywhere(store, client):
     assert yaml.safe_load(text)["stages"]["fit"]["params"]["api_key"] == "***"
 
 
-def test_resume_of_unknown_pipeline_is_a_clear_error(run_cli, conf, store, client):
-    assert run_cli("--config-dir", str(conf), "+sweep=fit", f"tracking_uri={store}", "stages.fit.subvariants.params.x=1").returncode == 0
+def test_resume_of_unknown_pipeline_is_a_clear_error(run_cli, conf, store, client, tmp_path):
+    run_pipeline(resumable(tmp_path, store, xs="1"))
     proc = run_cli("--config-dir", str(conf), "+sweep=fit", f"tracking_uri={store}", "resume=0123456789ab")
     assert proc.returncode == 2
     assert "runtree: error: resume=0123456789ab: no pipeline execution '0123456789ab'" in proc.stderr
-    bad = run_cli("--config-dir", str(conf), "+sweep=fit", f"tracking_uri={store}", "resume=yesterday")
-    assert bad.returncode == 2 and "key 'resume'" in bad.stderr
+    with pytest.raises(ConfigErrors, match="key 'resume'"):
+        run_pipeline({**resumable(tmp_path, store), "resume": "yesterday"})
     assert len(all_runs(client, "resumable")) == 1 + 2 + 2
