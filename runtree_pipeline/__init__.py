@@ -1,26 +1,46 @@
 """runtree_pipeline: Hydra-declared DAGs of sweep stages, recorded as an MLflow run tree.
 
-Importing the package stays cheap (no mlflow, optuna or torch) so that `dry_run=true` and `--help` are instant.
+Names are resolved on first use (PEP 562), so `python -m runtree_pipeline` imports nothing of its own before its
+entry point has installed signal handling, and importing the package never pulls in mlflow, optuna or torch.
 """
 
 from __future__ import annotations
 
-from .api import run_pipeline, run_plan
-from .errors import ConfigError, ConfigErrors, Interrupted
-from .plan import Plan, StageSpec, build_plan
-from .results import LeafResult, NodeResult, PipelineResult, StageResult
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "ConfigError",
-    "ConfigErrors",
-    "Interrupted",
-    "LeafResult",
-    "NodeResult",
-    "PipelineResult",
-    "Plan",
-    "StageResult",
-    "StageSpec",
-    "build_plan",
-    "run_pipeline",
-    "run_plan",
-]
+if TYPE_CHECKING:
+    from .api import run_pipeline, run_plan
+    from .errors import ConfigError, ConfigErrors, Interrupted
+    from .plan import Plan, StageSpec, build_plan
+    from .results import LeafResult, NodeResult, PipelineResult, StageResult
+
+_EXPORTS = {
+    "run_pipeline": "api",
+    "run_plan": "api",
+    "ConfigError": "errors",
+    "ConfigErrors": "errors",
+    "Interrupted": "errors",
+    "Plan": "plan",
+    "StageSpec": "plan",
+    "build_plan": "plan",
+    "LeafResult": "results",
+    "NodeResult": "results",
+    "PipelineResult": "results",
+    "StageResult": "results",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtree_pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

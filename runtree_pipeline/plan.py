@@ -260,10 +260,25 @@ def _import(path: str, stage: str) -> Any:
     try:
         target = get_object(path)
     except Exception as e:  # noqa: BLE001 - importing user code can raise anything
-        raise ConfigError(f"cannot import '{path}': {first_line(e)}", stage=stage, key="_target_") from None
+        raise ConfigError(f"cannot import '{path}': {_import_failure(e)}", stage=stage, key="_target_") from None
     if not callable(target):
         raise ConfigError(f"'{path}' is not callable", stage=stage, key="_target_")
     return target
+
+
+def _import_failure(error: BaseException) -> str:
+    """The real reason a target did not import. Hydra wraps it in an ImportError whose first line is only
+    "Error loading 'PATH':", with the original exception as its cause; an error raised by the user's module while
+    it imports is named by its type, since its message alone may not say it came from an import."""
+    cause = error.__cause__
+    if cause is None:
+        return first_line(error)
+    if isinstance(cause, ModuleNotFoundError) and cause.name and "is not a package" in str(cause):
+        module, _, name = cause.name.rpartition(".")  # `module.nope`, tried as a submodule once getattr failed
+        return f"module '{module}' has no attribute '{name}'"
+    if isinstance(cause, (ImportError, AttributeError)):
+        return first_line(cause)
+    return f"{type(cause).__name__}: {first_line(cause)}"
 
 
 def _check_signature(spec: StageSpec, target: Any, errors: list[ConfigError]) -> None:

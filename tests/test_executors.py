@@ -149,14 +149,14 @@ def test_four_workers_on_sqlite_lose_nothing(store, client):
                 "_target_": "tests.targets.logs_steps_grouped",
                 "params": {"steps": 25},
                 "variants": {"params": {"group": "range(0, 4)"}},
-                "subvariants": {"params": {"x": "range(0, 10)"}},
+                "subvariants": {"params": {"x": "range(0, 4)"}},
             }
         },
     }
     result = run_pipeline(config, executor=ProcessExecutor(workers=4))
     assert result.ok
     runs = all_runs(client, "busy")
-    assert len(runs) == 1 + 4 + 40 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 1 + 4 + 16 and {r.info.status for r in runs} == {"FINISHED"}
     for leaf in (r for r in runs if r.data.tags["runtree.level"] == "subvariant"):
         assert len(client.get_metric_history(leaf.info.run_id, "curve")) == 25
 
@@ -193,14 +193,14 @@ def test_ray_on_a_cluster_refuses_a_local_store(store, client, run_cli):
 
 def test_parallel_hydra_jobs_share_a_new_sqlite_store(run_cli, store, client):
     proc = run_cli(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3",
-        "+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=2,3,4",
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=1,2",
     )
     assert proc.returncode == 0, proc.stderr
     runs = all_runs(client, "tutorial")
     stages = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
-    assert len(stages) == 3 and len({r.data.tags["runtree.pipeline_id"] for r in stages}) == 3
-    assert len(runs) == 3 + 15 + 5 * (2 + 3 + 4)
+    assert len(stages) == 2 and len({r.data.tags["runtree.pipeline_id"] for r in stages}) == 2
+    assert len(runs) == 2 + 10 + 5 * (1 + 2)
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -213,19 +213,30 @@ def test_import_and_dry_run_do_not_import_mlflow(args, tmp_path):
     assert not {m for m in imported if m.split(".")[0] in ("mlflow", "optuna", "torch", "ray")}
 
 
-def test_an_inherited_mlflow_run_id_does_not_hijack_the_tree(run_cli, store, client):
-    """mlflow#15713: MLFLOW_RUN_ID in the environment would silently become the parent of the first run."""
-    assert run_cli("+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=1").returncode == 0
-    stranger = all_runs(client, "tutorial")[0].info.run_id
-    proc = run_cli(
-        "+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=2", "experiment=inherited",
-        "executor=processes", "executor.workers=2", MLFLOW_RUN_ID=stranger,
-    )
-    assert proc.returncode == 0, proc.stderr
+def test_an_inherited_mlflow_run_id_does_not_hijack_the_tree(store, client, monkeypatch):
+    """mlflow#15713: MLFLOW_RUN_ID in the environment would silently become the parent of the first run,
+    in the driver or in a worker that inherits the environment."""
+    stranger = client.create_run(client.create_experiment("elsewhere")).info.run_id
+    client.set_terminated(stranger)
+    monkeypatch.setenv("MLFLOW_RUN_ID", stranger)
+    config = {
+        "tracking_uri": store,
+        "experiment": "inherited",
+        "objective": {"metric": "loss"},
+        "stages": {
+            "fit": {
+                "_target_": "tests.targets.logs_steps_grouped",
+                "variants": {"params": {"group": "choice(0, 1)"}},
+                "subvariants": {"params": {"x": "range(0, 2)"}},
+            }
+        },
+    }
+    assert run_pipeline(config, executor=ProcessExecutor(workers=2)).ok
     runs = all_runs(client, "inherited")
-    assert len(runs) == 1 + 5 + 10
+    assert len(runs) == 1 + 2 + 4
     (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
     assert "mlflow.parentRunId" not in stage.data.tags
     ids = {r.info.run_id for r in runs}
     assert all(r.data.tags["mlflow.parentRunId"] in ids for r in runs if r is not stage)
     assert client.get_run(stranger).info.status == "FINISHED"
+    assert client.get_metric_history(stranger, "curve") == []

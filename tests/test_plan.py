@@ -106,8 +106,8 @@ ONE_ERROR = [
     pytest.param({"b": quad(params={"x": "${best:a.loss.x}"})}, "b", None, r"must look like STAGE\.params\.KEY", id="ref-bad-kind"),
     pytest.param({"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.run_id.x}"})}, "b", None, r"run_id takes no key", id="ref-run-id-key"),
     pytest.param({"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.metrics}"})}, "b", None, r"metrics needs a key", id="ref-no-key"),
-    pytest.param({"a": {"_target_": "tests.targets.nope"}}, "a", "_target_", r"cannot import 'tests\.targets\.nope'", id="import-missing-attr"),
-    pytest.param({"a": {"_target_": "no_such_module.f"}}, "a", "_target_", r"cannot import 'no_such_module\.f'", id="import-missing-module"),
+    pytest.param({"a": {"_target_": "tests.targets.nope"}}, "a", "_target_", r"cannot import 'tests\.targets\.nope': module 'tests\.targets' has no attribute 'nope'$", id="import-missing-attr"),
+    pytest.param({"a": {"_target_": "no_such_module.f"}}, "a", "_target_", r"cannot import 'no_such_module\.f': No module named 'no_such_module'$", id="import-missing-module"),
     pytest.param({"a": {"_target_": "tests.targets.NOT_CALLABLE"}}, "a", "_target_", r"'tests\.targets\.NOT_CALLABLE' is not callable", id="not-callable"),
     pytest.param({"a": {"params": {"x": 1}}}, "a", "_target_", r"missing `_target_`", id="no-target"),
     pytest.param({"a": 5}, "a", None, r"must be a mapping with a `_target_`", id="stage-not-mapping"),
@@ -154,6 +154,23 @@ def test_bad_top_level_config(top, key, match):
     (error,) = errors_of({"a": quad()}, **top)
     assert (error.stage, error.key) == (None, key)
     assert re.search(match, error.detail)
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        pytest.param("raise ValueError('no config file found')\n", r"ValueError: no config file found$", id="raises"),
+        pytest.param("def f(:\n", r"SyntaxError: .*\(broken_user_module_\w+\.py, line 1\)$", id="syntax"),
+        pytest.param("import no_such_dependency\n", r"No module named 'no_such_dependency'$", id="missing-dependency"),
+    ],
+)
+def test_a_target_module_that_fails_to_import_names_the_real_error(tmp_path, monkeypatch, request, source, match):
+    module = f"broken_user_module_{request.node.callspec.id.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (error,) = errors_of({"a": {"_target_": f"{module}.f"}})
+    assert (error.stage, error.key) == ("a", "_target_")
+    assert re.match(rf"cannot import '{module}\.f': {match}", error.detail), error.detail
 
 
 def test_missing_stages_key_is_config_error():

@@ -7,7 +7,6 @@ importing this module stays cheap for the pipeline loader.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,12 @@ def _save_npz_atomic(path: Path, **arrays: Any) -> None:
         raise
 
 
-def prepare(*, val_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
-    """Split the bundled 8x8 digits once so training stages share identical data without downloads."""
+def prepare(*, val_fraction: float = 0.2, seed: int = 0, root: str = "data") -> dict[str, Any]:
+    """Split the bundled 8x8 digits once so training stages share identical data without downloads.
+
+    A relative `root` is taken from the working directory, so the files stay in the project that ran the pipeline;
+    downstream stages read the absolute `data_dir` it returns.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     import numpy as np
@@ -42,8 +45,7 @@ def prepare(*, val_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
         X, y, test_size=val_fraction, stratify=y, random_state=seed
     )
 
-    base = Path(os.environ.get("RUNTREE_DATA_DIR") or tempfile.gettempdir())
-    out = (base / "runtree_digits" / f"val{val_fraction}_seed{seed}").resolve()
+    out = (Path(root) / "digits" / f"val{val_fraction}_seed{seed}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     _save_npz_atomic(out / "train.npz", X=X_tr, y=y_tr)
     _save_npz_atomic(out / "val.npz", X=X_val, y=y_val)
