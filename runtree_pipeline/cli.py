@@ -31,6 +31,12 @@ _GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
 def _fail(code: int, message: str) -> NoReturn:
+    from .interrupts import received
+
+    # An interrupt that a library turned into an error of its own (OmegaConf does) is reported as the interrupt.
+    signum = received()
+    if signum is not None and code != 128 + signum:
+        code, message = 128 + signum, "interrupted (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
     for line in message.splitlines():
         print(f"runtree: error: {line}", file=sys.stderr)
     sys.stderr.flush()
@@ -104,16 +110,22 @@ def _main(argv: list[str]) -> None:
         print(help_text(args.config_dir))
         return
     import hydra
-    from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+    import yaml
+    from hydra.errors import HydraException
 
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra.main(version_base=None, config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")(_run)()
-    except (ConfigCompositionException, OverrideParseException, SearchPathException) as e:
-        if full_error:
+    except (HydraException, yaml.YAMLError) as e:
+        if full_error == "1":
             raise
         _fail(2, describe_hydra_error(e, args.overrides))
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 def _parse_args(argv: list[str]) -> Any:
@@ -199,6 +211,10 @@ def describe_hydra_error(error: Exception, overrides: Sequence[str]) -> str:
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        problem = ", ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+        return f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
     text = str(error).split("\nConfig search path:")[0]
     if isinstance(error, OverrideParseException):
         lines = [ln.strip() for ln in error.message.splitlines()]

@@ -157,13 +157,13 @@ class RayExecutor(Executor):
                 [ConfigError("the ray executor needs Ray: pip install 'runtree-pipeline[ray]'", key="executor")]
             ) from None
         if not ray.is_initialized():
+            self._started_ray = True  # before init: an interrupted init still has a runtime to shut down
             ray.init(
                 address=None if self.address == "local" else self.address,
                 include_dashboard=False,
                 log_to_driver=True,
                 configure_logging=False,
             )
-            self._started_ray = True
         cpus = ray.cluster_resources().get("CPU", 1)
         self.workers = int(self.requested_workers or max(1, cpus // max(self.num_cpus, 1e-9)))
         self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(execute)

@@ -66,8 +66,10 @@ def _on_main_thread() -> bool:
 
 
 def _install() -> None:
+    # A signal the parent chose to ignore (`nohup`, `cmd &` without job control) stays ignored.
     for s in _SIGNALS:
-        _previous[s] = signal.signal(s, _handler)
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            _previous[s] = signal.signal(s, _handler)
 
 
 def _restore() -> None:

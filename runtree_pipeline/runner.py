@@ -110,6 +110,7 @@ class Runner:
         short.
         """
         stages: Any = _InlinePool()
+        failed = False
         with interruptible():
             try:
                 self._load_previous()
@@ -123,6 +124,7 @@ class Runner:
                 if self.plots:
                     self._draw()
             except BaseException as e:
+                failed = True
                 # A library interrupted mid-way may turn the KeyboardInterrupt into an error of its own.
                 signum = getattr(e, "signum", signal.SIGINT) if isinstance(e, KeyboardInterrupt) else received()
                 with shielded(discard=True):
@@ -139,7 +141,8 @@ class Runner:
                     raise TrackingFailed(f"{e}; redo what is missing with resume={self.pipeline_id}") from e
                 raise
             finally:
-                with shielded(discard=True):
+                # After a success every run is ended: a signal during the shutdown is still reported, not dropped.
+                with shielded(discard=failed):
                     self.executor.close()
                     self.progress.close()
                     stages.shutdown()
@@ -211,12 +214,15 @@ class Runner:
     def _stop(self, stages: Any, status: str) -> int:
         """Let every driver thread see the interruption and return, so nothing writes after the runs are ended."""
         self.cancelled.set()
-        self.executor.close()
-        stages.shutdown(wait=True, cancel_futures=True)
-        self.subtrees.shutdown(wait=True, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            self.writer.flush()
-        return self.writer.end_open_runs(status)
+        try:
+            self.executor.close()
+            stages.shutdown(wait=True, cancel_futures=True)
+            self.subtrees.shutdown(wait=True, cancel_futures=True)
+            with contextlib.suppress(Exception):
+                self.writer.flush()
+        finally:
+            killed = self.writer.end_open_runs(status)
+        return killed
 
     def _run_stage(self, stage: StageSpec) -> StageResult:
         blocked = sorted(d for d in stage.depends_on if self._results[d].status != "FINISHED")
@@ -279,15 +285,17 @@ class Runner:
 
     def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any], own: Mapping[str, Any]) -> _Slot:
         found = self.existing.stage(name, key)
-        if found is not None:
-            if found.info.status == "FINISHED":
-                return _Slot(found, key, "done")
+        if found is None:
+            slot = _Slot(self.writer.start(name=name, tags={**tags, **own, schema.KEY: key}), key, "new")
+        elif found.info.status == "FINISHED":
+            slot = _Slot(found, key, "done")
+        else:
             self.writer.reopen(found)
-            return _Slot(found, key, "redo")
-        run = self.writer.start(name=name, tags={**tags, **own, schema.KEY: key})
+            slot = _Slot(found, key, "redo")
+        # Also when the current run already exists: an interruption may have come before the old one was marked.
         for stale in self.existing.stale_stages(name, key):
-            self.writer.annotate(stale, {schema.SUPERSEDED_BY: run.info.run_id})
-        return _Slot(run, key, "new")
+            self.writer.annotate(stale, {schema.SUPERSEDED_BY: slot.run_id})
+        return slot
 
     def _lookup(self, ref: Reference) -> Any:
         best = self._results[ref.stage].best

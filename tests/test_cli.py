@@ -240,6 +240,7 @@ CLI_ERRORS = [
     ),
     pytest.param(["--config-dir", "nope", "+sweep=mine"], "Additional config directory", id="missing-config-dir"),
     pytest.param(["--bogus", "+sweep=tutorial"], "unrecognized arguments: --bogus", id="unknown-flag"),
+    pytest.param(["BROKEN"], "broken.yaml, line 4, column 1: not valid YAML: while parsing a flow sequence", id="broken-yaml"),
 ]
 
 
@@ -247,6 +248,9 @@ CLI_ERRORS = [
 def test_invalid_input_is_one_error_line_exit_2_and_no_store(run_cli, user_conf, store, tmp_path, args, message):
     if args[:1] == ["USER"]:
         args = ["--config-dir", str(user_conf), "+sweep=mine", *args[1:]]
+    if args[:1] == ["BROKEN"]:
+        (user_conf / "sweep" / "broken.yaml").write_text("# @package _global_\nstages:\n  a: {x: [1, 2\n")
+        args = ["--config-dir", str(user_conf), "+sweep=broken"]
     proc = run_cli(*args, f"tracking_uri={store}")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = error_lines(proc)

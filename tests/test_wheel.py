@@ -67,12 +67,13 @@ def empty_dir(tmp_path) -> Path:
 def test_the_venv_runs_the_wheel_not_the_checkout(venv, empty_dir):
     proc = _run(
         venv / "bin" / "python", "-c",
-        "import importlib.resources as r, runtree_pipeline; print(runtree_pipeline.__file__); "
-        "print(*sorted(p.name for p in r.files('runtree_pipeline.conf').joinpath('sweep').iterdir()))",
+        "import importlib.resources as r, runtree_pipeline, runtree_pipeline.conf as c; print(runtree_pipeline.__file__); "
+        "print(c.__file__); print(*sorted(p.name for p in r.files('runtree_pipeline.conf').joinpath('sweep').iterdir()))",
         cwd=empty_dir,
     )
-    module, sweeps = proc.stdout.splitlines()
-    assert Path(module).is_relative_to(venv)
+    module, conf, sweeps = proc.stdout.splitlines()
+    # The test interpreter's editable install would otherwise answer for a conf/ missing from the wheel.
+    assert Path(module).is_relative_to(venv) and Path(conf).is_relative_to(venv)
     assert sweeps.split() == ["cnn.yaml", "tutorial.yaml"]
 
 
@@ -103,6 +104,9 @@ def test_own_pipeline_with_targets_in_the_working_directory(venv, empty_dir):
         venv / "bin" / "python", "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=mine", "plots=false",
         cwd=empty_dir,
     )
+    assert "best loss=0" in proc.stdout, proc.stdout
+    # A console script puts its bin directory, not the working directory, first on sys.path.
+    proc = _run(venv / "bin" / "runtree-pipeline", "--config-dir", "./my_conf", "+sweep=mine", "plots=false", cwd=empty_dir)
     assert "best loss=0" in proc.stdout, proc.stdout
 
 
