@@ -293,8 +293,10 @@ class Runner:
             self.writer.reopen(found)
             slot = _Slot(found, key, "redo")
         # Also when the current run already exists: an interruption may have come before the old one was marked.
-        for stale in self.existing.stale_stages(name, key):
-            self.writer.annotate(stale, {schema.SUPERSEDED_BY: slot.run_id})
+        # A found run that was itself superseded (the inputs went back to earlier values) must not hide the others.
+        if found is None or schema.SUPERSEDED_BY not in found.data.tags:
+            for stale in self.existing.stale_stages(name, key):
+                self.writer.annotate(stale, {schema.SUPERSEDED_BY: slot.run_id})
         return slot
 
     def _lookup(self, ref: Reference) -> Any:
