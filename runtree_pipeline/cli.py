@@ -43,19 +43,6 @@ def _fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
-def _raise_signalled(signum: int, frame: Any) -> None:
-    from .interrupts import Signalled
-
-    raise Signalled(signum)
-
-
-def _set_signal_handlers(handler: Any) -> None:
-    # A signal the parent chose to ignore (`nohup`, `cmd &` without job control) stays ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, handler)
-
-
 def main() -> None:
     """Entry point of `python -m runtree_pipeline` (and of any console script pointed at it).
 
@@ -66,7 +53,7 @@ def main() -> None:
     """
     from . import interrupts
 
-    _set_signal_handlers(_raise_signalled)
+    interrupts.set_handlers(interrupts.raise_signalled)
     signum: int | None = None
     try:
         with interrupts.interruptible():
@@ -75,15 +62,15 @@ def main() -> None:
             finally:
                 signum = interrupts.received()
     except KeyboardInterrupt as e:
-        _set_signal_handlers(signal.SIG_IGN)
+        interrupts.set_handlers(signal.SIG_IGN)
         _interrupted(getattr(e, "exit_code", 128 + (signum or signal.SIGINT)))
     except Exception:
         if signum is None:
             raise
-        _set_signal_handlers(signal.SIG_IGN)
+        interrupts.set_handlers(signal.SIG_IGN)
         _interrupted(128 + signum)
     finally:
-        _set_signal_handlers(signal.SIG_IGN)
+        interrupts.set_handlers(signal.SIG_IGN)
     if signum is not None:
         _interrupted(128 + signum)
 

@@ -112,8 +112,7 @@ def _run(args: argparse.Namespace) -> str | None:
         return _export(reader, pipeline_id, args, where)
     runs = reader.pipeline_runs(pipeline_id) if pipeline_id else []
     if not runs:
-        what = "no pipeline recorded" if args.pipeline == "last" else f"no pipeline '{args.pipeline}'"
-        raise _Fail(2, f"{what} in {where}")
+        raise _no_pipeline(args, where)
     tree = RunTree(runs)
     experiment = reader.experiment_names().get(runs[0].info.experiment_id, runs[0].info.experiment_id)
     if args.command == "tree":
@@ -159,13 +158,17 @@ def _newest_with(reader: TrackingReader, stages: Sequence[str], where: str) -> s
     return max(found, key=lambda p: newest[p])
 
 
+def _no_pipeline(args: argparse.Namespace, where: str) -> _Fail:
+    what = "no pipeline recorded" if args.pipeline == "last" else f"no pipeline '{args.pipeline}'"
+    return _Fail(2, f"{what} in {where}")
+
+
 def _export(reader: TrackingReader, pipeline_id: str | None, args: argparse.Namespace, where: str) -> None:
     from .export import pipeline_frame, write
 
     frame = pipeline_frame(reader, pipeline_id) if pipeline_id else None
     if frame is None or frame.empty:
-        what = "no pipeline recorded" if args.pipeline == "last" else f"no pipeline '{args.pipeline}'"
-        raise _Fail(2, f"{what} in {where}")
+        raise _no_pipeline(args, where)
     try:
         write(frame, args.output, stdout=sys.stdout)
     except BrokenPipeError:

@@ -65,11 +65,25 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _install() -> None:
-    # A signal the parent chose to ignore (`nohup`, `cmd &` without job control) stays ignored.
+def set_handlers(handler: Any) -> dict[int, Any]:
+    """Handle SIGINT and SIGTERM with `handler`; returns the handlers replaced.
+
+    A signal the parent chose to ignore (`nohup`, `cmd &` without job control) stays ignored.
+    """
+    previous = {}
     for s in _SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:
-            _previous[s] = signal.signal(s, _handler)
+            previous[s] = signal.signal(s, handler)
+    return previous
+
+
+def raise_signalled(signum: int, frame: Any) -> None:
+    """A handler for outside a pipeline: the signal becomes `Signalled`, so the caller can exit 128 + signal."""
+    raise Signalled(signum)
+
+
+def _install() -> None:
+    _previous.update(set_handlers(_handler))
 
 
 def _restore() -> None:

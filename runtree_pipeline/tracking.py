@@ -107,7 +107,8 @@ class TrackingReader:
 
     def _check_exists(self) -> None:
         """Reading must not create an empty sqlite file where the user mistyped a path."""
-        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///") :]).exists():
+        path = _sqlite_path(self.uri)
+        if path is not None and not path.exists():
             raise TrackingUnavailable(f"no tracking store at {self.uri}")
 
     def _experiment_ids(self, name: str | None) -> list[str]:
