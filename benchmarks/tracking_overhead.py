@@ -21,7 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from runtree_pipeline.localserver import LocalMlflowServer
+from runtree_pipeline.tracking.localserver import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE = ("5", "25")  # parents, children per parent

@@ -10,10 +10,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import run_pipeline, run_plan
-    from .errors import ConfigError, ConfigErrors, Interrupted
-    from .plan import Plan, StageSpec, build_plan
-    from .results import LeafResult, NodeResult, PipelineResult, StageResult
+    from runtree_pipeline.api import run_pipeline, run_plan
+    from runtree_pipeline.errors import ConfigError, ConfigErrors, Interrupted
+    from runtree_pipeline.plan.stages import Plan, StageSpec, build_plan
+    from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult
 
 _EXPORTS = {
     "run_pipeline": "api",
@@ -21,9 +21,9 @@ _EXPORTS = {
     "ConfigError": "errors",
     "ConfigErrors": "errors",
     "Interrupted": "errors",
-    "Plan": "plan",
-    "StageSpec": "plan",
-    "build_plan": "plan",
+    "Plan": "plan.stages",
+    "StageSpec": "plan.stages",
+    "build_plan": "plan.stages",
     "LeafResult": "results",
     "NodeResult": "results",
     "PipelineResult": "results",

@@ -7,10 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .executors import Executor
-from .plan import Plan, build_plan
-from .progress import Progress
-from .results import PipelineResult
+from runtree_pipeline.execution.executors import Executor
+from runtree_pipeline.plan.stages import Plan, build_plan
+from runtree_pipeline.reports.progress import Progress
+from runtree_pipeline.results import PipelineResult
 
 
 def run_pipeline(
@@ -37,8 +37,8 @@ def run_plan(
 ) -> PipelineResult:
     """Run a validated plan. `command` is recorded on every stage run as the way to reproduce it; `plots` draws
     the children of every parent and the DAG as artifacts once the tree is recorded."""
-    from .runner import Runner
-    from .tracking import TrackingWriter
+    from runtree_pipeline.execution.scheduler import Runner
+    from runtree_pipeline.tracking.mlflow_store import TrackingWriter
 
     writer = TrackingWriter(uri=plan.tracking_uri, experiment=plan.experiment)
     try:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .redact import redact
+from runtree_pipeline.tracking.redact import redact
 
 if TYPE_CHECKING:
     import pandas
@@ -98,8 +98,8 @@ class PipelineResult:
     def to_frame(self) -> pandas.DataFrame:
         """Every run of this execution, one row each, read back from the store: the table `runtree export` writes,
         for analysis in pandas without writing `search_runs` filters (needs pandas, which MLflow brings)."""
-        from .export import pipeline_frame
-        from .tracking import TrackingReader
+        from runtree_pipeline.reports.export import pipeline_frame
+        from runtree_pipeline.tracking.mlflow_store import TrackingReader
 
         return pipeline_frame(TrackingReader(uri=self.tracking_uri, experiment=self.experiment), self.pipeline_id)
 

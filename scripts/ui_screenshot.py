@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runtree_pipeline.localserver import LocalMlflowServer
+from runtree_pipeline.tracking.localserver import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 CHROME_FLAGS = (

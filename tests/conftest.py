@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runtree_pipeline.localserver import LocalMlflowServer
+from runtree_pipeline.tracking.localserver import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 

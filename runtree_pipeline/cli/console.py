@@ -1,0 +1,193 @@
+"""`runtree tree | best | list | export`: look at recorded pipelines without writing `search_runs` filters by hand.
+
+Exit codes scripts can rely on: 0 found and printed; 2 no such experiment, pipeline or stage (or nothing recorded),
+or an export file that cannot be written; 3 the tracking store cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from runtree_pipeline.tracking import tags as schema
+
+if TYPE_CHECKING:
+    from runtree_pipeline.tracking.mlflow_store import TrackingReader
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tracking-uri",
+        help="store to read (default: MLflow's own: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
+    common.add_argument("--experiment", help="experiment name (default: all experiments)")
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--pipeline", default="last", help="pipeline id from the summary, or 'last' (default)")
+
+    parser = argparse.ArgumentParser(
+        prog="runtree",
+        description="Look at pipelines recorded by runtree_pipeline, or export one as a table.",
+        epilog="Exit codes: 0 ok; 2 no such experiment, pipeline or stage; 3 the tracking store cannot be read. "
+        "'runtree COMMAND --help' describes each command.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tree = commands.add_parser(
+        "tree", parents=[common, pick], help="a pipeline's run tree: status, objective and key params per run"
+    )
+    tree.add_argument("--limit", type=int, default=8, help="children shown per parent before '… N more' (default 8)")
+    best = commands.add_parser(
+        "best",
+        parents=[common, pick],
+        help="a stage's best leaf and the commands that reproduce it",
+        description="A stage's best leaf and the commands that reproduce it. Without --pipeline: the newest "
+        "pipeline that has every STAGE named.",
+    )
+    best.add_argument("stages", nargs="+", metavar="STAGE")
+    commands.add_parser("list", parents=[common], help="pipeline executions: id, start, status, best per stage")
+    export = commands.add_parser(
+        "export",
+        parents=[common, pick],
+        help="a pipeline's runs as a table: CSV (default) or Parquet",
+        description="Write one row per run of a pipeline: pipeline_id, run_id, parent_run_id (empty for stage "
+        "runs), stage, level, name, status, then params.<key> and metrics.<key> for every param and metric "
+        "present. Stage runs superseded by a later resume are left out, as in 'runtree tree'. The same table "
+        "as PipelineResult.to_frame() in Python.",
+        epilog="Params that are numbers in every run become numeric columns (Parquet keeps the types). Examples: "
+        "'runtree export > runs.csv', 'runtree export --experiment cnn -o runs.parquet'.",
+    )
+    export.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="file to write: Parquet when it ends in .parquet, else CSV (default: CSV on stdout)",
+    )
+    return parser
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        text = _run(args)
+    except _Fail as e:
+        print(f"runtree: error: {e}", file=sys.stderr)
+        return e.code
+    if text is not None:
+        print(text)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> str | None:
+    from runtree_pipeline.tracking.mlflow_store import TrackingReader, TrackingUnavailable, UnknownExperiment
+    from runtree_pipeline.reports.views import RunTree, render_best, render_list, render_tree
+
+    try:
+        reader = TrackingReader(uri=args.tracking_uri, experiment=args.experiment)
+    except TrackingUnavailable as e:
+        raise _Fail(3, str(e)) from None
+    except UnknownExperiment as e:
+        raise _Fail(2, str(e)) from None
+
+    if args.command == "list":
+        return render_list(reader.stage_runs(), reader.experiment_names())
+
+    where = f"experiment '{args.experiment}' of {reader.uri}" if args.experiment else f"any experiment of {reader.uri}"
+    if args.pipeline != "last":
+        pipeline_id = args.pipeline
+    elif args.command == "best":
+        pipeline_id = _newest_with(reader, args.stages, where)
+    else:
+        pipeline_id = reader.latest_pipeline_id()
+    if args.command == "export":
+        return _export(reader, pipeline_id, args, where)
+    runs = reader.pipeline_runs(pipeline_id) if pipeline_id else []
+    if not runs:
+        raise _no_pipeline(args, where)
+    tree = RunTree(runs)
+    experiment = reader.experiment_names().get(runs[0].info.experiment_id, runs[0].info.experiment_id)
+    if args.command == "tree":
+        return render_tree(tree, limit=args.limit, experiment=experiment)
+
+    out = []
+    for name in args.stages:
+        try:
+            stage = tree.stage(name)
+        except LookupError as e:
+            raise _Fail(2, str(e)) from None
+        best_id = stage.data.tags.get(schema.BEST_RUN_ID)
+        alone = not tree.children.get(stage.info.run_id) and stage.info.status == "FINISHED"
+        leaf = tree.by_id.get(best_id) if best_id else (stage if alone else None)
+        if leaf is None:
+            raise _Fail(2, f"stage '{name}' has no best run ({stage.data.tags.get(schema.ERROR, stage.info.status)})")
+        out.append(render_best(stage, leaf, experiment=experiment))
+    return "\n\n".join(out)
+
+
+def _newest_with(reader: TrackingReader, stages: Sequence[str], where: str) -> str:
+    """The newest pipeline holding every stage asked for: another pipeline may have run since, in this or another
+    experiment, without that stage."""
+    newest: dict[str, int] = {}
+    has: dict[str, set[str]] = {}
+    for run in reader.stage_runs():
+        pipeline_id = run.data.tags.get(schema.PIPELINE_ID)
+        if pipeline_id is None:
+            continue
+        newest[pipeline_id] = max(newest.get(pipeline_id, 0), run.info.start_time or 0)
+        has.setdefault(pipeline_id, set()).add(run.data.tags.get(schema.STAGE, "?"))
+    if not has:
+        raise _Fail(2, f"no pipeline recorded in {where}")
+    found = [p for p in has if set(stages) <= has[p]]
+    if not found:
+        asked = ", ".join(f"'{s}'" for s in stages)
+        seen = ", ".join(sorted(set().union(*has.values())))
+        raise _Fail(
+            2,
+            f"no pipeline with stage {asked} in {where} (searched {len(has)} pipeline"
+            f"{'s' if len(has) != 1 else ''}; their stages: {seen})",
+        )
+    return max(found, key=lambda p: newest[p])
+
+
+def _no_pipeline(args: argparse.Namespace, where: str) -> _Fail:
+    what = "no pipeline recorded" if args.pipeline == "last" else f"no pipeline '{args.pipeline}'"
+    return _Fail(2, f"{what} in {where}")
+
+
+def _export(reader: TrackingReader, pipeline_id: str | None, args: argparse.Namespace, where: str) -> None:
+    from runtree_pipeline.reports.export import pipeline_frame, write
+
+    frame = pipeline_frame(reader, pipeline_id) if pipeline_id else None
+    if frame is None or frame.empty:
+        raise _no_pipeline(args, where)
+    try:
+        write(frame, args.output, stdout=sys.stdout)
+    except BrokenPipeError:
+        _stdout_closed()
+        return None
+    except (OSError, ImportError) as e:
+        raise _Fail(2, f"cannot write {args.output}: {e}") from None
+    if args.output:
+        print(f"{len(frame)} runs of pipeline {pipeline_id} written to {args.output}", file=sys.stderr)
+
+
+
+def _stdout_closed() -> None:
+    """`runtree export | head` closed the pipe: that is the reader's choice, not an error; keep Python from
+    complaining again when it flushes stdout at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Calling a target at a leaf: pure compute plus the target's own logging; the driver records the outcome.
+
+Kept free of driver state (a task in, an outcome out, both picklable) so any executor can run it anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LeafTask:
+    target: str
+    kwargs: Mapping[str, Any]
+    run: Any
+    tracking_uri: str
+    objective: str | None = None
+
+
+@dataclass(frozen=True)
+class LeafOutcome:
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    traceback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def execute(task: LeafTask) -> LeafOutcome:
+    """Run the target with its leaf run active; an exception becomes a failed outcome, not a crash."""
+    from hydra.utils import get_object
+
+    from runtree_pipeline.tracking.mlflow_store import active_run
+
+    try:
+        target = get_object(task.target)
+        with active_run(task.run, tracking_uri=task.tracking_uri):
+            returned = target(**task.kwargs)
+    except Exception as e:  # noqa: BLE001 - a failing target fails its own run only
+        return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    return split_returned(returned, objective=task.objective)
+
+
+def split_returned(returned: Any, *, objective: str | None) -> LeafOutcome:
+    """Numbers become metrics, other JSON values become outputs; a missing objective fails the run."""
+    if returned is None:
+        returned = {}
+    if not isinstance(returned, Mapping):
+        return LeafOutcome(error=f"TypeError: target returned {type(returned).__name__}, expected a mapping of results")
+    metrics, outputs = {}, {}
+    for key, value in returned.items():
+        key = str(key)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            metrics[key] = float(value)
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return LeafOutcome(
+                metrics=metrics,
+                error=f"TypeError: result '{key}' is a {type(value).__name__}, neither a number nor JSON-serialisable",
+            )
+        outputs[key] = value
+    if objective and objective not in metrics:
+        returned_keys = ", ".join(sorted(map(str, returned))) or "nothing"
+        return LeafOutcome(
+            metrics=metrics,
+            outputs=outputs,
+            error=f"MissingObjective: target returned no '{objective}' (it returned: {returned_keys})",
+        )
+    return LeafOutcome(metrics=metrics, outputs=outputs)
+
+
+def objective_value(outcome: LeafOutcome, metric: str | None) -> float | None:
+    """The value that can compete for best: finite, from a successful run."""
+    if not outcome.ok or metric is None:
+        return None
+    value = outcome.metrics.get(metric)
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,370 @@
+"""Config → validated plan: the stage DAG, each stage's target, params and sweeps, checked before any run exists.
+
+Every problem is collected and raised once (sorted), so a user fixes a config in one pass; nothing here touches a
+tracking store, which is what lets a bad config leave the store untouched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import inspect
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+from omegaconf import DictConfig, OmegaConf
+
+from runtree_pipeline.plan import references
+from runtree_pipeline.errors import ConfigError, ConfigErrors, first_line
+from runtree_pipeline.plan.params import flatten, merge
+from runtree_pipeline.plan.sweeps import SweepSpec, parse_sweep
+
+STAGE_KEYS = ("_target_", "params", "depends_on", "variants", "subvariants", "objective", "tags", "on_failure")
+MODES = ("min", "max")
+ON_FAILURE = ("continue", "stop")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str | None
+    mode: str = "min"
+
+    def better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    target: str
+    params: Mapping[str, Any]
+    depends_on: tuple[str, ...] = ()
+    variants: SweepSpec | None = None
+    subvariants: SweepSpec | None = None
+    objective: Objective = Objective(None)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    on_failure: str = "continue"
+    references: tuple[references.Reference, ...] = ()
+
+    @property
+    def levels(self) -> tuple[SweepSpec, ...]:
+        return tuple(s for s in (self.variants, self.subvariants) if s is not None)
+
+    @property
+    def sweeps(self) -> bool:
+        return bool(self.levels)
+
+    def run_counts(self) -> tuple[int, int]:
+        """(variant runs, sub-variant runs) this stage creates."""
+        v = self.variants.size() if self.variants else 0
+        s = self.subvariants.size() if self.subvariants else 0
+        return v, s * max(v, 1) if self.subvariants else 0
+
+    def leaf_count(self) -> int:
+        v, s = self.run_counts()
+        return s or v or 1
+
+    def param_keys(self) -> set[str]:
+        keys = set(flatten(dict(self.params)))
+        for level in self.levels:
+            keys.update(level.keys)
+            for point in level.points:
+                keys.update(flatten(merge({}, point.params)))
+        return keys
+
+
+@dataclass(frozen=True)
+class Plan:
+    experiment: str
+    tracking_uri: str | None
+    tags: Mapping[str, str]
+    stages: Mapping[str, StageSpec]
+    order: tuple[str, ...]
+    config: Mapping[str, Any]
+    resume: str | None = None
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        g.add_nodes_from(self.order)
+        g.add_edges_from((dep, s.name) for s in self.stages.values() for dep in s.depends_on)
+        return nx.freeze(g)
+
+    def upstream(self, stage: str) -> set[str]:
+        return nx.ancestors(self.graph, stage)
+
+    def describe(self) -> str:
+        """The dry-run view: stages in execution order with the runs each would create."""
+        lines = [f"pipeline '{self.experiment}': {len(self.order)} stage(s) in execution order"]
+        total = 0
+        for name in self.order:
+            stage = self.stages[name]
+            v, s = stage.run_counts()
+            total += 1 + v + s
+            after = f" after {', '.join(stage.depends_on)}" if stage.depends_on else ""
+            sweep = []
+            for level in stage.levels:
+                how = level.sampler if level.dimensions else "points"
+                sweep.append(f"{level.level}s: {level.size()} ({how})")
+            detail = "; ".join(sweep) if sweep else "single run"
+            lines.append(f"  {name}{after}: {stage.target} — {detail} → {v} variant run(s), {s} sub-variant run(s)")
+        lines.append(f"total: {total} MLflow run(s); dry run, nothing was recorded")
+        return "\n".join(lines)
+
+
+def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str = "runtree") -> Plan:
+    """Validate a whole config and return its plan, or raise ConfigErrors listing every problem."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    errors: list[ConfigError] = []
+    top = _resolve_top(cfg, errors)
+    objective = _objective(top.get("objective"), None, errors)
+    tags = _tags(top.get("tags"), None, "tags", errors)
+    stages_cfg = cfg.get("stages")
+    if not OmegaConf.is_dict(stages_cfg) or not stages_cfg:
+        errors.append(ConfigError("no stages declared: choose a pipeline with +sweep=NAME", key="stages"))
+        raise ConfigErrors(errors)
+
+    stages: dict[str, StageSpec] = {}
+    broken: set[str] = set()
+    for name in map(str, stages_cfg):
+        try:
+            stages[name] = _stage(name, stages_cfg[name], objective, errors)
+        except ConfigError as e:
+            errors.append(e)
+            broken.add(name)
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(stages)
+    for stage in stages.values():
+        for dep in stage.depends_on:
+            if dep in stages:
+                graph.add_edge(dep, stage.name)
+            elif dep not in broken:
+                errors.append(ConfigError(f"unknown stage '{dep}'{_hint(dep, stages)}", stage=stage.name, key="depends_on"))
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        order = tuple(nx.lexicographical_topological_sort(graph))
+        for stage in stages.values():
+            _check_references(stage, stages, nx.ancestors(graph, stage.name), broken, errors)
+    else:
+        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+        errors.append(ConfigError(f"stages form a cycle: {path}", stage=cycle[0][0], key="depends_on"))
+        order = ()
+    if errors:
+        raise ConfigErrors(errors)
+
+    resume = top.get("resume")
+    if resume is not None and not (resume == "last" or re.fullmatch(r"[0-9a-f]{12}", str(resume))):
+        errors.append(ConfigError(f"must be 'last' or a pipeline id (12 hex digits), got {resume!r}", key="resume"))
+    if errors:
+        raise ConfigErrors(errors)
+    experiment = top.get("experiment") or default_experiment
+    config = {k: v for k, v in top.items() if k not in ("resume", "dry_run")}
+    config["stages"] = {name: _stage_config(stages[name]) for name in order}
+    return Plan(
+        experiment=str(experiment),
+        tracking_uri=top.get("tracking_uri") or None,
+        tags=tags,
+        stages={name: stages[name] for name in order},
+        order=order,
+        config=config,
+        resume=str(resume) if resume is not None else None,
+    )
+
+
+def _resolve_top(cfg: DictConfig, errors: list[ConfigError]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key in ("stages", "hydra"):
+            continue
+        try:
+            with references.recording():
+                value = cfg[key]
+            out[str(key)], _ = references.resolve_recording(value)
+        except Exception as e:  # noqa: BLE001 - OmegaConf wraps the user's interpolation error in many types
+            errors.append(ConfigError(first_line(e), key=str(key)))
+    return out
+
+
+def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) -> StageSpec:
+    if not OmegaConf.is_dict(node):
+        raise ConfigError("must be a mapping with a `_target_`", stage=name)
+    unknown = sorted(set(map(str, node)) - set(STAGE_KEYS))
+    for key in unknown:
+        errors.append(ConfigError(f"unknown key{_hint(key, STAGE_KEYS)} (allowed: {', '.join(STAGE_KEYS)})", stage=name, key=key))
+    try:
+        raw, refs = references.resolve_recording(node)
+    except Exception as e:  # noqa: BLE001 - OmegaConf wraps the user's interpolation error in many types
+        raise ConfigError(first_line(e), stage=name) from None
+
+    target_path = raw.get("_target_")
+    target = None
+    if not isinstance(target_path, str) or not target_path:
+        errors.append(ConfigError("missing `_target_` (a dotted path to a callable)", stage=name, key="_target_"))
+    else:
+        try:
+            target = _import(target_path, name)
+        except ConfigError as e:
+            errors.append(e)
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        errors.append(ConfigError("must be a mapping", stage=name, key="params"))
+        params, target = {}, None
+    depends_on = raw.get("depends_on") or []
+    if isinstance(depends_on, str):
+        depends_on = [depends_on]
+    if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+        errors.append(ConfigError(f"must be a list of stage names, got {depends_on!r}", stage=name, key="depends_on"))
+        depends_on = []
+    objective = _objective(raw.get("objective"), default, errors, stage=name)
+
+    levels = {}
+    sweeps_ok = True
+    for level in ("variant", "subvariant"):
+        if raw.get(level + "s") is not None:
+            try:
+                levels[level] = parse_sweep(raw[level + "s"], stage=name, level=level)
+            except ConfigError as e:
+                errors.append(e)
+                sweeps_ok = False
+    on_failure = raw.get("on_failure") or "continue"
+    if on_failure not in ON_FAILURE:
+        errors.append(ConfigError(f"must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}", stage=name, key="on_failure"))
+    spec = StageSpec(
+        name=name,
+        target=str(target_path),
+        params=params,
+        depends_on=tuple(str(d) for d in depends_on),
+        variants=levels.get("variant"),
+        subvariants=levels.get("subvariant"),
+        objective=objective,
+        tags=_tags(raw.get("tags"), name, "tags", errors),
+        on_failure=on_failure,
+        references=tuple(refs),
+    )
+    if spec.sweeps and not objective.metric:
+        errors.append(ConfigError("a stage that sweeps needs objective.metric to pick its best run", stage=name, key="objective.metric"))
+    if sweeps_ok and target is not None:
+        _check_signature(spec, target, errors)
+    return spec
+
+
+def _import(path: str, stage: str) -> Any:
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(path)
+    except Exception as e:  # noqa: BLE001 - importing user code can raise anything
+        raise ConfigError(f"cannot import '{path}': {_import_failure(e)}", stage=stage, key="_target_") from None
+    if not callable(target):
+        raise ConfigError(f"'{path}' is not callable", stage=stage, key="_target_")
+    return target
+
+
+def _import_failure(error: BaseException) -> str:
+    """The real reason a target did not import. Hydra wraps it in an ImportError whose first line is only
+    "Error loading 'PATH':", with the original exception as its cause; an error raised by the user's module while
+    it imports is named by its type, since its message alone may not say it came from an import."""
+    cause = error.__cause__
+    if cause is None:
+        return first_line(error)
+    if isinstance(cause, ModuleNotFoundError) and cause.name and "is not a package" in str(cause):
+        module, _, name = cause.name.rpartition(".")  # `module.nope`, tried as a submodule once getattr failed
+        return f"module '{module}' has no attribute '{name}'"
+    if isinstance(cause, (ImportError, AttributeError)):
+        return first_line(cause)
+    return f"{type(cause).__name__}: {first_line(cause)}"
+
+
+def _check_signature(spec: StageSpec, target: Any, errors: list[ConfigError]) -> None:
+    """Bind every distinct combination of param names the stage will pass, as a call would."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    options = [[{}]] + [
+        [merge({}, p.params) for p in level.points] if level.points else [merge({}, {k: None for k in level.keys})]
+        for level in spec.levels
+    ]
+    seen = set()
+    for combo in itertools.product(*options):
+        kwargs = merge(dict(spec.params), *combo)
+        names = tuple(sorted(kwargs))
+        if names in seen:
+            continue
+        seen.add(names)
+        try:
+            signature.bind(**kwargs)
+        except TypeError as e:
+            errors.append(ConfigError(f"{spec.target}{signature} cannot take params ({', '.join(names)}): {e}", stage=spec.name, key="params"))
+            return
+
+
+def _check_references(
+    spec: StageSpec, stages: Mapping[str, StageSpec], upstream: set[str], broken: set[str], errors: list[ConfigError]
+) -> None:
+    for ref in spec.references:
+        if ref.stage in broken:
+            continue
+        if ref.stage not in stages:
+            errors.append(ConfigError(f"{ref.text} refers to unknown stage '{ref.stage}'{_hint(ref.stage, stages)}", stage=spec.name, key="params"))
+        elif ref.stage not in upstream:
+            errors.append(
+                ConfigError(
+                    f"{ref.text} refers to stage '{ref.stage}', which is not upstream (add it to depends_on)",
+                    stage=spec.name,
+                    key="depends_on",
+                )
+            )
+        elif ref.kind == "params":
+            keys = stages[ref.stage].param_keys()
+            if ref.key not in keys and not any(k.startswith(ref.key + ".") for k in keys):
+                errors.append(
+                    ConfigError(f"{ref.text}: stage '{ref.stage}' has no param '{ref.key}'{_hint(ref.key, keys)}", stage=spec.name, key="params")
+                )
+
+
+def _objective(raw: Any, default: Objective | None, errors: list[ConfigError], stage: str | None = None) -> Objective:
+    base = default or Objective(None)
+    if raw is None:
+        return base
+    if not isinstance(raw, Mapping):
+        errors.append(ConfigError("must be a mapping like {metric: val_loss, mode: min}", stage=stage, key="objective"))
+        return base
+    mode = raw.get("mode") or base.mode
+    if mode not in MODES:
+        errors.append(ConfigError(f"must be min or max, got {mode!r}", stage=stage, key="objective.mode"))
+        mode = base.mode
+    metric = raw.get("metric", base.metric)
+    return Objective(metric=str(metric) if metric else None, mode=mode)
+
+
+def _tags(raw: Any, stage: str | None, key: str, errors: list[ConfigError]) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        errors.append(ConfigError("must be a mapping of tag names to values", stage=stage, key=key))
+        return {}
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _stage_config(spec: StageSpec) -> dict[str, Any]:
+    """What the stage run stores as its resolved config artifact."""
+    return {
+        "_target_": spec.target,
+        "depends_on": list(spec.depends_on),
+        "params": spec.params,
+        "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode},
+        "tags": dict(spec.tags),
+        "on_failure": spec.on_failure,
+    }
+
+
+def _hint(word: str, options: Any) -> str:
+    match = difflib.get_close_matches(word, sorted(options), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""

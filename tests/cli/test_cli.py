@@ -1,0 +1,389 @@
+"""The command line: the shipped configs and a user's own through real Hydra composition, exit codes and error lines,
+--help, signals before the pipeline runs. A subprocess only where the process boundary is the subject (exit codes,
+stderr, the working directory, multirun, signals); the rest composes with Hydra in-process on a real sqlite store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, OverrideParseException
+from mlflow import MlflowClient
+
+from runtree_pipeline import build_plan, run_plan
+from runtree_pipeline.cli.main import CONFIG_PACKAGE, describe_hydra_error, help_text
+from tests.conftest import all_runs, cli_env
+
+
+def _by_level(runs):
+    out = {}
+    for r in runs:
+        out.setdefault(r.data.tags["runtree.level"], []).append(r)
+    return out
+
+
+def compose_sweep(name: str, *overrides: str):
+    with initialize_config_module(CONFIG_PACKAGE, version_base=None):
+        return compose("config", [f"+sweep={name}", *overrides])
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+# ---- the shipped pipelines, composed by Hydra in-process -------------------------------------------------------
+
+
+def test_tutorial_builds_the_notebook_challenge_tree(store, client):
+    cfg = compose_sweep("tutorial", f"tracking_uri={store}")
+    run_plan(build_plan(cfg, default_experiment="tutorial"), plots=False)
+
+    runs = all_runs(client, "tutorial")
+    levels = _by_level(runs)
+    assert (len(levels["stage"]), len(levels["variant"]), len(levels["subvariant"])) == (1, 5, 125)
+    (stage,) = levels["stage"]
+    assert "mlflow.parentRunId" not in stage.data.tags
+    leaves = levels["subvariant"]
+    assert stage.data.metrics["best_metric1"] == min(r.data.metrics["metric1"] for r in leaves)
+    for variant in levels["variant"]:
+        assert variant.data.tags["mlflow.parentRunId"] == stage.info.run_id
+        mine = [r for r in leaves if r.data.tags["mlflow.parentRunId"] == variant.info.run_id]
+        assert len(mine) == 25
+        best = min(mine, key=lambda r: r.data.metrics["metric1"])
+        assert variant.data.metrics["best_metric1"] == best.data.metrics["metric1"]
+        assert variant.data.tags["best.param1"] == best.data.params["param1"]
+        assert variant.data.tags["best.param2"] == best.data.params["param2"]
+        assert len({r.info.run_name for r in mine}) == 25
+    assert {r.data.tags["test_identifier"] for r in runs} == {"subset_test"}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_same_seed_same_tree(store, client):
+    for _ in range(2):
+        cfg = compose_sweep("tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=3")
+        run_plan(build_plan(cfg, default_experiment="tutorial"), plots=False)
+    stages = _by_level(all_runs(client, "tutorial"))["stage"]
+    assert len(stages) == 2
+    assert len({s.data.tags["runtree.pipeline_id"] for s in stages}) == 2
+    assert stages[0].data.metrics == stages[1].data.metrics
+    assert {k: v for k, v in stages[0].data.tags.items() if k.startswith("best.")} == {
+        k: v for k, v in stages[1].data.tags.items() if k.startswith("best.")
+    }
+
+
+# ---- through the command line ----------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_plan_and_touches_no_store(run_cli, tmp_path):
+    proc = run_cli("+sweep=cnn", "dry_run=true", "stages.search.subvariants.n=8")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    order = [line.split()[0].rstrip(":") for line in lines if line.startswith("  ")]
+    assert order == ["data", "search", "final"]
+    assert "2 variant run(s), 16 sub-variant run(s)" in proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_default_store_is_mlflow_db_in_working_directory_and_summary_in_hydra_run_dir(run_cli, tmp_path):
+    proc = run_cli("+sweep=tutorial", "stages.tuning.subvariants.n=2", "experiment=try2", "plots=false")
+    assert proc.returncode == 0, proc.stderr
+    assert "tuning" in proc.stdout and "best metric1=" in proc.stdout and "mlflow ui" in proc.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = all_runs(client, "try2")
+    assert len(runs) == 1 + 5 + 10
+    (stage,) = _by_level(runs)["stage"]
+
+    (summary_path,) = tmp_path.glob("outputs/*/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"] is True
+    assert summary["stages"]["tuning"]["run_id"] == stage.info.run_id
+    assert summary["stages"]["tuning"]["best"]["run_id"] == stage.data.tags["runtree.best_run_id"]
+    assert summary["stages"]["tuning"]["runs"] == 16
+
+
+USER_TARGETS = '''
+import os
+
+
+def rows(*, seed: int) -> dict:
+    return {"rows": 100 + seed}
+
+
+def quad(*, x: float, offset: float = 0.0) -> dict:
+    return {"loss": (x - 1) ** 2 + offset, "pid": os.getpid()}
+'''
+
+USER_PIPELINE = """
+# @package _global_
+# A user's own pipeline: its targets live in mytargets.py, in the directory the command runs from.
+experiment: mine
+objective: {metric: loss}
+stages:
+  a:
+    _target_: mytargets.rows
+    params: {seed: 1}
+  b:
+    depends_on: [a]
+    _target_: mytargets.quad
+    params: {offset: "${best:a.metrics.rows}"}
+    subvariants:
+      params: {x: "choice(0, 1, 2)"}
+"""
+
+
+@pytest.fixture
+def user_project(tmp_path) -> Path:
+    """A user's project: a target module and a sweep file, neither installed nor on PYTHONPATH."""
+    (tmp_path / "mytargets.py").write_text(USER_TARGETS)
+    sweep = tmp_path / "my_conf" / "sweep"
+    sweep.mkdir(parents=True)
+    (sweep / "mine.yaml").write_text(textwrap.dedent(USER_PIPELINE))
+    return tmp_path
+
+
+def test_user_targets_import_from_the_working_directory_in_the_driver_and_in_spawned_workers(user_project):
+    """`-P` keeps Python from putting the working directory on sys.path, as a console script does: the CLI must."""
+    env = cli_env()
+    assert str(user_project) not in env["PYTHONPATH"].split(os.pathsep)
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=mine",
+         "executor=processes", "executor.workers=2", "executor.start_method=spawn", "plots=false"],
+        cwd=user_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    runs = all_runs(MlflowClient(f"sqlite:///{user_project / 'mlflow.db'}"), "mine")
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    leaves = _by_level(runs)["subvariant"]
+    assert len(leaves) == 3
+    assert next(r for r in runs if r.info.run_name == "b").data.metrics["best_loss"] == 101.0
+    assert proc.pid not in {int(r.data.metrics["pid"]) for r in leaves}
+
+
+@pytest.fixture
+def user_conf(tmp_path) -> Path:
+    """A user's config directory whose targets are the test suite's own (importable through PYTHONPATH)."""
+    conf = tmp_path / "my_conf"
+    (conf / "sweep").mkdir(parents=True)
+    pipeline = USER_PIPELINE.replace("mytargets.rows", "tests.targets.with_outputs").replace("mytargets.", "tests.targets.")
+    (conf / "sweep" / "mine.yaml").write_text(textwrap.dedent(pipeline))
+    return conf
+
+
+def test_failing_stage_exits_1_and_says_which(run_cli, user_conf, store):
+    proc = run_cli(
+        "--config-dir", str(user_conf), "+sweep=mine", f"tracking_uri={store}", "plots=false",
+        "stages.b._target_=tests.targets.no_objective", "~stages.b.params",
+    )
+    assert proc.returncode == 1
+    assert "runtree: error: pipeline did not complete: b: no successful leaf" in proc.stderr
+    assert "target returned no 'loss'" in proc.stderr
+
+
+def test_cnn_and_tutorial_in_one_multirun_keep_their_files_in_the_working_directory(run_cli, store, client, tmp_path):
+    proc = run_cli("-m", "+sweep=cnn,tutorial", f"tracking_uri={store}", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert len(all_runs(client, "tutorial")) == 131
+    assert len(list(tmp_path.glob("multirun/*/*/*/summary.json"))) == 2
+
+    runs = all_runs(client, "cnn")
+    stages = {r.info.run_name: r for r in runs if r.data.tags["runtree.level"] == "stage"}
+    assert set(stages) == {"data", "search", "final"}
+    assert len(runs) == 3 + 2 + 12
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    best = next(r for r in runs if r.info.run_id == stages["search"].data.tags["runtree.best_run_id"])
+    final = stages["final"].data.params
+    for key in ("channels", "lr", "batch_size"):
+        assert final[key] == best.data.params[key]
+    data_dir = tmp_path / "data" / "digits" / "val0.2_seed0"
+    assert final["data_dir"] == str(data_dir)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["train.npz", "val.npz"]
+    assert final["epochs"] == "6"
+    assert 0 < stages["final"].data.metrics["val_loss"] < 1.0
+    assert stages["final"].data.metrics["val_accuracy"] > 0.9
+    assert len(client.get_metric_history(stages["final"].info.run_id, "epoch_val_loss")) == 6
+
+
+# ---- invalid input: exit 2, one line, nothing recorded ---------------------------------------------------------
+
+CLI_ERRORS = [
+    pytest.param([], "key 'stages': no stages declared: choose a pipeline with +sweep=NAME", id="no-sweep"),
+    pytest.param(
+        ["USER", "stages.b._target_=no_such_module.f"],
+        "stage 'b', key '_target_': cannot import 'no_such_module.f': No module named 'no_such_module'",
+        id="unimportable-target",
+    ),
+    pytest.param(["USER", "stages.b.depends_on=[a,zz]"], "stage 'b', key 'depends_on': unknown stage 'zz'", id="unknown-dependency"),
+    pytest.param(
+        ["+sweep=tutorial", "stages.tunin.n=1"],
+        "cannot override 'stages.tunin.n': there is no key 'stages.tunin' (did you mean 'stages.tuning'?); "
+        "to add a new key use +stages.tunin.n=1",
+        id="unknown-override-key",
+    ),
+    pytest.param(["sweep=cnn"], "'sweep=cnn' overrides a sweep that is not chosen by default: did you mean +sweep=cnn?", id="sweep-without-plus"),
+    pytest.param(["+sweep=tutorial", "stages.tuning.subvariants.n=choice(1,"], "malformed override 'stages.tuning.subvariants.n=choice(1,'", id="malformed-override"),
+    pytest.param(
+        ["+sweep=tutorial", "+executor.bogus=1"],
+        "key 'executor': cannot create runtree_pipeline.execution.executors.LocalExecutor: ",
+        id="executor-key",
+    ),
+    pytest.param(["--config-dir", "nope", "+sweep=mine"], "Additional config directory", id="missing-config-dir"),
+    pytest.param(["--bogus", "+sweep=tutorial"], "unrecognized arguments: --bogus", id="unknown-flag"),
+    pytest.param(["BROKEN"], "broken.yaml, line 4, column 1: not valid YAML: while parsing a flow sequence", id="broken-yaml"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CLI_ERRORS)
+def test_invalid_input_is_one_error_line_exit_2_and_no_store(run_cli, user_conf, store, tmp_path, args, message):
+    if args[:1] == ["USER"]:
+        args = ["--config-dir", str(user_conf), "+sweep=mine", *args[1:]]
+    if args[:1] == ["BROKEN"]:
+        (user_conf / "sweep" / "broken.yaml").write_text("# @package _global_\nstages:\n  a: {x: [1, 2\n")
+        args = ["--config-dir", str(user_conf), "+sweep=broken"]
+    proc = run_cli(*args, f"tracking_uri={store}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = error_lines(proc)
+    assert line.startswith("runtree: error: ")
+    assert message in line
+    assert not (tmp_path / "store.db").exists()
+
+
+HYDRA_ERRORS = [
+    pytest.param(
+        ["+sweep=cnn", "stages.serch.params.x=1"],
+        "cannot override 'stages.serch.params.x': there is no key 'stages.serch' (did you mean 'stages.search'?); "
+        "to add a new key use +stages.serch.params.x=1",
+        id="misspelt-key",
+    ),
+    pytest.param(
+        ["+sweep=cnn", "stages.search.params.widht=3"],
+        "cannot override 'stages.search.params.widht': there is no key 'stages.search.params.widht'; "
+        "to add a new key use +stages.search.params.widht=3",
+        id="new-key-without-plus",
+    ),
+    pytest.param(
+        ["+sweep=cnn", "stages.search.params.epochs=choice(1,"],
+        "malformed override 'stages.search.params.epochs=choice(1,': no viable alternative at input 'choice(1,' "
+        "(quote a value that holds special characters",
+        id="malformed-override",
+    ),
+    pytest.param(
+        ["+sweep=tutorail"],
+        "unknown sweep 'tutorail' (did you mean '+sweep=tutorial'?); available: +sweep=cnn, +sweep=tutorial; "
+        "your own: --config-dir DIR with DIR/sweep/tutorail.yaml",
+        id="unknown-sweep",
+    ),
+    pytest.param(
+        ["+sweep=cnn", "executor=rey"],
+        "unknown executor 'rey' (did you mean 'executor=ray'?); available: executor=local, executor=processes, executor=ray",
+        id="unknown-executor",
+    ),
+    pytest.param(["sweep=tutorial"], "did you mean +sweep=tutorial?", id="sweep-without-plus"),
+    pytest.param(
+        ["+sweep=cnn", "+stages.search=1"],
+        "Could not append to config. An item is already at 'stages.search'. Either remove + prefix: 'stages.search=1'",
+        id="append-existing",
+    ),
+    pytest.param(
+        ["+sweep=cnn", "stages.search.params='${oops'"],
+        "Error merging override stages.search.params='${oops': no viable alternative at input '${oops'",
+        id="bad-interpolation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), HYDRA_ERRORS)
+def test_hydra_composition_errors_are_one_line_with_the_fix(overrides, message):
+    with pytest.raises((ConfigCompositionException, OverrideParseException)) as info:
+        with initialize_config_module(CONFIG_PACKAGE, version_base=None):
+            compose("config", overrides)
+    line = describe_hydra_error(info.value, overrides)
+    assert "\n" not in line
+    assert message in line
+
+
+# ---- --help ----------------------------------------------------------------------------------------------------
+
+
+def test_help_lists_real_sweeps_every_key_and_the_executors(user_conf):
+    text = help_text(str(user_conf))
+    lines = text.splitlines()
+    assert lines[0].startswith("usage: python -m runtree_pipeline")
+    assert {"+sweep=cnn", "+sweep=tutorial", "+sweep=mine"} <= {line.split()[0] for line in lines if line.startswith("  +sweep=")}
+    assert "  +sweep=mine" not in help_text()
+    mine = next(line for line in lines if line.startswith("  +sweep=mine"))
+    assert "A user's own pipeline" in mine
+
+    cfg = compose_sweep("tutorial")
+    for key in cfg:
+        (line,) = [line for line in lines if line.startswith(f"  {key}=") or line.split() == [key] or line.startswith(f"  {key} ")]
+        assert len(line.split()) > 1, f"no description for {key}: {line!r}"
+    for name, keys in {"local": [], "processes": ["workers", "start_method"], "ray": ["address", "workers", "num_cpus", "num_gpus"]}.items():
+        start = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
+        assert len(lines[start].split()) > 1
+        block = []
+        for line in lines[start + 1 :]:
+            if not line.startswith("    "):
+                break
+            block.append(line)
+        assert [line.split("=")[0].strip() for line in block if line[4] != " "] == keys
+    assert "README" in text and "--hydra-help" in text
+
+
+def test_help_and_hydra_help_through_the_command_line(run_cli, user_conf):
+    proc = run_cli("--config-dir", str(user_conf), "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "+sweep=mine" in proc.stdout and "+sweep=cnn" in proc.stdout and "executor=local" in proc.stdout
+    proc = run_cli("--hydra-help")
+    assert proc.returncode == 0, proc.stderr
+    assert "== Flags ==" in proc.stdout and "--config-dir" in proc.stdout
+
+
+# ---- signals before the pipeline runs --------------------------------------------------------------------------
+
+SLOW_IMPORT = """
+import pathlib, time
+
+pathlib.Path("importing").touch()
+time.sleep(60)
+
+
+def f(*, x: float = 0) -> dict:
+    return {"loss": x}
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [
+    pytest.param(signal.SIGINT, 130, "runtree: error: interrupted", id="sigint"),
+    pytest.param(signal.SIGTERM, 143, "runtree: error: interrupted (SIGTERM)", id="sigterm"),
+])
+def test_signal_while_the_plan_is_built_exits_with_its_code_and_one_line(user_project, store, sig, code, line):
+    """The plan imports every target; a slow import holds the process there, before any run or store exists."""
+    (user_project / "slowmod.py").write_text(SLOW_IMPORT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=mine", f"tracking_uri={store}",
+         "stages.a._target_=slowmod.f", "~stages.a.params", "stages.b.params.offset=0", "stages.b.depends_on=[]"],
+        cwd=user_project, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while not (user_project / "importing").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, out + err
+    assert [ln for ln in err.splitlines() if ln.strip()] == [line]
+    assert not (user_project / "store.db").exists()
+
