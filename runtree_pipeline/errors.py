@@ -1,4 +1,7 @@
-"""Errors a user can fix by editing the config, kept apart from bugs so the CLI can print them as one line each."""
+"""Every error a user can act on, each with the exit code both commands give it; anything else is a bug.
+
+The CLIs print a `RuntreeError` as one line and exit with its `exit_code`; other exceptions keep their traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,16 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class ConfigError(ValueError):
+class RuntreeError(Exception):
+    """Something the user can fix or retry, as opposed to a bug; `exit_code` is what the shell sees."""
+
+    exit_code = 1
+
+
+class ConfigError(RuntreeError, ValueError):
     """One problem in the config, located by stage and key so the user knows where to look."""
+
+    exit_code = 2
 
     def __init__(self, message: str, *, stage: str | None = None, key: str | None = None) -> None:
         self.stage = stage
@@ -27,12 +38,44 @@ class ConfigError(ValueError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
-class ConfigErrors(ValueError):
+class ConfigErrors(RuntreeError, ValueError):
     """All problems found in one validation pass, so a user fixes them in one go rather than one per attempt."""
+
+    exit_code = 2
 
     def __init__(self, errors: Iterable[ConfigError]) -> None:
         self.errors = sorted(errors, key=lambda e: (e.stage or "", e.key or "", e.detail))
         super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class StageInputError(RuntreeError, ValueError):
+    """A `${best:...}` reference that has no value in the upstream stage's best run: that stage fails, not the run."""
+
+    exit_code = 1
+
+
+class UnknownPipeline(RuntreeError, LookupError):
+    """`resume=` names no pipeline execution of this experiment."""
+
+    exit_code = 2
+
+
+class UnknownExperiment(RuntreeError, LookupError):
+    """An experiment name that the store does not hold."""
+
+    exit_code = 2
+
+
+class TrackingUnavailable(RuntreeError):
+    """The tracking store cannot be reached or used; raised before any work starts."""
+
+    exit_code = 3
+
+
+class TrackingFailed(RuntreeError):
+    """A write still failed after retries: the run is left for `resume` to redo, never silently dropped."""
+
+    exit_code = 4
 
 
 class Interrupted(KeyboardInterrupt):

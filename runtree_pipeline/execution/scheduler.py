@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.errors import Interrupted
+from runtree_pipeline.errors import Interrupted, StageInputError, TrackingFailed, UnknownPipeline
 from runtree_pipeline.futures import run_now
 from runtree_pipeline.execution.executors import Executor, LocalExecutor
 from runtree_pipeline.interrupts import ThreadPool, interruptible, received, shielded
@@ -39,13 +39,10 @@ from runtree_pipeline.plan.references import Reference, substitute
 from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
 from runtree_pipeline.tracking.index import ExistingTree, content_key
 from runtree_pipeline.plan.sweeps import Point, SweepSpec
-from runtree_pipeline.tracking.mlflow_store import TrackingFailed, TrackingWriter, UnknownPipeline, outputs_tags
+from runtree_pipeline.execution.samplers import new_sampler
+from runtree_pipeline.tracking.mlflow_store import TrackingWriter, outputs_tags
 
 log = logging.getLogger(__name__)
-
-
-class StageInputError(ValueError):
-    """A `${best:...}` reference that has no value in the upstream stage's best run."""
 
 
 class _Cancelled(Exception):
@@ -343,7 +340,7 @@ class _Tree:
         artifacts: Mapping[str, str] | None = None,
     ) -> NodeResult:
         spec, below = levels[0], levels[1:]
-        sampler = spec.new_sampler(direction=self.stage.objective.mode)
+        sampler = new_sampler(spec, direction=self.stage.objective.mode)
         if spec.sampler == "tpe" and slot.state != "new":
             sampler.replay(self.existing.points_under(slot.run_id))
         child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: self.root_id}

@@ -19,21 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from runtree_pipeline.plan import references
 from runtree_pipeline.errors import ConfigError, ConfigErrors, first_line
+from runtree_pipeline.plan.objective import MODES, Objective
 from runtree_pipeline.plan.params import flatten, merge
 from runtree_pipeline.plan.sweeps import SweepSpec, parse_sweep
 
 STAGE_KEYS = ("_target_", "params", "depends_on", "variants", "subvariants", "objective", "tags", "on_failure")
-MODES = ("min", "max")
 ON_FAILURE = ("continue", "stop")
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str | None
-    mode: str = "min"
-
-    def better(self, a: float, b: float) -> bool:
-        return a < b if self.mode == "min" else a > b
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.errors import first_line
+from runtree_pipeline.errors import (
+    TrackingFailed,
+    TrackingUnavailable,
+    UnknownExperiment,
+    UnknownPipeline,
+    first_line,
+)
 from runtree_pipeline.futures import run_now
 from runtree_pipeline.interrupts import ThreadPool, shielded
 from runtree_pipeline.tracking.redact import REDACTED, is_secret, redact
@@ -45,16 +51,7 @@ def _quiet_mlflow_env() -> None:
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking store cannot be reached or used; raised before any work starts."""
 
-
-class TrackingFailed(RuntimeError):
-    """A write still failed after retries: the run is left for `resume` to redo, never silently dropped."""
-
-
-class UnknownPipeline(LookupError):
-    """`resume=` names no pipeline execution of this experiment."""
 
 
 def filter_eq(key: str, value: str) -> str:
@@ -187,9 +184,6 @@ class TrackingReader:
             return json.loads(Path(path).read_text(encoding="utf-8"))
         return {}
 
-
-class UnknownExperiment(LookupError):
-    """An experiment name that the store does not hold."""
 
 
 class TrackingWriter(TrackingReader):

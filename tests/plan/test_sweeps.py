@@ -5,7 +5,8 @@ import math
 import pytest
 
 from runtree_pipeline.errors import ConfigError
-from runtree_pipeline.plan.sweeps import FixedSampler, OptunaSampler, format_value, parse_sweep, point_name
+from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, new_sampler
+from runtree_pipeline.plan.sweeps import format_value, parse_sweep, point_name
 
 
 def variants(raw, level="variant"):
@@ -163,7 +164,7 @@ def test_format_value_and_point_name():
 
 def test_fixed_sampler_yields_points_in_order_then_none():
     spec = variants({"params": {"bs": "choice(32, 64)", "n": "range(1,3)"}})
-    sampler = spec.new_sampler(direction="min")
+    sampler = new_sampler(spec, direction="min")
     assert isinstance(sampler, FixedSampler)
     points = drain(sampler)
     assert points == list(spec.points)
@@ -180,15 +181,15 @@ RANDOM = {
 
 def test_random_with_seed_is_deterministic():
     spec = variants(RANDOM)
-    first = [(p.name, dict(p.params)) for p in drain(spec.new_sampler(direction="min"))]
-    second = [(p.name, dict(p.params)) for p in drain(spec.new_sampler(direction="min"))]
+    first = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, direction="min"))]
+    second = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, direction="min"))]
     assert first == second
     assert len({params["lr"] for _, params in first}) == 8
 
 
 def test_random_draws_exactly_n_then_none():
     spec = variants(RANDOM)
-    sampler = spec.new_sampler(direction="max")
+    sampler = new_sampler(spec, direction="max")
     assert isinstance(sampler, OptunaSampler)
     points = drain(sampler)
     assert len(points) == spec.size() == 8
@@ -198,7 +199,7 @@ def test_random_draws_exactly_n_then_none():
 
 def test_random_values_stay_inside_the_space():
     spec = variants({**RANDOM, "n": 30})
-    for point in drain(spec.new_sampler(direction="min")):
+    for point in drain(new_sampler(spec, direction="min")):
         assert 0.001 <= point.params["lr"] <= 0.1
         assert point.params["bs"] in (16, 32, 64)
         assert point.params["opt"] == "adam"
@@ -207,19 +208,19 @@ def test_random_values_stay_inside_the_space():
 
 def test_random_log_interval_spreads_over_decades():
     spec = variants({"sampler": "random", "n": 60, "seed": 0, "params": {"lr": "tag(log, interval(0.0001, 1))"}})
-    values = [p.params["lr"] for p in drain(spec.new_sampler(direction="min"))]
+    values = [p.params["lr"] for p in drain(new_sampler(spec, direction="min"))]
     assert sum(v < 0.01 for v in values) > len(values) / 4
 
 
 def test_random_repeated_names_become_numbered():
     spec = variants({"sampler": "random", "n": 3, "seed": 0, "params": {"k": "choice(1)"}})
-    assert [p.name for p in drain(spec.new_sampler(direction="min"))] == ["k=1", "k=1 #2", "k=1 #3"]
+    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2", "k=1 #3"]
 
 
 def test_each_sampler_names_its_own_siblings():
     spec = variants({"sampler": "random", "n": 2, "seed": 0, "params": {"k": "choice(1)"}})
-    assert [p.name for p in drain(spec.new_sampler(direction="min"))] == ["k=1", "k=1 #2"]
-    assert [p.name for p in drain(spec.new_sampler(direction="min"))] == ["k=1", "k=1 #2"]
+    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2"]
+    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2"]
 
 
 @pytest.mark.parametrize("direction", ["min", "max"])
@@ -227,7 +228,7 @@ def test_tpe_with_tell_runs_n_asks_inside_the_space(direction):
     spec = variants(
         {"sampler": "tpe", "n": 14, "seed": 1, "params": {"x": "interval(-2, 3)", "y": "choice(-2, 0, 2)", "c": 7}}
     )
-    sampler = spec.new_sampler(direction=direction)
+    sampler = new_sampler(spec, direction=direction)
     points = []
     while (point := sampler.ask()) is not None:
         points.append(point)
@@ -243,7 +244,7 @@ def test_tpe_with_tell_runs_n_asks_inside_the_space(direction):
 
 def test_optuna_sampler_asks_ahead_of_tells():
     spec = variants({"sampler": "tpe", "n": 3, "seed": 0, "params": {"x": "interval(0, 1)"}})
-    sampler = spec.new_sampler(direction="min")
+    sampler = new_sampler(spec, direction="min")
     points = [sampler.ask() for _ in range(3)]
     assert sampler.ask() is None
     assert len({p.index for p in points}) == 3
