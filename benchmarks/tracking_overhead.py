@@ -123,13 +123,25 @@ def contenders(uri: str, tag: str, cwd: Path) -> dict[str, list[str]]:
         "tutorial loop (fluent, as written)": [sys.executable, "-c", SEED_LOOP, uri, f"seed-{tag}", *SHAPE],
         "floor (MlflowClient, 3 calls/run)": [sys.executable, "-c", FLOOR, uri, f"floor-{tag}", *SHAPE],
         "runtree_pipeline +sweep=tutorial": [
-            sys.executable, "-m", "runtree_pipeline", "+sweep=tutorial", f"tracking_uri={uri}",
-            f"experiment=runtree-{tag}", f"hydra.run.dir={cwd / 'outputs' / tag}",
+            sys.executable,
+            "-m",
+            "runtree_pipeline",
+            "+sweep=tutorial",
+            f"tracking_uri={uri}",
+            f"experiment=runtree-{tag}",
+            f"hydra.run.dir={cwd / 'outputs' / tag}",
         ],
     }
     if uri.startswith("sqlite:"):
         # runtree switches a sqlite file to WAL; the floor again on that same file shows what WAL alone gives.
-        found["floor again, on the file runtree switched to WAL"] = [sys.executable, "-c", FLOOR, uri, f"floor2-{tag}", *SHAPE]
+        found["floor again, on the file runtree switched to WAL"] = [
+            sys.executable,
+            "-c",
+            FLOOR,
+            uri,
+            f"floor2-{tag}",
+            *SHAPE,
+        ]
     return found
 
 
@@ -142,7 +154,8 @@ def main() -> None:
     url = server.url
     rows = []
     try:
-        for store_name, make_uri in (("sqlite", lambda i: f"sqlite:///{root / f'bench{i}.db'}"), ("server", lambda i: url)):
+        stores = (("sqlite", lambda i: f"sqlite:///{root / f'bench{i}.db'}"), ("server", lambda i: url))
+        for store_name, make_uri in stores:
             results: dict[str, list[float]] = {}
             for i in range(args.repeats):
                 uri = make_uri(i)
@@ -161,26 +174,50 @@ def main() -> None:
         conf.mkdir(parents=True)
         (conf / "sleepy.yaml").write_text(textwrap.dedent(SLEEPY))
         sleepy_uri = f"sqlite:///{root / 'sleepy.db'}"
-        wall = run([sys.executable, "-m", "runtree_pipeline", "--config-dir", str(conf.parent), "+sweep=sleepy",
-                    f"tracking_uri={sleepy_uri}", "executor=processes", "executor.workers=4",
-                    f"hydra.run.dir={root / 'outputs' / 'sleepy'}"], root)
+        wall = run(
+            [
+                sys.executable,
+                "-m",
+                "runtree_pipeline",
+                "--config-dir",
+                str(conf.parent),
+                "+sweep=sleepy",
+                f"tracking_uri={sleepy_uri}",
+                "executor=processes",
+                "executor.workers=4",
+                f"hydra.run.dir={root / 'outputs' / 'sleepy'}",
+            ],
+            root,
+        )
         per_run, count = ms_per_run(sleepy_uri, "sleepy")
         span = per_run * count / 1000
         dry = statistics.median(
-            run([sys.executable, "-m", "runtree_pipeline", "+sweep=tutorial", "dry_run=true",
-                 f"hydra.run.dir={root / 'outputs' / 'dry'}"], root) for _ in range(5)
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "runtree_pipeline",
+                    "+sweep=tutorial",
+                    "dry_run=true",
+                    f"hydra.run.dir={root / 'outputs' / 'dry'}",
+                ],
+                root,
+            )
+            for _ in range(5)
         )
     finally:
         server.stop()
 
-    print(f"| store | contender | ms/run | tutorial loop ÷ this | this ÷ floor |")
+    print("| store | contender | ms/run | tutorial loop ÷ this | this ÷ floor |")
     print("|---|---|---:|---:|---:|")
     for store_name, label, value, speedup, vs_floor in rows:
         print(f"| {store_name} | {label} | {value:.1f} | {speedup:.2f}× | {vs_floor:.2f}× |")
     ideal = 32 * 0.5 / 4
     print()
-    print(f"processes, 4 workers, 32 leaves × 0.5 s: first run start → last run end {span:.2f} s "
-          f"(ideal {ideal:.1f} s, ratio {span / ideal:.2f}); whole command {wall:.2f} s incl. start-up")
+    print(
+        f"processes, 4 workers, 32 leaves × 0.5 s: first run start → last run end {span:.2f} s "
+        f"(ideal {ideal:.1f} s, ratio {span / ideal:.2f}); whole command {wall:.2f} s incl. start-up"
+    )
     print(f"dry run (+sweep=tutorial dry_run=true): {dry:.2f} s wall (median of 5)")
 
 

@@ -30,7 +30,20 @@ _EXPORTS = {
     "StageResult": "results",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ConfigError",
+    "ConfigErrors",
+    "Interrupted",
+    "LeafResult",
+    "NodeResult",
+    "PipelineResult",
+    "Plan",
+    "StageResult",
+    "StageSpec",
+    "build_plan",
+    "run_pipeline",
+    "run_plan",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runtree_pipeline.errors import ConfigErrors
 from runtree_pipeline.execution.executors import Executor
 from runtree_pipeline.plan.stages import Plan, build_plan
 from runtree_pipeline.reports.progress import Progress
@@ -36,13 +37,21 @@ def run_plan(
     plots: bool = True,
 ) -> PipelineResult:
     """Run a validated plan. `command` is recorded on every stage run as the way to reproduce it; `plots` draws
-    the children of every parent and the DAG as artifacts once the tree is recorded."""
-    from runtree_pipeline.execution.scheduler import Runner
-    from runtree_pipeline.tracking.mlflow_store import TrackingWriter
+    the children of every parent and the DAG as artifacts once the tree is recorded.
 
-    writer = TrackingWriter(uri=plan.tracking_uri, experiment=plan.experiment)
+    The executor is checked against the store before the store is opened, so a refused combination raises
+    ConfigErrors with no store file, experiment or run left behind.
+    """
+    from runtree_pipeline.execution.scheduler import Runner
+    from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri
+
+    if executor is not None:
+        problems = executor.check(tracking_uri=plan.tracking_uri or default_uri())
+        if problems:
+            raise ConfigErrors(problems)
+    store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)
     try:
-        runner = Runner(plan, writer=writer, executor=executor, progress=progress, command=command, plots=plots)
+        runner = Runner(plan, store=store, executor=executor, progress=progress, command=command, plots=plots)
         return runner.run()
     finally:
-        writer.close()
+        store.close()

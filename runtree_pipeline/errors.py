@@ -66,6 +66,20 @@ class UnknownExperiment(RuntreeError, LookupError):
     exit_code = 2
 
 
+class NotRecorded(RuntreeError, LookupError):
+    """`runtree` was asked for a pipeline, stage or best run the store does not hold: a wrong name, not a broken
+    store, so scripts can tell it from exit 3."""
+
+    exit_code = 2
+
+
+class ExportFailed(RuntreeError):
+    """`runtree export -o FILE` cannot write FILE: the user's path or a missing optional writer (pyarrow), fixed by
+    a different argument, hence exit 2 and not the tracking store's 4."""
+
+    exit_code = 2
+
+
 class TrackingUnavailable(RuntreeError):
     """The tracking store cannot be reached or used; raised before any work starts."""
 

@@ -7,13 +7,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.states import Origin, Status
 from runtree_pipeline.tracking.redact import redact
 
 if TYPE_CHECKING:
     import pandas
 
 
-LEAF_COUNTS = ("executed", "reused", "redone", "failed")
+LEAF_COUNTS: tuple[str, ...] = (*(origin.value for origin in Origin), "failed")
+"""The keys of `NodeResult.counts`, in the order reports show them: each `Origin`, then "failed"."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class LeafResult:
     status: str
     error: str | None = None
     objective: float | None = None
-    origin: str = "executed"
+    origin: str = Origin.EXECUTED
     """How this execution got the result: "executed" (a new run), "redone" (an earlier run that had failed or
     been cut off, run again in place) or "reused" (an earlier FINISHED run with the same content key, not run)."""
 
@@ -46,7 +49,7 @@ class NodeResult:
 
     @property
     def failed(self) -> int:
-        return sum(leaf.status != "FINISHED" for leaf in self.leaves)
+        return sum(leaf.status != Status.FINISHED for leaf in self.leaves)
 
     def counts(self) -> dict[str, int]:
         """What this execution did with the leaves, so a resume can be told apart from a fresh run.
@@ -93,7 +96,7 @@ class PipelineResult:
 
     @property
     def ok(self) -> bool:
-        return all(s.status == "FINISHED" for s in self.stages.values())
+        return all(s.status == Status.FINISHED for s in self.stages.values())
 
     def to_frame(self) -> pandas.DataFrame:
         """Every run of this execution, one row each, read back from the store: the table `runtree export` writes,
@@ -143,13 +146,13 @@ def _count_parents(node: NodeResult) -> int:
     return 1 + sum(_count_parents(c) for c in node.children)
 
 
-def select_best(leaves: Iterable[LeafResult], *, mode: str) -> LeafResult | None:
-    """Best finished leaf by objective; NaN/inf never win. First seen wins ties, so the choice is stable."""
+def select_best(leaves: Iterable[LeafResult], *, objective: Objective) -> LeafResult | None:
+    """Best finished leaf by `objective.better`; NaN/inf never win. First seen wins ties, so the choice is stable."""
     best = None
     for leaf in leaves:
         value = leaf.objective
-        if leaf.status != "FINISHED" or value is None or not math.isfinite(value):
+        if leaf.status != Status.FINISHED or value is None or not math.isfinite(value):
             continue
-        if best is None or (value < best.objective if mode == "min" else value > best.objective):
+        if best is None or objective.better(value, best.objective):
             best = leaf
     return best

@@ -22,8 +22,14 @@ from runtree_pipeline.tracking.localserver import LocalMlflowServer
 
 REPO = Path(__file__).resolve().parent.parent
 CHROME_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--window-size=2000,1000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=2000,1000",
 )
 # Columns that make the tree's point: each parent's best and each leaf's own value.
 COLUMNS = ("best_val_loss", "val_loss")
@@ -60,14 +66,19 @@ def screenshot(url: str, experiment_id: str, out: Path) -> None:
         click_all(driver, "//button[@aria-label='Close']")
         time.sleep(2)
         for _ in range(6):
-            collapsed = [b for b in driver.find_elements("css selector", EXPANDER) if "V4.5" in b.get_attribute("innerHTML")]
+            expanders = driver.find_elements("css selector", EXPANDER)
+            collapsed = [b for b in expanders if "V4.5" in b.get_attribute("innerHTML")]
             if not collapsed:
                 break
             for button in collapsed:
                 button.click()
                 time.sleep(0.3)
             time.sleep(1)
-        click_all(driver, "//*[contains(normalize-space(.), 'Show more columns') and not(*[contains(normalize-space(.), 'Show more columns')])]")
+        click_all(
+            driver,
+            "//*[contains(normalize-space(.), 'Show more columns')"
+            " and not(*[contains(normalize-space(.), 'Show more columns')])]",
+        )
         time.sleep(1)
         for column in COLUMNS:
             click_all(driver, f"//*[normalize-space(text())='{column}']")

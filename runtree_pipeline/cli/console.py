@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from runtree_pipeline.errors import ExportFailed, NotRecorded, RuntreeError
+from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
 
 if TYPE_CHECKING:
@@ -69,34 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Fail(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         text = _run(args)
-    except _Fail as e:
+    except RuntreeError as e:
         print(f"runtree: error: {e}", file=sys.stderr)
-        return e.code
+        return e.exit_code
     if text is not None:
         print(text)
     return 0
 
 
 def _run(args: argparse.Namespace) -> str | None:
-    from runtree_pipeline.tracking.mlflow_store import TrackingReader, TrackingUnavailable, UnknownExperiment
-    from runtree_pipeline.reports.views import RunTree, render_best, render_list, render_tree
+    from runtree_pipeline.reports.views import render_best, render_list, render_tree
+    from runtree_pipeline.tracking.index import RunIndex
+    from runtree_pipeline.tracking.mlflow_store import TrackingReader
 
-    try:
-        reader = TrackingReader(uri=args.tracking_uri, experiment=args.experiment)
-    except TrackingUnavailable as e:
-        raise _Fail(3, str(e)) from None
-    except UnknownExperiment as e:
-        raise _Fail(2, str(e)) from None
+    reader = TrackingReader(uri=args.tracking_uri, experiment=args.experiment)
 
     if args.command == "list":
         return render_list(reader.stage_runs(), reader.experiment_names())
@@ -113,8 +105,8 @@ def _run(args: argparse.Namespace) -> str | None:
     runs = reader.pipeline_runs(pipeline_id) if pipeline_id else []
     if not runs:
         raise _no_pipeline(args, where)
-    tree = RunTree(runs)
-    experiment = reader.experiment_names().get(runs[0].info.experiment_id, runs[0].info.experiment_id)
+    tree = RunIndex(runs)
+    experiment = reader.experiment_names().get(runs[0].experiment_id, runs[0].experiment_id)
     if args.command == "tree":
         return render_tree(tree, limit=args.limit, experiment=experiment)
 
@@ -123,12 +115,13 @@ def _run(args: argparse.Namespace) -> str | None:
         try:
             stage = tree.stage(name)
         except LookupError as e:
-            raise _Fail(2, str(e)) from None
-        best_id = stage.data.tags.get(schema.BEST_RUN_ID)
-        alone = not tree.children.get(stage.info.run_id) and stage.info.status == "FINISHED"
+            raise NotRecorded(str(e)) from None
+        best_id = stage.tags.get(schema.BEST_RUN_ID)
+        alone = not tree.children(stage.run_id) and stage.status == Status.FINISHED
         leaf = tree.by_id.get(best_id) if best_id else (stage if alone else None)
         if leaf is None:
-            raise _Fail(2, f"stage '{name}' has no best run ({stage.data.tags.get(schema.ERROR, stage.info.status)})")
+            why = stage.tags.get(schema.ERROR, stage.status)
+            raise NotRecorded(f"stage '{name}' has no best run ({why})")
         out.append(render_best(stage, leaf, experiment=experiment))
     return "\n\n".join(out)
 
@@ -139,28 +132,27 @@ def _newest_with(reader: TrackingReader, stages: Sequence[str], where: str) -> s
     newest: dict[str, int] = {}
     has: dict[str, set[str]] = {}
     for run in reader.stage_runs():
-        pipeline_id = run.data.tags.get(schema.PIPELINE_ID)
+        pipeline_id = run.tags.get(schema.PIPELINE_ID)
         if pipeline_id is None:
             continue
-        newest[pipeline_id] = max(newest.get(pipeline_id, 0), run.info.start_time or 0)
-        has.setdefault(pipeline_id, set()).add(run.data.tags.get(schema.STAGE, "?"))
+        newest[pipeline_id] = max(newest.get(pipeline_id, 0), run.start_time or 0)
+        has.setdefault(pipeline_id, set()).add(run.tags.get(schema.STAGE, "?"))
     if not has:
-        raise _Fail(2, f"no pipeline recorded in {where}")
+        raise NotRecorded(f"no pipeline recorded in {where}")
     found = [p for p in has if set(stages) <= has[p]]
     if not found:
         asked = ", ".join(f"'{s}'" for s in stages)
         seen = ", ".join(sorted(set().union(*has.values())))
-        raise _Fail(
-            2,
+        raise NotRecorded(
             f"no pipeline with stage {asked} in {where} (searched {len(has)} pipeline"
             f"{'s' if len(has) != 1 else ''}; their stages: {seen})",
         )
     return max(found, key=lambda p: newest[p])
 
 
-def _no_pipeline(args: argparse.Namespace, where: str) -> _Fail:
+def _no_pipeline(args: argparse.Namespace, where: str) -> NotRecorded:
     what = "no pipeline recorded" if args.pipeline == "last" else f"no pipeline '{args.pipeline}'"
-    return _Fail(2, f"{what} in {where}")
+    return NotRecorded(f"{what} in {where}")
 
 
 def _export(reader: TrackingReader, pipeline_id: str | None, args: argparse.Namespace, where: str) -> None:
@@ -175,10 +167,9 @@ def _export(reader: TrackingReader, pipeline_id: str | None, args: argparse.Name
         _stdout_closed()
         return None
     except (OSError, ImportError) as e:
-        raise _Fail(2, f"cannot write {args.output}: {e}") from None
+        raise ExportFailed(f"cannot write {args.output}: {e}") from None
     if args.output:
         print(f"{len(frame)} runs of pipeline {pipeline_id} written to {args.output}", file=sys.stderr)
-
 
 
 def _stdout_closed() -> None:

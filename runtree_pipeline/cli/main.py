@@ -127,17 +127,24 @@ def _parse_args(argv: list[str]) -> Any:
 
 
 def _run(cfg: Any) -> None:
+    """The Hydra task. An error the user can act on ends as one line with its class's exit code; anything else is
+    a bug and keeps its traceback."""
+    from runtree_pipeline.errors import Interrupted, RuntreeError
+
+    try:
+        _execute(cfg)
+    except (RuntreeError, Interrupted) as e:
+        _fail(e.exit_code, str(e))
+
+
+def _execute(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from runtree_pipeline.errors import ConfigErrors, Interrupted
     from runtree_pipeline.plan.stages import build_plan
 
     hydra_cfg = HydraConfig.get()
     sweep_name = hydra_cfg.runtime.choices.get("sweep") or "runtree"
-    try:
-        plan = build_plan(cfg, default_experiment=sweep_name)
-    except ConfigErrors as e:
-        _fail(2, str(e))
+    plan = build_plan(cfg, default_experiment=sweep_name)
     if cfg.get("dry_run"):
         print(plan.describe())
         return
@@ -146,35 +153,23 @@ def _run(cfg: Any) -> None:
     from hydra.utils import instantiate
 
     from runtree_pipeline.api import run_plan
-    from runtree_pipeline.errors import first_line
+    from runtree_pipeline.errors import ConfigError, first_line
     from runtree_pipeline.reports.progress import make_progress
-    from runtree_pipeline.tracking.provenance import cli_command
     from runtree_pipeline.reports.summary import render, write_json
-    from runtree_pipeline.tracking.mlflow_store import TrackingFailed, TrackingUnavailable, UnknownPipeline
+    from runtree_pipeline.tracking.provenance import cli_command
 
     try:
         executor = instantiate(cfg.executor) if cfg.get("executor") else None
     except InstantiationException as e:
         target = cfg.executor.get("_target_")
-        _fail(2, f"key 'executor': cannot create {target}: {first_line(e.__cause__ or e)}")
-    try:
-        result = run_plan(
-            plan,
-            executor=executor,
-            progress=make_progress(bool(cfg.get("progress", True))),
-            command=cli_command(sys.argv, list(hydra_cfg.overrides.task)),
-            plots=bool(cfg.get("plots", True)),
-        )
-    except TrackingUnavailable as e:
-        _fail(3, str(e))
-    except ConfigErrors as e:
-        _fail(2, str(e))
-    except UnknownPipeline as e:
-        _fail(2, str(e))
-    except TrackingFailed as e:
-        _fail(4, str(e))
-    except Interrupted as e:
-        _fail(getattr(e, "exit_code", 130), str(e))
+        raise ConfigError(f"cannot create {target}: {first_line(e.__cause__ or e)}", key="executor") from e
+    result = run_plan(
+        plan,
+        executor=executor,
+        progress=make_progress(bool(cfg.get("progress", True))),
+        command=cli_command(sys.argv, list(hydra_cfg.overrides.task)),
+        plots=bool(cfg.get("plots", True)),
+    )
     where = f"experiment '{result.experiment}' in {result.tracking_uri}"
     if not result.tracking_uri.startswith(("http://", "https://")):
         where += f" — run `mlflow ui --backend-store-uri {result.tracking_uri}` and open that experiment"

@@ -41,9 +41,7 @@ def prepare(*, val_fraction: float = 0.2, seed: int = 0, root: str = "data") -> 
     digits = load_digits()
     X = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
-    X_tr, X_val, y_tr, y_val = train_test_split(
-        X, y, test_size=val_fraction, stratify=y, random_state=seed
-    )
+    X_tr, X_val, y_tr, y_val = train_test_split(X, y, test_size=val_fraction, stratify=y, random_state=seed)
 
     out = (Path(root) / "digits" / f"val{val_fraction}_seed{seed}").resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Where leaves run. An executor only runs leaf tasks; scheduling, ask/tell and tracking stay in the runner.
+"""Where leaves run. An executor only runs leaf tasks; scheduling, ask/tell and tracking stay in the scheduler.
 
 The interface is small (start, submit a task and get a future of its outcome, close) so that a process pool or a
 Ray cluster is one short class each, and every executor passes the same tests. Workers only compute: the driver
@@ -9,6 +9,7 @@ A worker that dies takes down its own leaf only, which becomes a FAILED run.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import signal
@@ -18,45 +19,37 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors
+from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
 from runtree_pipeline.futures import run_now
 from runtree_pipeline.interrupts import shielded
-from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
-
 
 STOPPED = "Cancelled: the pipeline was stopped before this leaf finished"
 
 
 class Executor:
-    """Strategy for running leaf tasks. `workers` bounds the leaves in flight across the whole pipeline."""
+    """Strategy for running leaf tasks. The scheduler keeps at most `workers` of them in flight, so a submitted task
+    starts at once and no leaf run sits RUNNING in a queue."""
 
     workers: int = 1
 
+    def check(self, *, tracking_uri: str) -> list[ConfigError]:
+        """Why this executor cannot work with this tracking store, asked before the store is opened: a refused
+        combination must leave no store file or experiment behind, and must not wait for workers to start."""
+        return []
+
     def start(self, *, tracking_uri: str) -> None:
         """Acquire workers; raise ConfigErrors if this executor cannot work with this tracking store."""
-        self._slots = threading.BoundedSemaphore(self.workers)
         self._gate = threading.Lock()
         self._inflight: set[Future[LeafOutcome]] = set()
         self._closed = False
 
     def submit(self, task: LeafTask) -> Future[LeafOutcome]:
-        """Run a task once a worker is free (blocks until then), so no leaf run sits RUNNING in a queue.
-
-        A task submitted while the executor closes gets a stopped outcome instead of a future nobody completes.
-        """
-        self._slots.acquire()
-        try:
-            with self._gate:
-                future = run_now(LeafOutcome, error=STOPPED) if self._closed else self._submit(task)
-                self._inflight.add(future)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(self._settled)
+        """A task submitted while the executor closes gets a stopped outcome instead of a future nobody completes."""
+        with self._gate:
+            future = run_now(LeafOutcome, error=STOPPED) if self._closed else self._submit(task)
+            self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
         return future
-
-    def _settled(self, future: Future[LeafOutcome]) -> None:
-        self._inflight.discard(future)
-        self._slots.release()
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         raise NotImplementedError
@@ -80,10 +73,25 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """In-process, one leaf at a time: the simplest thing, and the fastest for quick trials."""
+    """In-process, one leaf at a time: the simplest thing, and the fastest for quick trials.
+
+    Targets log through MLflow's process-wide tracking URI; it points at the pipeline's store while the pipeline
+    runs and is put back afterwards, so the calling process (a notebook, a test) keeps its own setting.
+    """
+
+    def start(self, *, tracking_uri: str) -> None:
+        from runtree_pipeline.tracking.active import use_tracking_uri
+
+        super().start(tracking_uri=tracking_uri)
+        self._restore = use_tracking_uri(tracking_uri)
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         return run_now(execute, task)
+
+    def _shutdown(self) -> None:
+        restore, self._restore = getattr(self, "_restore", None), None
+        if restore is not None:
+            restore()
 
 
 class ProcessExecutor(Executor):
@@ -139,23 +147,28 @@ class RayExecutor(Executor):
         self._remote: Any = None
         self._started_ray = False
 
-    def start(self, *, tracking_uri: str) -> None:
+    def check(self, *, tracking_uri: str) -> list[ConfigError]:
+        problems: list[ConfigError] = []
         if self.address != "local" and not tracking_uri.startswith(("http://", "https://")):
-            raise ConfigErrors(
-                [
-                    ConfigError(
-                        f"Ray workers on other machines cannot write to {tracking_uri}: "
-                        "use a tracking server (tracking_uri=http://HOST:PORT) or executor.address=local",
-                        key="executor.address",
-                    )
-                ]
+            problems.append(
+                ConfigError(
+                    f"Ray workers on other machines cannot write to {tracking_uri}: "
+                    "use a tracking server (tracking_uri=http://HOST:PORT) or executor.address=local",
+                    key="executor.address",
+                )
             )
-        try:
-            import ray
-        except ImportError:
-            raise ConfigErrors(
-                [ConfigError("the ray executor needs Ray: pip install 'runtree-pipeline[ray]'", key="executor")]
-            ) from None
+        if importlib.util.find_spec("ray") is None:
+            problems.append(
+                ConfigError("the ray executor needs Ray: pip install 'runtree-pipeline[ray]'", key="executor")
+            )
+        return problems
+
+    def start(self, *, tracking_uri: str) -> None:
+        problems = self.check(tracking_uri=tracking_uri)
+        if problems:
+            raise ConfigErrors(problems)
+        import ray
+
         if not ray.is_initialized():
             self._started_ray = True  # before init: an interrupted init still has a runtime to shut down
             ray.init(
@@ -242,7 +255,6 @@ def _worker_pid() -> int:
 
 def _warm_worker() -> None:
     """Import mlflow while the pool starts, in parallel, rather than inside the first leaf of each worker."""
-    from runtree_pipeline.tracking.mlflow_store import _quiet_mlflow_env
+    from runtree_pipeline.tracking.active import preload
 
-    _quiet_mlflow_env()
-    import mlflow  # noqa: F401
+    preload()

@@ -13,13 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtree_pipeline.tracking.records import RunRef
+
 
 @dataclass(frozen=True)
 class LeafTask:
+    """What a worker needs: the target's import path, its arguments, and the run it logs to."""
+
     target: str
     kwargs: Mapping[str, Any]
-    run: Any
-    tracking_uri: str
+    run: RunRef
     objective: str | None = None
 
 
@@ -39,11 +42,11 @@ def execute(task: LeafTask) -> LeafOutcome:
     """Run the target with its leaf run active; an exception becomes a failed outcome, not a crash."""
     from hydra.utils import get_object
 
-    from runtree_pipeline.tracking.mlflow_store import active_run
+    from runtree_pipeline.tracking.active import active_run
 
     try:
         target = get_object(task.target)
-        with active_run(task.run, tracking_uri=task.tracking_uri):
+        with active_run(task.run):
             returned = target(**task.kwargs)
     except Exception as e:  # noqa: BLE001 - a failing target fails its own run only
         return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())

@@ -57,9 +57,7 @@ class OptunaSampler(Sampler):
             sampler = optuna.samplers.TPESampler(seed=spec.seed)
         else:
             sampler = optuna.samplers.RandomSampler(seed=spec.seed)
-        self._study = optuna.create_study(
-            sampler=sampler, direction="minimize" if direction == "min" else "maximize"
-        )
+        self._study = optuna.create_study(sampler=sampler, direction="minimize" if direction == "min" else "maximize")
         self._spec = spec
         self.learns = spec.sampler == "tpe"
         swept = [d for d in spec.dimensions if d.is_sweep]
@@ -84,7 +82,9 @@ class OptunaSampler(Sampler):
         index = self._asked
         self._asked += 1
         self._trials[index] = trial
-        return Point(name=self._names.unique(point_name(swept(params, self._spec.dimensions))), params=params, index=index)
+        return Point(
+            name=self._names.unique(point_name(swept(params, self._spec.dimensions))), params=params, index=index
+        )
 
     def replay(self, points: list[dict[str, Any]]) -> None:
         for params in points[: self._spec.n]:

@@ -1,123 +1,103 @@
-"""Walks the plan's DAG and grows the run tree: stage run → variant runs → sub-variant runs, best results flowing up.
+"""Runs a plan as one loop over a flat set of open parents, and grows the run tree as leaves finish.
 
-One scheduling loop serves every executor: each parent asks its sampler for points while the executor has free
-workers, and tells it each result as it completes (Optuna's ask/tell), so `tpe` works on a pool as well as inline.
-On resume the same walk runs against the previous execution's runs: a child whose content key matches a FINISHED
-run is reused, one that failed or was cut off is redone in that same run, and a parent is only written to when
-something below it changed.
+Every stage in progress, every variant and the stage itself, is an open parent with its own sampler (Optuna's
+ask/tell): the loop asks the newest open parent for its next point whenever a worker is free, so a tree is filled
+depth first and independent stages overlap. A parent is recorded, and tells its own parent, once its sampler is
+exhausted and its last child has ended. On resume the same walk runs against the previous execution's runs: a child
+whose content key matches a FINISHED run is reused, one that failed or was cut off is redone in that same run, and
+a parent is only written to when something below it changed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
-import threading
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
-from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.errors import Interrupted, StageInputError, TrackingFailed, UnknownPipeline
-from runtree_pipeline.futures import run_now
 from runtree_pipeline.execution.executors import Executor, LocalExecutor
-from runtree_pipeline.interrupts import ThreadPool, interruptible, received, shielded
-from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, objective_value
-from runtree_pipeline.plan.params import flatten, lookup, merge
-from runtree_pipeline.plan.stages import Plan, StageSpec
-from runtree_pipeline.reports.plots import DAG_PLOT
-from runtree_pipeline.reports.progress import Progress
-from runtree_pipeline.tracking.provenance import invocation_tags
-from runtree_pipeline.tracking.redact import redact
-from runtree_pipeline.plan.references import Reference, substitute
-from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
-from runtree_pipeline.tracking.index import ExistingTree, content_key
-from runtree_pipeline.plan.sweeps import Point, SweepSpec
+from runtree_pipeline.execution.keys import content_key
+from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask
 from runtree_pipeline.execution.samplers import new_sampler
-from runtree_pipeline.tracking.mlflow_store import TrackingWriter, outputs_tags
+from runtree_pipeline.execution.tree import (
+    LeafJob,
+    OpenParent,
+    Slot,
+    StageRun,
+    leaf_result,
+    leaf_write,
+    parent_write,
+    reused_result,
+)
+from runtree_pipeline.futures import run_now
+from runtree_pipeline.interrupts import interruptible, received, shielded
+from runtree_pipeline.plan.params import flatten, lookup, merge
+from runtree_pipeline.plan.references import Reference, substitute
+from runtree_pipeline.plan.stages import Plan, StageSpec
+from runtree_pipeline.plan.sweeps import Point, SweepSpec
+from runtree_pipeline.reports.progress import Progress
+from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
+from runtree_pipeline.states import Level, Origin, Status
+from runtree_pipeline.tracking import tags as schema
+from runtree_pipeline.tracking.index import RunIndex
+from runtree_pipeline.tracking.provenance import invocation_tags
+from runtree_pipeline.tracking.records import RunRecord, RunRef
+from runtree_pipeline.tracking.redact import redact
+from runtree_pipeline.tracking.store import RunStore
 
 log = logging.getLogger(__name__)
 
 
-class _Cancelled(Exception):
-    """Raised in a driver thread that notices the pipeline was interrupted; its runs are ended KILLED."""
-
-
-class _InlinePool:
-    """The sequential stand-in for a thread pool: runs each call at once in the caller's thread.
-
-    With one worker this keeps targets in the main thread, where Ctrl-C interrupts them immediately.
-    """
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return run_now(fn, *args, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Nothing runs in the background."""
-
-
-@dataclass
-class _Slot:
-    """A run the walk is filling: freshly created, redone in place, or reused as it was."""
-
-    run: Any
-    key: str
-    state: str  # "new" | "redo" | "done"
-
-    @property
-    def run_id(self) -> str:
-        return self.run.info.run_id
-
-
 class Runner:
+    """One execution of a plan against a store, on an executor; `run()` is the only entry point."""
+
     def __init__(
         self,
         plan: Plan,
         *,
-        writer: TrackingWriter,
+        store: RunStore,
         executor: Executor | None = None,
         progress: Progress | None = None,
         command: str | None = None,
         plots: bool = True,
     ) -> None:
         self.plan = plan
-        self.writer = writer
+        self.store = store
         self.executor = executor or LocalExecutor()
         self.progress = progress or Progress()
         self.command = command
         self.plots = plots
-        self.existing = ExistingTree()
         self.pipeline_id = str(plan.resume) if plan.resume and plan.resume != "last" else uuid.uuid4().hex[:12]
+        self.previous = RunIndex()
+        self._invocation: dict[str, str] = {}
         self._results: dict[str, StageResult] = {}
-        self._running: set[str] = set()
-        self.cancelled = threading.Event()
-        self.subtrees: Any = _InlinePool()
+        self._started: set[str] = set()
+        self._open: list[OpenParent] = []
+        self._solo: deque[LeafJob] = deque()
+        self._running: dict[Future[LeafOutcome], LeafJob] = {}
 
     def run(self) -> PipelineResult:
         """Everything from reading a previous execution to the last picture happens where a signal is handled.
 
-        An interruption, a failed write or a bug all end the same way: driver threads and workers are stopped
-        first, so nothing writes afterwards, then every run still open is ended; a second signal cannot cut that
-        short.
+        An interruption, a failed write or a bug all end the same way: the workers are stopped first, so nothing
+        writes afterwards, then every run still open is ended; a second signal cannot cut that short.
         """
-        stages: Any = _InlinePool()
         failed = False
         with interruptible():
             try:
                 self._load_previous()
                 self._invocation = invocation_tags(self.command)
-                self.executor.start(tracking_uri=self.writer.uri)
-                if self.executor.workers > 1:
-                    stages = ThreadPool(len(self.plan.order), "runtree-stage")
-                    self.subtrees = ThreadPool(self.executor.workers, "runtree-variant")
-                self._schedule(stages)
-                self.writer.flush()
+                self.executor.start(tracking_uri=self.store.uri)
+                self._loop()
+                self.store.flush()
                 if self.plots:
                     self._draw()
             except BaseException as e:
@@ -125,14 +105,14 @@ class Runner:
                 # A library interrupted mid-way may turn the KeyboardInterrupt into an error of its own.
                 signum = getattr(e, "signum", signal.SIGINT) if isinstance(e, KeyboardInterrupt) else received()
                 with shielded(discard=True):
-                    killed = self._stop(stages, "FAILED" if signum is None else "KILLED")
+                    killed = self._stop(Status.FAILED if signum is None else Status.KILLED)
                 if signum is not None:
                     raise Interrupted(
                         self.pipeline_id,
-                        ", ".join(sorted(self._running)) or None,
+                        ", ".join(sorted(self._started - set(self._results))) or None,
                         killed,
                         signum=signum,
-                        recorded=bool(self.plan.resume) or self.writer.created_runs,
+                        recorded=bool(self.plan.resume) or self.store.created_runs,
                     ) from None
                 if isinstance(e, TrackingFailed):
                     raise TrackingFailed(f"{e}; redo what is missing with resume={self.pipeline_id}") from e
@@ -142,159 +122,205 @@ class Runner:
                 with shielded(discard=failed):
                     self.executor.close()
                     self.progress.close()
-                    stages.shutdown()
-                    self.subtrees.shutdown()
         return PipelineResult(
             pipeline_id=self.pipeline_id,
             experiment=self.plan.experiment,
-            experiment_id=self.writer.experiment_id,
-            tracking_uri=self.writer.uri,
+            experiment_id=self.store.experiment_id,
+            tracking_uri=self.store.uri,
             stages={name: self._results[name] for name in self.plan.order},
         )
 
-    def _schedule(self, pool: Any) -> None:
-        """Start every stage whose dependencies have results; independent branches overlap on a parallel executor."""
-        waiting = list(self.plan.order)
-        running: dict[Future[StageResult], str] = {}
-        while waiting or running:
-            for name in [n for n in waiting if all(d in self._results for d in self.plan.stages[n].depends_on)]:
-                waiting.remove(name)
-                self._running.add(name)
-                running[pool.submit(self._run_stage, self.plan.stages[name])] = name
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                name = running.pop(future)
-                self._results[name] = result = future.result()
-                self._running.discard(name)
-                self.progress.stage_finished(name, status=result.status)
+    # ---- the loop ----------------------------------------------------------------------------------------------
 
-    def _draw(self) -> None:
-        """Pictures for the MLflow UI on every parent that changed, and the DAG on every stage run."""
-        from runtree_pipeline.reports.plots import dag_plot, parent_plots
-
-        edges = [(dep, s.name) for s in self.plan.stages.values() for dep in s.depends_on]
-        status = {name: result.status for name, result in self._results.items()}
-        for name, result in self._results.items():
-            node = result.node
-            if node is None or not node.changed or node.artifact_uri is None:
+    def _loop(self) -> None:
+        """Start what can start, fill the free workers, wait for one leaf, record it; until every stage ended."""
+        while len(self._results) < len(self.plan.order):
+            before = (len(self._started), len(self._results))
+            self._start_ready_stages()
+            while len(self._running) < self.executor.workers and (leaf := self._next_leaf()) is not None:
+                self._submit(leaf)
+            if not self._running:
+                if (len(self._started), len(self._results)) == before:
+                    raise RuntimeError(f"scheduler stalled with stages {sorted(self._started - set(self._results))}")
                 continue
-            objective = self.plan.stages[name].objective
-            try:
-                files: dict[str, bytes] = {DAG_PLOT: dag_plot(edges, self.plan.order, highlight=name, status=status)}
-                for parent in (node, *node.children):
-                    if objective.metric and parent.changed:
-                        best_id = parent.best.run_id if parent.best else None
-                        drawn = parent_plots(parent.leaves, metric=objective.metric, mode=objective.mode, best_run_id=best_id)
-                        if parent is node:
-                            files.update(drawn)
-                        elif drawn and parent.artifact_uri:
-                            self.writer.attach(parent.artifact_uri, drawn)
-                self.writer.attach(node.artifact_uri, files)
-            except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
-                log.warning("could not draw plots for stage %s: %s", name, e)
+            done, _ = wait(self._running, return_when=FIRST_COMPLETED)
+            for future in done:
+                leaf = self._running.pop(future)
+                slot, outcome = leaf.slot.result(), future.result()
+                if outcome.error:
+                    log.warning("run %s failed: %s", leaf.name, outcome.error)
+                leaf_write(leaf, slot, outcome).to(self.store, slot.ref)
+                self._leaf_ended(leaf, leaf_result(leaf, slot, outcome))
 
-    def _load_previous(self) -> None:
-        """On resume, the previous execution's runs: read here, where a signal is handled like any other."""
-        resume = self.plan.resume
-        if not resume:
+    def _next_leaf(self) -> LeafJob | None:
+        """The next leaf to run: a stage that is one run, else the newest open parent's next point (depth first)."""
+        if self._solo:
+            return self._solo.popleft()
+        for parent in reversed(self._open):
+            if parent.stage.stopped_by is not None:
+                continue
+            if parent.ahead:
+                leaf = parent.ahead.popleft()
+                self._create_ahead(parent)
+                return leaf
+            point = parent.sampler.ask()
+            if point is None:
+                parent.exhausted = True
+                if parent.done:
+                    self._close_parent(parent)
+                    return self._next_leaf()
+                continue
+            parent.open_children += 1
+            if parent.levels[1:]:
+                self._open_parent(parent, point)
+                return self._next_leaf()
+            leaf = self._new_leaf(parent, point)
+            self._create_ahead(parent)
+            return leaf
+        return None
+
+    def _submit(self, leaf: LeafJob) -> None:
+        slot = leaf.slot.result()
+        if slot.origin is Origin.REUSED:
+            assert slot.record is not None
+            self._leaf_ended(leaf, reused_result(leaf, slot.record, self.store.outputs_of(slot.record)))
             return
-        if resume == "last":
-            self.pipeline_id = self.writer.latest_pipeline_id() or ""
-        runs = self.writer.pipeline_runs(self.pipeline_id) if self.pipeline_id else []
-        if not runs:
-            raise UnknownPipeline(
-                f"resume={resume}: no pipeline execution {'at all' if resume == 'last' else resume!r} "
-                f"in experiment '{self.writer.experiment}'"
+        if leaf.parent is not None:
+            self._reopen(leaf.parent)
+        task = LeafTask(
+            target=leaf.stage.spec.target,
+            kwargs=leaf.params,
+            run=slot.ref,
+            objective=leaf.stage.spec.objective.metric if leaf.parent is not None else None,
+        )
+        self._running[self.executor.submit(task)] = leaf
+
+    def _leaf_ended(self, leaf: LeafJob, result: LeafResult) -> None:
+        stage = leaf.stage
+        self.progress.leaf_done(
+            stage.spec.name, objective=result.objective, failed=result.status != Status.FINISHED, origin=result.origin
+        )
+        if result.error and stage.spec.on_failure == "stop" and stage.stopped_by is None:
+            stage.stopped_by = result
+            self._drop_ahead(stage)
+        parent = leaf.parent
+        if parent is None:
+            best = result if result.status == Status.FINISHED else None
+            node = NodeResult(
+                stage.slot.ref.run_id,
+                stage.spec.name,
+                Level.STAGE,
+                (result,),
+                best,
+                (),
+                stage.slot.origin is not Origin.REUSED,
+                stage.slot.ref.artifact_uri,
             )
-        self.existing = ExistingTree(runs)
+            self._stage_ended(stage, node)
+            return
+        parent.leaves.append(result)
+        parent.sampler.tell(leaf.point, result.objective)
+        parent.open_children -= 1
+        if parent.done:
+            self._close_parent(parent)
 
-    def _stop(self, stages: Any, status: str) -> int:
-        """Let every driver thread see the interruption and return, so nothing writes after the runs are ended."""
-        self.cancelled.set()
-        try:
-            self.executor.close()
-            stages.shutdown(wait=True, cancel_futures=True)
-            self.subtrees.shutdown(wait=True, cancel_futures=True)
-            with contextlib.suppress(Exception):
-                self.writer.flush()
-        finally:
-            killed = self.writer.end_open_runs(status)
-        return killed
+    # ---- stages ------------------------------------------------------------------------------------------------
 
-    def _run_stage(self, stage: StageSpec) -> StageResult:
-        blocked = sorted(d for d in stage.depends_on if self._results[d].status != "FINISHED")
+    def _start_ready_stages(self) -> None:
+        for name in self.plan.order:
+            stage = self.plan.stages[name]
+            if name in self._started or not all(d in self._results for d in stage.depends_on):
+                continue
+            self._started.add(name)
+            result = self._start_stage(stage)
+            if result is not None:
+                self._finish_stage(result)
+
+    def _start_stage(self, spec: StageSpec) -> StageResult | None:
+        blocked = sorted(d for d in spec.depends_on if self._results[d].status != Status.FINISHED)
         if blocked:
             reason = f"skipped: upstream stage(s) {', '.join(blocked)} produced no result"
-            log.warning("stage %s %s", stage.name, reason)
-            return StageResult(stage.name, "SKIPPED", reason=reason)
-        upstream = {d: self._results[d].run_id for d in stage.depends_on}
-        tags = {
-            **self.plan.tags,
-            **stage.tags,
-            schema.PIPELINE_ID: self.pipeline_id,
-            schema.STAGE: stage.name,
-            schema.LEVEL: "stage",
-            **{schema.UPSTREAM + d: run_id for d, run_id in upstream.items()},
-        }
-        own = {
-            **self._invocation,
-            schema.LEVELS: ",".join(level.level for level in stage.levels),
-            schema.OBJECTIVE_MODE: stage.objective.mode,
-        }
-        if stage.objective.metric:
-            own[schema.OBJECTIVE_METRIC] = stage.objective.metric
-        try:
-            params = substitute(dict(stage.params), self._lookup)
-            levels = tuple(_resolve_points(level, self._lookup) for level in stage.levels)
-        except (StageInputError, ValueError) as e:
-            run = self.writer.start(name=stage.name, tags={**tags, **own})
-            self.writer.finish(run, status="FAILED", tags={schema.ROOT_RUN_ID: run.info.run_id, schema.ERROR: str(e)})
-            log.error("stage %s failed: %s", stage.name, e)
-            return StageResult(stage.name, "FAILED", reason=str(e), upstream=upstream)
-
-        key = content_key(stage=stage.name, target=stage.target, params=params)
-        slot = self._stage_slot(stage.name, key, tags, own)
-        objective = stage.objective
-        self.progress.stage_started(
-            stage.name, total=stage.leaf_count(), metric=objective.metric, mode=objective.mode, resumed=slot.state != "new"
+            log.warning("stage %s %s", spec.name, reason)
+            return StageResult(spec.name, Status.SKIPPED, reason=reason)
+        upstream = {d: self._results[d].run_id for d in spec.depends_on}
+        shared, own = schema.stage_tags(
+            pipeline_id=self.pipeline_id,
+            stage=spec.name,
+            upstream=upstream,
+            levels=[level.level for level in spec.levels],
+            objective=spec.objective,
         )
-        stage_tags = {schema.ROOT_RUN_ID: slot.run_id, **self._invocation}
-        config = {**self.plan.config, "stages": {stage.name: {**self.plan.config["stages"][stage.name], "params": params}}}
-        artifacts = {schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)}
+        tags = {**self.plan.tags, **spec.tags, **shared}
+        own = {**self._invocation, **own}
+        try:
+            params = substitute(dict(spec.params), self._lookup)
+            levels = tuple(_resolve_points(level, self._lookup) for level in spec.levels)
+        except StageInputError as e:
+            ref = self.store.create(name=spec.name, tags={**tags, **own})
+            self.store.finish(ref, status=Status.FAILED, tags={schema.ROOT_RUN_ID: ref.run_id, schema.ERROR: str(e)})
+            log.error("stage %s failed: %s", spec.name, e)
+            return StageResult(spec.name, Status.FAILED, reason=str(e), upstream=upstream)
 
-        tree = _Tree(self, stage, root_id=slot.run_id)
+        key = content_key(stage=spec.name, target=spec.target, params=params)
+        slot = self._stage_slot(spec.name, key, tags, own)
+        self.progress.stage_started(
+            spec.name, total=spec.leaf_count(), objective=spec.objective, resumed=slot.origin is not Origin.EXECUTED
+        )
+        config = {
+            **self.plan.config,
+            "stages": {spec.name: {**self.plan.config["stages"][spec.name], "params": params}},
+        }
+        stage = StageRun(
+            spec,
+            slot,
+            upstream,
+            own_tags={schema.ROOT_RUN_ID: slot.ref.run_id, **self._invocation},
+            artifacts={schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)},
+        )
         if levels:
-            node = tree.parent(slot, stage.name, "stage", params, levels, tags, extra_tags=stage_tags, artifacts=artifacts)
+            self._open.append(self._parent(stage, None, None, slot, spec.name, Level.STAGE, params, levels, tags))
         else:
-            leaf = tree.leaf(slot, stage.name, params, extra_tags=stage_tags, artifacts=artifacts)
-            best = leaf if leaf.status == "FINISHED" else None
-            node = NodeResult(slot.run_id, stage.name, "stage", (leaf,), best, (), slot.state != "done", slot.run.info.artifact_uri)
-        if tree.stopped_by is not None:
-            reason = f"on_failure=stop: stopped after {tree.stopped_by.name} failed ({tree.stopped_by.error})"
-            log.error("stage %s failed: %s", stage.name, reason)
-            return StageResult(stage.name, "FAILED", node=node, reason=reason, upstream=upstream)
-        if node.best is None:
+            self._solo.append(LeafJob(stage, None, None, spec.name, params, run_now(lambda: slot)))
+        return None
+
+    def _stage_ended(self, stage: StageRun, node: NodeResult) -> None:
+        name, upstream = stage.spec.name, stage.upstream
+        if stage.stopped_by is not None:
+            reason = f"on_failure=stop: stopped after {stage.stopped_by.name} failed ({stage.stopped_by.error})"
+            result = StageResult(name, Status.FAILED, node=node, reason=reason, upstream=upstream)
+        elif node.best is None:
             first = next((leaf.error for leaf in node.leaves if leaf.error), "no leaf had a finite objective value")
             reason = f"no successful leaf ({node.failed} of {len(node.leaves)} failed; first error: {first})"
-            log.error("stage %s failed: %s", stage.name, reason)
-            return StageResult(stage.name, "FAILED", node=node, reason=reason, upstream=upstream)
-        return StageResult(stage.name, "FINISHED", node=node, upstream=upstream)
-
-    def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any], own: Mapping[str, Any]) -> _Slot:
-        found = self.existing.stage(name, key)
-        if found is None:
-            slot = _Slot(self.writer.start(name=name, tags={**tags, **own, schema.KEY: key}), key, "new")
-        elif found.info.status == "FINISHED":
-            slot = _Slot(found, key, "done")
+            result = StageResult(name, Status.FAILED, node=node, reason=reason, upstream=upstream)
         else:
-            self.writer.reopen(found)
-            slot = _Slot(found, key, "redo")
+            result = StageResult(name, Status.FINISHED, node=node, upstream=upstream)
+        if result.reason:
+            log.error("stage %s failed: %s", name, result.reason)
+        self._finish_stage(result)
+
+    def _finish_stage(self, result: StageResult) -> None:
+        self._results[result.name] = result
+        self.progress.stage_finished(result.name, status=result.status)
+
+    def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any], own: Mapping[str, Any]) -> Slot:
+        found = self.previous.stage_run(name, key)
+        if found is None:
+            slot = Slot(self.store.create(name=name, tags={**tags, **own, schema.KEY: key}), key, Origin.EXECUTED)
+        else:
+            slot = self._existing_slot(found, key)
         # Also when the current run already exists: an interruption may have come before the old one was marked.
         # A found run that was itself superseded (the inputs went back to earlier values) must not hide the others.
-        if found is None or schema.SUPERSEDED_BY not in found.data.tags:
-            for stale in self.existing.stale_stages(name, key):
-                self.writer.annotate(stale, {schema.SUPERSEDED_BY: slot.run_id})
+        if found is None or schema.SUPERSEDED_BY not in found.tags:
+            for stale in self.previous.stale_stages(name, key):
+                self.store.annotate(stale.ref(self.store.uri), {schema.SUPERSEDED_BY: slot.ref.run_id})
         return slot
+
+    def _existing_slot(self, found: RunRecord, key: str) -> Slot:
+        ref = found.ref(self.store.uri)
+        if found.status == Status.FINISHED:
+            return Slot(ref, key, Origin.REUSED, found)
+        self.store.reopen(ref)
+        return Slot(ref, key, Origin.REDONE, found)
 
     def _lookup(self, ref: Reference) -> Any:
         best = self._results[ref.stage].best
@@ -311,244 +337,203 @@ class Runner:
                 f"{ref.text}: the best run of stage '{ref.stage}' has no {ref.kind} key '{ref.key}' (it has: {have})"
             ) from None
 
+    # ---- parents -----------------------------------------------------------------------------------------------
 
-class _Tree:
-    """Grows one stage's subtree; each parent drives its own ask/submit/tell loop."""
-
-    def __init__(self, runner: Runner, stage: StageSpec, *, root_id: str) -> None:
-        self.writer = runner.writer
-        self.executor = runner.executor
-        self.existing = runner.existing
-        self.subtrees = runner.subtrees
-        self.cancelled = runner.cancelled
-        self.stage = stage
-        self.root_id = root_id
-        self.stopped_by: LeafResult | None = None
-        self.progress = runner.progress
-        self._replays = any(level.sampler == "tpe" for level in stage.levels)
-
-    def parent(
+    def _parent(
         self,
-        slot: _Slot,
+        stage: StageRun,
+        up: OpenParent | None,
+        point: Point | None,
+        slot: Slot,
         name: str,
         level: str,
-        params: Mapping[str, Any],
+        params: dict[str, Any],
         levels: tuple[SweepSpec, ...],
         tags: Mapping[str, Any],
-        *,
-        extra_tags: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, str] | None = None,
-    ) -> NodeResult:
-        spec, below = levels[0], levels[1:]
-        sampler = new_sampler(spec, direction=self.stage.objective.mode)
-        if spec.sampler == "tpe" and slot.state != "new":
-            sampler.replay(self.existing.points_under(slot.run_id))
-        child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: self.root_id}
-        leaves: list[LeafResult] = []
-        children: list[NodeResult] = []
-        pending: dict[Future[Any], tuple[Point, _Slot, str, dict[str, Any]]] = {}
-        changed = slot.state != "done"
+    ) -> OpenParent:
+        spec = levels[0]
+        sampler = new_sampler(spec, direction=stage.spec.objective.mode)
+        if sampler.learns and slot.origin is not Origin.EXECUTED:
+            sampler.replay(self.previous.points_under(slot.ref.run_id))
+        child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: stage.slot.ref.run_id}
+        changed = slot.origin is not Origin.REUSED
+        return OpenParent(stage, up, point, slot, name, level, params, levels, child_tags, sampler, changed)
 
-        def reopen() -> None:
-            nonlocal changed
-            if not changed:
-                self.writer.reopen(slot.run)
-                changed = True
+    def _open_parent(self, parent: OpenParent, point: Point) -> None:
+        name, params, key = self._child_identity(parent, point)
+        slot = self._child_slot(parent, name, key, point)
+        child = self._parent(
+            parent.stage,
+            parent,
+            point,
+            slot,
+            name,
+            parent.levels[0].level,
+            params,
+            parent.levels[1:],
+            parent.child_tags,
+        )
+        if child.changed:
+            self._reopen(parent)
+        self._open.append(child)
 
-        ahead: deque[tuple[Point, str, dict[str, Any], Future[_Slot]]] = deque()
-        depth = self.writer.prefetch if not (below or sampler.learns) else 1
-        while True:
-            while not self.cancelled.is_set() and self.stopped_by is None and len(pending) < self.executor.workers:
-                while len(ahead) < depth and (point := sampler.ask()) is not None:
-                    child_name = f"{name}/{point.name}"
-                    child_params = merge(params, point.params)
-                    child_key = content_key(parent=slot.key, name=point.name, params=child_params)
-                    creating = self.writer.in_background(self._child_slot, slot, child_name, child_key, child_tags, point)
-                    ahead.append((point, child_name, child_params, creating))
-                if not ahead:
-                    break
-                point, child_name, child_params, creating = ahead.popleft()
-                child = creating.result()
-                if child.state != "done":
-                    reopen()
-                if below:
-                    job = self.subtrees.submit(self.parent, child, child_name, spec.level, child_params, below, child_tags)
-                    pending[job] = (point, child, child_name, child_params)
-                elif child.state == "done":
-                    leaf = self._reused(child.run, child_name, child_params)
-                    leaves.append(leaf)
-                    sampler.tell(point, leaf.objective)
-                else:
-                    pending[self._submit(child.run, child_params)] = (point, child, child_name, child_params)
-            if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            if self.cancelled.is_set():
-                raise _Cancelled
-            for future in done:
-                point, child, child_name, child_params = pending.pop(future)
-                result = future.result()
-                if isinstance(result, NodeResult):
-                    if result.changed:
-                        reopen()
-                    children.append(result)
-                    leaves.extend(result.leaves)
-                    sampler.tell(point, result.best.objective if result.best else None)
-                else:
-                    leaf = self._record(child, child_name, child_params, result)
-                    leaves.append(leaf)
-                    sampler.tell(point, leaf.objective)
+    def _close_parent(self, parent: OpenParent) -> None:
+        """Record a parent whose children have all ended, then tell its own parent (or end its stage)."""
+        self._open.remove(parent)
+        objective = parent.stage.spec.objective
+        best = select_best(parent.leaves, objective=objective)
+        if parent.changed or parent.slot.record is None or parent.slot.record.status != Status.FINISHED:
+            self.store.flush()
+            parent_write(parent, best).to(self.store, parent.slot.ref)
+            parent.changed = True
+        node = NodeResult(
+            parent.slot.ref.run_id,
+            parent.name,
+            parent.level,
+            tuple(parent.leaves),
+            best,
+            tuple(parent.children),
+            parent.changed,
+            parent.slot.ref.artifact_uri,
+        )
+        up = parent.up
+        if up is None:
+            self._stage_ended(parent.stage, node)
+            return
+        if node.changed:
+            self._reopen(up)
+        up.children.append(node)
+        up.leaves.extend(node.leaves)
+        up.sampler.tell(parent.point, best.objective if best else None)
+        up.open_children -= 1
+        if up.done:
+            self._close_parent(up)
 
-        for _, child_name, _, creating in ahead:
-            child = creating.result()
-            if child.state != "done":
-                self.writer.finish(child.run, status="KILLED", tags={schema.ERROR: "not run: the stage stopped first"})
-        best = select_best(leaves, mode=self.stage.objective.mode)
-        if changed or slot.run.info.status != "FINISHED":
-            self._finish_parent(slot, params, leaves, children, best, below, extra_tags, artifacts)
-            changed = True
-        return NodeResult(
-            slot.run_id, name, level, tuple(leaves), best, tuple(children), changed, slot.run.info.artifact_uri
+    def _reopen(self, parent: OpenParent) -> None:
+        """A parent reused so far gets a child that runs: it is RUNNING again, and so are its own parents."""
+        while parent is not None and not parent.changed:
+            self.store.reopen(parent.slot.ref)
+            parent.changed = True
+            parent = parent.up
+
+    # ---- leaves ------------------------------------------------------------------------------------------------
+
+    def _child_identity(self, parent: OpenParent, point: Point) -> tuple[str, dict[str, Any], str]:
+        params = merge(parent.params, point.params)
+        return (
+            f"{parent.name}/{point.name}",
+            params,
+            content_key(parent=parent.slot.key, name=point.name, params=params),
         )
 
-    def _finish_parent(self, slot, params, leaves, children, best, below, extra_tags, artifacts) -> None:
-        self.writer.flush()
-        failed_leaves = sum(leaf.status != "FINISHED" for leaf in leaves)
-        failed_children = sum(node.best is None for node in children) if below else failed_leaves
-        tags: dict[str, Any] = {
-            **(extra_tags or {}),
-            schema.CHILDREN: len(children) if below else len(leaves),
-            schema.FAILED_CHILDREN: failed_children,
-            schema.FAILED_LEAVES: failed_leaves,
-        }
-        metrics: dict[str, float] = {}
-        clear: tuple[str, ...] = ()
-        if best is not None:
-            tags[schema.BEST_RUN_ID] = best.run_id
-            tags.update({schema.BEST_PARAM + k: v for k, v in flatten(dict(best.params)).items()})
-            metrics = {schema.BEST_METRIC + k: v for k, v in best.metrics.items()}
-            clear = (schema.ERROR,) if slot.state != "new" else ()
+    def _new_leaf(self, parent: OpenParent, point: Point) -> LeafJob:
+        name, params, key = self._child_identity(parent, point)
+        if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
+            slot = run_now(self._existing_slot, found, key)
         else:
-            tags[schema.ERROR] = f"no successful leaf among {len(leaves)}"
-        if self.stopped_by is not None and slot.run_id == self.root_id:
-            tags[schema.ERROR] = f"stopped after {self.stopped_by.name} failed (on_failure=stop)"
-            clear = ()
-        self.writer.finish(
-            slot.run,
-            status="FINISHED" if best is not None else "FAILED",
-            params=flatten(dict(params)),
-            metrics=metrics,
-            tags=tags,
-            artifacts=artifacts,
-            clear_tags=clear,
-        )
+            tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
+            creating = self.store.create_later(name=name, tags=tags, parent_id=parent.slot.ref.run_id)
+            slot = _chain(creating, lambda ref: Slot(ref, key, Origin.EXECUTED))
+        return LeafJob(parent.stage, parent, point, name, params, slot)
 
-    def _child_slot(self, parent: _Slot, name: str, key: str, tags: Mapping[str, Any], point: Point) -> _Slot:
-        found = self.existing.child(parent.run_id, key) if parent.state != "new" else None
-        if found is None:
-            own = {schema.KEY: key}
-            if self._replays:
-                own[schema.POINT] = json.dumps(point.params, sort_keys=True, default=str)
-            run = self.writer.start(name=name, tags={**tags, **own}, parent_id=parent.run_id)
-            return _Slot(run, key, "new")
-        if found.info.status == "FINISHED":
-            return _Slot(found, key, "done")
-        self.writer.reopen(found)
-        return _Slot(found, key, "redo")
+    def _child_slot(self, parent: OpenParent, name: str, key: str, point: Point) -> Slot:
+        if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
+            return self._existing_slot(found, key)
+        tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
+        return Slot(self.store.create(name=name, tags=tags, parent_id=parent.slot.ref.run_id), key, Origin.EXECUTED)
 
-    def leaf(
-        self,
-        slot: _Slot,
-        name: str,
-        params: Mapping[str, Any],
-        *,
-        extra_tags: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, str] | None = None,
-    ) -> LeafResult:
-        """A stage without sweeps: its own run is the leaf."""
-        if slot.state == "done":
-            return self._reused(slot.run, name, params)
-        outcome = self._submit(slot.run, params, require_objective=False).result()
-        if self.cancelled.is_set():
-            raise _Cancelled
-        return self._record(slot, name, params, outcome, extra_tags=extra_tags, artifacts=artifacts)
+    def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
+        return schema.point_tag(point.params) if parent.sampler.learns else {}
 
-    def _submit(self, run: Any, params: Mapping[str, Any], *, require_objective: bool = True) -> Future[LeafOutcome]:
-        task = LeafTask(
-            target=self.stage.target,
-            kwargs=params,
-            run=run,
-            tracking_uri=self.writer.uri,
-            objective=self.stage.objective.metric if require_objective else None,
-        )
-        return self.executor.submit(task)
+    def _create_ahead(self, parent: OpenParent) -> None:
+        """Against a server, create the next runs while this one works; never for a sampler that learns."""
+        if parent.sampler.learns or parent.levels[1:]:
+            return
+        while len(parent.ahead) < self.store.prefetch and (point := parent.sampler.ask()) is not None:
+            parent.open_children += 1
+            parent.ahead.append(self._new_leaf(parent, point))
 
-    def _reused(self, run: Any, name: str, params: Mapping[str, Any]) -> LeafResult:
-        returned = json.loads(run.data.tags.get(schema.RETURNED, "[]"))
-        metrics = {k: run.data.metrics[k] for k in returned if k in run.data.metrics}
-        outcome = LeafOutcome(metrics=metrics, outputs=self.writer.outputs_of(run))
-        objective = objective_value(outcome, self.stage.objective.metric)
-        self.progress.leaf_done(self.stage.name, objective=objective, failed=False, origin="reused")
-        return LeafResult(
-            run_id=run.info.run_id,
-            name=name,
-            params=params,
-            metrics=metrics,
-            outputs=outcome.outputs,
-            status="FINISHED",
-            objective=objective,
-            origin="reused",
-        )
+    def _drop_ahead(self, stage: StageRun) -> None:
+        """`on_failure: stop`: runs created ahead that will now never run are removed, not left KILLED."""
+        for parent in [p for p in self._open if p.stage is stage]:
+            while parent.ahead:
+                self._discard(parent.ahead.popleft())
+                parent.open_children -= 1
+        for parent in [p for p in reversed(self._open) if p.stage is stage]:
+            if parent in self._open and parent.done:
+                self._close_parent(parent)
 
-    def _record(
-        self,
-        slot: _Slot,
-        name: str,
-        params: Mapping[str, Any],
-        outcome: LeafOutcome,
-        *,
-        extra_tags: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, str] | None = None,
-    ) -> LeafResult:
-        tags = {**(extra_tags or {}), schema.RETURNED: json.dumps(sorted(outcome.metrics)), **outputs_tags(outcome.outputs)}
-        files = dict(artifacts or {})
-        if outcome.outputs:
-            files[schema.OUTPUTS_ARTIFACT] = json.dumps(redact(dict(outcome.outputs)), indent=2, sort_keys=True)
-        if outcome.error:
-            tags[schema.ERROR] = outcome.error
-            if outcome.traceback:
-                files[schema.TRACEBACK_ARTIFACT] = outcome.traceback
-            log.warning("run %s failed: %s", name, outcome.error)
-        status = "FINISHED" if outcome.ok else "FAILED"
-        self.writer.finish(
-            slot.run,
-            status=status,
-            params=flatten(dict(params)),
-            metrics=outcome.metrics,
-            tags=tags,
-            artifacts=files,
-            clear_tags=(schema.ERROR,) if outcome.ok and slot.state == "redo" else (),
-        )
-        leaf = LeafResult(
-            run_id=slot.run_id,
-            name=name,
-            params=params,
-            metrics=outcome.metrics,
-            outputs=outcome.outputs,
-            status=status,
-            error=outcome.error,
-            objective=objective_value(outcome, self.stage.objective.metric),
-            origin="redone" if slot.state == "redo" else "executed",
-        )
-        self.progress.leaf_done(self.stage.name, objective=leaf.objective, failed=not outcome.ok, origin=leaf.origin)
-        if outcome.error and self.stage.on_failure == "stop" and self.stopped_by is None:
-            self.stopped_by = leaf
-        return leaf
+    def _discard(self, leaf: LeafJob) -> None:
+        slot = leaf.slot.result()
+        if slot.origin is Origin.EXECUTED:
+            self.store.discard(slot.ref)
+        elif slot.origin is Origin.REDONE:
+            self.store.finish(slot.ref, status=Status.KILLED, tags={schema.ERROR: "not run: the stage stopped first"})
+
+    # ---- around the loop ---------------------------------------------------------------------------------------
+
+    def _load_previous(self) -> None:
+        """On resume, the previous execution's runs: read here, where a signal is handled like any other."""
+        resume = self.plan.resume
+        if not resume:
+            return
+        if resume == "last":
+            self.pipeline_id = self.store.latest_pipeline_id() or ""
+        runs = self.store.pipeline_runs(self.pipeline_id) if self.pipeline_id else []
+        if not runs:
+            raise UnknownPipeline(
+                f"resume={resume}: no pipeline execution {'at all' if resume == 'last' else resume!r} "
+                f"in experiment '{self.store.experiment}'"
+            )
+        self.previous = RunIndex(runs)
+
+    def _stop(self, status: str) -> int:
+        """Stop the workers so nothing writes after the runs are ended; runs created ahead are removed."""
+        try:
+            self.executor.close()
+            for parent in self._open:
+                for leaf in parent.ahead:
+                    with contextlib.suppress(Exception):
+                        slot = leaf.slot.result()
+                        if slot.origin is Origin.EXECUTED:
+                            self.store.discard(slot.ref)
+            with contextlib.suppress(Exception):
+                self.store.flush()
+        finally:
+            killed = self.store.end_open_runs(status)
+        return killed
+
+    def _draw(self) -> None:
+        """Pictures for the MLflow UI on every parent that changed, and the DAG on every stage run."""
+        from runtree_pipeline.reports.plots import pipeline_pictures
+
+        for node, files in pipeline_pictures(self.plan, self._results):
+            try:
+                self.store.attach(self._ref(node), files)
+            except TrackingFailed as e:
+                log.warning("could not store the plots of %s: %s", node.name, e)
+
+    def _ref(self, node: NodeResult) -> RunRef:
+        return RunRef(node.run_id, self.store.experiment_id, self.store.uri, node.name, node.artifact_uri)
 
 
-def _resolve_points(level: SweepSpec, lookup_fn: Any) -> SweepSpec:
+def _resolve_points(level: SweepSpec, lookup_fn: Callable[[Reference], Any]) -> SweepSpec:
     """Explicit points may hold `${best:...}` too; resolve them once the upstream results exist."""
     if not level.points:
         return level
     points = tuple(replace(p, params=substitute(dict(p.params), lookup_fn)) for p in level.points)
     return replace(level, points=points)
+
+
+def _chain(future: Future[Any], then: Callable[[Any], Any]) -> Future[Any]:
+    """A future for `then(result)`, completed when `future` is (on whichever thread completes it)."""
+    chained: Future[Any] = Future()
+
+    def done(f: Future[Any]) -> None:
+        try:
+            chained.set_result(then(f.result()))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the chained future
+            chained.set_exception(e)
+
+    future.add_done_callback(done)
+    return chained

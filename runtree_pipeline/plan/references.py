@@ -33,7 +33,9 @@ class Reference:
         parts = str(arg).strip().split(".", 2)
         text = f"${{best:{arg}}}"
         if len(parts) < 2 or parts[1] not in KINDS:
-            raise ValueError(f"{text} must look like STAGE.params.KEY, STAGE.metrics.KEY, STAGE.outputs.KEY or STAGE.run_id")
+            raise ValueError(
+                f"{text} must look like STAGE.params.KEY, STAGE.metrics.KEY, STAGE.outputs.KEY or STAGE.run_id"
+            )
         stage, kind = parts[0], parts[1]
         key = parts[2] if len(parts) == 3 else None
         if (kind == "run_id") != (key is None):

@@ -7,9 +7,9 @@ tracking store, which is what lets a bad config leave the store untouched.
 from __future__ import annotations
 
 import difflib
-import re
 import inspect
 import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +17,8 @@ from typing import Any
 import networkx as nx
 from omegaconf import DictConfig, OmegaConf
 
-from runtree_pipeline.plan import references
 from runtree_pipeline.errors import ConfigError, ConfigErrors, first_line
+from runtree_pipeline.plan import references
 from runtree_pipeline.plan.objective import MODES, Objective
 from runtree_pipeline.plan.params import flatten, merge
 from runtree_pipeline.plan.sweeps import SweepSpec, parse_sweep
@@ -135,7 +135,9 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
             if dep in stages:
                 graph.add_edge(dep, stage.name)
             elif dep not in broken:
-                errors.append(ConfigError(f"unknown stage '{dep}'{_hint(dep, stages)}", stage=stage.name, key="depends_on"))
+                errors.append(
+                    ConfigError(f"unknown stage '{dep}'{_hint(dep, stages)}", stage=stage.name, key="depends_on")
+                )
     try:
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
@@ -187,7 +189,9 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
         raise ConfigError("must be a mapping with a `_target_`", stage=name)
     unknown = sorted(set(map(str, node)) - set(STAGE_KEYS))
     for key in unknown:
-        errors.append(ConfigError(f"unknown key{_hint(key, STAGE_KEYS)} (allowed: {', '.join(STAGE_KEYS)})", stage=name, key=key))
+        errors.append(
+            ConfigError(f"unknown key{_hint(key, STAGE_KEYS)} (allowed: {', '.join(STAGE_KEYS)})", stage=name, key=key)
+        )
     try:
         raw, refs = references.resolve_recording(node)
     except Exception as e:  # noqa: BLE001 - OmegaConf wraps the user's interpolation error in many types
@@ -225,7 +229,9 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
                 sweeps_ok = False
     on_failure = raw.get("on_failure") or "continue"
     if on_failure not in ON_FAILURE:
-        errors.append(ConfigError(f"must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}", stage=name, key="on_failure"))
+        errors.append(
+            ConfigError(f"must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}", stage=name, key="on_failure")
+        )
     spec = StageSpec(
         name=name,
         target=str(target_path),
@@ -239,7 +245,11 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
         references=tuple(refs),
     )
     if spec.sweeps and not objective.metric:
-        errors.append(ConfigError("a stage that sweeps needs objective.metric to pick its best run", stage=name, key="objective.metric"))
+        errors.append(
+            ConfigError(
+                "a stage that sweeps needs objective.metric to pick its best run", stage=name, key="objective.metric"
+            )
+        )
     if sweeps_ok and target is not None:
         _check_signature(spec, target, errors)
     return spec
@@ -292,7 +302,13 @@ def _check_signature(spec: StageSpec, target: Any, errors: list[ConfigError]) ->
         try:
             signature.bind(**kwargs)
         except TypeError as e:
-            errors.append(ConfigError(f"{spec.target}{signature} cannot take params ({', '.join(names)}): {e}", stage=spec.name, key="params"))
+            errors.append(
+                ConfigError(
+                    f"{spec.target}{signature} cannot take params ({', '.join(names)}): {e}",
+                    stage=spec.name,
+                    key="params",
+                )
+            )
             return
 
 
@@ -303,7 +319,13 @@ def _check_references(
         if ref.stage in broken:
             continue
         if ref.stage not in stages:
-            errors.append(ConfigError(f"{ref.text} refers to unknown stage '{ref.stage}'{_hint(ref.stage, stages)}", stage=spec.name, key="params"))
+            errors.append(
+                ConfigError(
+                    f"{ref.text} refers to unknown stage '{ref.stage}'{_hint(ref.stage, stages)}",
+                    stage=spec.name,
+                    key="params",
+                )
+            )
         elif ref.stage not in upstream:
             errors.append(
                 ConfigError(
@@ -316,7 +338,11 @@ def _check_references(
             keys = stages[ref.stage].param_keys()
             if ref.key not in keys and not any(k.startswith(ref.key + ".") for k in keys):
                 errors.append(
-                    ConfigError(f"{ref.text}: stage '{ref.stage}' has no param '{ref.key}'{_hint(ref.key, keys)}", stage=spec.name, key="params")
+                    ConfigError(
+                        f"{ref.text}: stage '{ref.stage}' has no param '{ref.key}'{_hint(ref.key, keys)}",
+                        stage=spec.name,
+                        key="params",
+                    )
                 )
 
 

@@ -1,4 +1,4 @@
-"""Sweep declarations: explicit points or Hydra's sweep grammar, validated into `SweepSpec`s (samplers live in execution).
+"""Sweep declarations, explicit points or Hydra's sweep grammar, validated into `SweepSpec`s; sampling is in execution.
 
 Hydra's own override parser reads the grammar, so `choice`, `range`, `interval` and `tag(log, ...)` mean exactly
 what they mean on Hydra's command line.
@@ -7,8 +7,7 @@ what they mean on Hydra's command line.
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +143,7 @@ def parse_sweep(raw: Any, *, stage: str, level: str) -> SweepSpec:
         points = tuple(
             Point(name=names.unique(point_name(swept(params, dimensions))), params=params, index=i)
             for i, params in enumerate(
-                dict(zip([d.key for d in dimensions], combo))
+                dict(zip([d.key for d in dimensions], combo, strict=True))
                 for combo in itertools.product(*(d.values() for d in dimensions))
             )
         )
@@ -165,9 +164,7 @@ def _explicit_points(raw: Any, stage: str, where: str) -> tuple[Point, ...]:
     for i, (name, params) in enumerate(raw.items()):
         params = {} if params is None else params
         if not isinstance(params, Mapping):
-            raise ConfigError(
-                f"must be a mapping of params, got {params!r}", stage=stage, key=f"{where}.points.{name}"
-            )
+            raise ConfigError(f"must be a mapping of params, got {params!r}", stage=stage, key=f"{where}.points.{name}")
         points.append(Point(name=str(name), params={str(k): v for k, v in params.items()}, index=i))
     return tuple(points)
 
@@ -202,6 +199,8 @@ def _dimensions(raw: Any, stage: str, where: str) -> tuple[Dimension, ...]:
 
 def _check_interval(sweep: Any, *, stage: str, key: str) -> None:
     if not sweep.start < sweep.end:
-        raise ConfigError(f"interval({sweep.start}, {sweep.end}) is empty: start must be below end", stage=stage, key=key)
+        raise ConfigError(
+            f"interval({sweep.start}, {sweep.end}) is empty: start must be below end", stage=stage, key=key
+        )
     if "log" in sweep.tags and sweep.start <= 0:
         raise ConfigError(f"a log interval must start above 0, got {sweep.start}", stage=stage, key=key)

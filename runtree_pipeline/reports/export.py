@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.mlflow_store import PARENT_TAG
+from runtree_pipeline.tracking.index import RunIndex
+from runtree_pipeline.tracking.records import RunRecord
 
 if TYPE_CHECKING:
     import pandas
@@ -33,39 +34,37 @@ def pipeline_frame(reader: TrackingReader, pipeline_id: str) -> pandas.DataFrame
     return runs_frame(reader.pipeline_runs(pipeline_id))
 
 
-def runs_frame(runs: Iterable[Any]) -> pandas.DataFrame:
-    """The table for MLflow `Run` objects of one execution: stages in the order they started, each followed by
+def runs_frame(runs: Iterable[RunRecord]) -> pandas.DataFrame:
+    """The table for the runs of one execution: stages in the order they started, each followed by
     its runs in tree order (a variant, then its sub-variants). Runs under a superseded stage run go with it."""
     import pandas as pd
 
-    from runtree_pipeline.reports.views import RunTree
+    tree = RunIndex(runs)
+    ordered: list[RunRecord] = []
 
-    tree = RunTree(runs)
-    ordered: list[Any] = []
-
-    def walk(run: Any) -> None:
+    def walk(run: RunRecord) -> None:
         ordered.append(run)
-        for child in sorted(tree.children.get(run.info.run_id, []), key=lambda r: r.info.run_name or ""):
+        for child in sorted(tree.children(run.run_id), key=lambda r: r.name):
             walk(child)
 
     for stage in tree.stages:
         walk(stage)
-    params = sorted({k for r in ordered for k in r.data.params})
-    metrics = sorted({k for r in ordered for k in r.data.metrics})
+    params = sorted({k for r in ordered for k in r.params})
+    metrics = sorted({k for r in ordered for k in r.metrics})
     fixed = {
-        "pipeline_id": lambda r: r.data.tags.get(schema.PIPELINE_ID, ""),
-        "run_id": lambda r: r.info.run_id,
-        "parent_run_id": lambda r: "" if r.data.tags.get(schema.LEVEL) == "stage" else r.data.tags.get(PARENT_TAG, ""),
-        "stage": lambda r: r.data.tags.get(schema.STAGE, ""),
-        "level": lambda r: r.data.tags.get(schema.LEVEL, ""),
-        "name": lambda r: r.info.run_name or "",
-        "status": lambda r: r.info.status,
+        "pipeline_id": lambda r: r.tags.get(schema.PIPELINE_ID, ""),
+        "run_id": lambda r: r.run_id,
+        "parent_run_id": lambda r: "" if schema.is_stage(r.tags) else r.parent_id or "",
+        "stage": lambda r: r.tags.get(schema.STAGE, ""),
+        "level": lambda r: r.tags.get(schema.LEVEL, ""),
+        "name": lambda r: r.name,
+        "status": lambda r: r.status,
     }
     data: dict[str, Any] = {name: pd.Series([fixed[name](r) for r in ordered], dtype="str") for name in COLUMNS}
     for key in params:
-        data[PARAM + key] = _param_column([r.data.params.get(key) for r in ordered])
+        data[PARAM + key] = _param_column([r.params.get(key) for r in ordered])
     for key in metrics:
-        data[METRIC + key] = pd.Series([r.data.metrics.get(key, math.nan) for r in ordered], dtype="float64")
+        data[METRIC + key] = pd.Series([r.metrics.get(key, math.nan) for r in ordered], dtype="float64")
     return pd.DataFrame(data)
 
 

@@ -7,12 +7,20 @@ and skipped, never a failed pipeline.
 from __future__ import annotations
 
 import io
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.params import flatten
-from runtree_pipeline.results import LeafResult
+from runtree_pipeline.results import LeafResult, NodeResult, StageResult
+from runtree_pipeline.states import Status
+
+if TYPE_CHECKING:
+    from runtree_pipeline.plan.stages import Plan
+
+log = logging.getLogger(__name__)
 
 OBJECTIVE_PLOT = "plots/objective_vs_params.png"
 PARALLEL_PLOT = "plots/parallel_coordinates.png"
@@ -43,8 +51,17 @@ def _axis_values(values: Sequence[Any]) -> tuple[list[float], list[str] | None]:
     return [float(labels.index(str(v))) for v in values], labels
 
 
-def parent_plots(leaves: Sequence[LeafResult], *, metric: str, mode: str, best_run_id: str | None) -> dict[str, bytes]:
-    """The objective against every param that varies among the parent's leaves, and across all of them at once."""
+def parent_plots(
+    leaves: Sequence[LeafResult],
+    *,
+    objective: Objective,
+    best_run_id: str | None,
+) -> dict[str, bytes]:
+    """The objective against every param that varies among the parent's leaves, and across all of them at once.
+
+    `objective.metric` must be set.
+    """
+    judged = objective
     scored = [leaf for leaf in leaves if leaf.objective is not None]
     if len(scored) < 2:
         return {}
@@ -52,59 +69,61 @@ def parent_plots(leaves: Sequence[LeafResult], *, metric: str, mode: str, best_r
     keys = [k for k in sorted({k for r in rows for k in r}) if len({repr(r.get(k)) for r in rows}) > 1]
     if not keys:
         return {}
-    objective = [leaf.objective for leaf in scored]
+    values = [leaf.objective for leaf in scored]
     best = [leaf.run_id == best_run_id for leaf in scored]
     return {
-        OBJECTIVE_PLOT: _objective_vs_params(rows, keys, objective, best, metric, mode),
-        PARALLEL_PLOT: _parallel(rows, keys, objective, best, metric, mode),
+        OBJECTIVE_PLOT: _objective_vs_params(rows, keys, values, best, judged),
+        PARALLEL_PLOT: _parallel(rows, keys, values, best, judged),
     }
 
 
-def _objective_vs_params(rows, keys, objective, best, metric, mode) -> bytes:
+def _objective_vs_params(rows, keys, values, best, objective: Objective) -> bytes:
     plt = _pyplot()
     cols = min(len(keys), 3)
     fig, axes = plt.subplots(
         math.ceil(len(keys) / cols), cols, figsize=(4.2 * cols, 3.4 * math.ceil(len(keys) / cols)), squeeze=False
     )
-    for ax, key in zip(axes.flat, keys):
+    for ax, key in zip(axes.flat, keys, strict=False):
         xs, labels = _axis_values([r.get(key) for r in rows])
         plain = [i for i, b in enumerate(best) if not b]
-        ax.scatter([xs[i] for i in plain], [objective[i] for i in plain], s=22, alpha=0.7, color="#4C72B0")
+        ax.scatter([xs[i] for i in plain], [values[i] for i in plain], s=22, alpha=0.7, color="#4C72B0")
         top = [i for i, b in enumerate(best) if b]
-        ax.scatter([xs[i] for i in top], [objective[i] for i in top], s=160, marker="*", color="#D62728", label="best")
+        ax.scatter([xs[i] for i in top], [values[i] for i in top], s=160, marker="*", color="#D62728", label="best")
         if labels:
             ax.set_xticks(range(len(labels)), [lbl[:12] for lbl in labels], rotation=30)
         ax.set_xlabel(key)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(objective.metric)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     axes.flat[0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"{metric} ({mode}) over {len(rows)} runs")
+    fig.suptitle(f"{objective.metric} ({objective.mode}) over {len(rows)} runs")
     return _png(fig)
 
 
-def _parallel(rows, keys, objective, best, metric, mode) -> bytes:
+def _parallel(rows, keys, values, best, objective: Objective) -> bytes:
     plt = _pyplot()
     columns = []
     for key in keys:
         xs, labels = _axis_values([r.get(key) for r in rows])
         columns.append((key, xs, labels))
-    columns.append((metric, list(objective), None))
+    columns.append((objective.metric, list(values), None))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(columns)), 4.0))
     norm = []
     for _, xs, _ in columns:
         lo, hi = min(xs), max(xs)
         norm.append([(x - lo) / (hi - lo) if hi > lo else 0.5 for x in xs])
-    lo, hi = min(objective), max(objective)
-    cmap = plt.get_cmap("viridis_r" if mode == "min" else "viridis")
+    lo, hi = min(values), max(values)
+    # Shades run from the lowest value to the highest; the map turns so that the best end has the same colour.
+    higher_is_better = objective.better(1.0, 0.0)
+    cmap = plt.get_cmap("viridis" if higher_is_better else "viridis_r")
     order = sorted(range(len(rows)), key=lambda i: best[i])
     for i in order:
         ys = [column[i] for column in norm]
         if best[i]:
             ax.plot(range(len(columns)), ys, color="#D62728", linewidth=3.0, label="best", zorder=3)
         else:
-            shade = (objective[i] - lo) / (hi - lo) if hi > lo else 0.5
+            shade = (values[i] - lo) / (hi - lo) if hi > lo else 0.5
             ax.plot(range(len(columns)), ys, color=cmap(shade), linewidth=1.0, alpha=0.6)
     ax.set_xticks(range(len(columns)), [c[0] for c in columns], rotation=20)
     for x, (_, xs, labels) in enumerate(columns):
@@ -116,11 +135,13 @@ def _parallel(rows, keys, objective, best, metric, mode) -> bytes:
     ax.set_ylim(-0.1, 1.1)
     if any(best):
         ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"parameters → {metric} ({mode}); darker is better", fontsize=10)
+    ax.set_title(f"parameters → {objective.metric} ({objective.mode}); darker is better", fontsize=10)
     return _png(fig)
 
 
-def dag_plot(edges: Sequence[tuple[str, str]], nodes: Sequence[str], *, highlight: str, status: Mapping[str, str]) -> bytes:
+def dag_plot(
+    edges: Sequence[tuple[str, str]], nodes: Sequence[str], *, highlight: str, status: Mapping[str, str]
+) -> bytes:
     """The stage DAG left to right, this stage highlighted, each stage coloured by how it ended."""
     import networkx as nx
 
@@ -132,7 +153,7 @@ def dag_plot(edges: Sequence[tuple[str, str]], nodes: Sequence[str], *, highligh
         for node in generation:
             graph.nodes[node]["layer"] = layer
     pos = nx.multipartite_layout(graph, subset_key="layer")
-    colours = {"FINISHED": "#9BD69B", "FAILED": "#F2A0A0", "SKIPPED": "#DDDDDD"}
+    colours = {Status.FINISHED: "#9BD69B", Status.FAILED: "#F2A0A0", Status.SKIPPED: "#DDDDDD"}
     fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * (1 + max(graph.nodes[n]["layer"] for n in graph))), 3.0))
     nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=16, node_size=2600)
     nx.draw_networkx_nodes(
@@ -148,3 +169,33 @@ def dag_plot(edges: Sequence[tuple[str, str]], nodes: Sequence[str], *, highligh
     ax.set_title(f"stage '{highlight}' in its pipeline", fontsize=10)
     ax.axis("off")
     return _png(fig)
+
+
+def pipeline_pictures(plan: Plan, results: Mapping[str, StageResult]) -> Iterator[tuple[NodeResult, dict[str, bytes]]]:
+    """Each parent that changed with its pictures: the stage run also gets the DAG with itself highlighted.
+
+    A stage whose pictures cannot be drawn is skipped with a warning: a picture must never fail a recorded pipeline.
+    """
+    edges = [(dep, s.name) for s in plan.stages.values() for dep in s.depends_on]
+    status = {name: result.status for name, result in results.items()}
+    for name, result in results.items():
+        node = result.node
+        if node is None or not node.changed or node.artifact_uri is None:
+            continue
+        objective = plan.stages[name].objective
+        try:
+            drawn: list[tuple[NodeResult, dict[str, bytes]]] = []
+            files = {DAG_PLOT: dag_plot(edges, plan.order, highlight=name, status=status)}
+            for parent in (node, *node.children):
+                if objective.metric and parent.changed:
+                    best_id = parent.best.run_id if parent.best else None
+                    pictures = parent_plots(parent.leaves, objective=objective, best_run_id=best_id)
+                    if parent is node:
+                        files.update(pictures)
+                    elif pictures and parent.artifact_uri:
+                        drawn.append((parent, pictures))
+        except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
+            log.warning("could not draw plots for stage %s: %s", name, e)
+            continue
+        yield from drawn
+        yield node, files

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.sweeps import format_value
+from runtree_pipeline.states import Origin
 
 log = logging.getLogger("runtree_pipeline.progress")
 
@@ -26,8 +28,7 @@ log = logging.getLogger("runtree_pipeline.progress")
 @dataclass
 class _Stage:
     total: int
-    metric: str | None
-    mode: str
+    objective: Objective
     resumed: bool = False
     done: int = 0
     failed: int = 0
@@ -38,14 +39,18 @@ class _Stage:
     last_line: float = field(default_factory=time.monotonic)
     bar: Any = None
 
-    def update(self, objective: float | None, failed: bool, origin: str) -> None:
+    @property
+    def metric(self) -> str | None:
+        return self.objective.metric
+
+    def update(self, value: float | None, failed: bool, origin: str) -> None:
         self.done += 1
         self.failed += failed
-        self.reused += origin == "reused"
-        self.redone += origin == "redone"
-        if objective is not None and math.isfinite(objective):
-            if self.best is None or (objective < self.best if self.mode == "min" else objective > self.best):
-                self.best = objective
+        self.reused += origin == Origin.REUSED
+        self.redone += origin == Origin.REDONE
+        if value is not None and math.isfinite(value):
+            if self.best is None or self.objective.better(value, self.best):
+                self.best = value
 
     def facts(self) -> str:
         parts = [f"{self.done}/{self.total} leaves" + self.how()]
@@ -61,7 +66,7 @@ class _Stage:
         return ", ".join(parts)
 
     def how(self) -> str:
-        said = [f"{n} {word}" for n, word in ((self.reused, "reused"), (self.redone, "redone")) if n]
+        said = [f"{n} {word}" for n, word in ((self.reused, Origin.REUSED), (self.redone, Origin.REDONE)) if n]
         return f" ({', '.join(said)})" if said else ""
 
     def plan(self) -> str:
@@ -81,14 +86,20 @@ class Progress:
         self._stages: dict[str, _Stage] = {}
 
     def stage_started(
-        self, name: str, *, total: int, metric: str | None, mode: str, resumed: bool = False
+        self,
+        name: str,
+        *,
+        total: int,
+        objective: Objective,
+        resumed: bool = False,
     ) -> None:
+        stage = _Stage(total=total, objective=objective, resumed=resumed)
         with self._lock:
-            self._stages[name] = stage = _Stage(total=total, metric=metric, mode=mode, resumed=resumed)
+            self._stages[name] = stage
             self._started(name, stage)
 
-    def leaf_done(self, name: str, *, objective: float | None, failed: bool, origin: str = "executed") -> None:
-        """`origin` is LeafResult.origin: "executed", "redone" or "reused"."""
+    def leaf_done(self, name: str, *, objective: float | None, failed: bool, origin: str = Origin.EXECUTED) -> None:
+        """`objective` is the leaf's value; `origin` is LeafResult.origin (an `Origin`: executed, redone or reused)."""
         with self._lock:
             stage = self._stages.get(name)
             if stage is not None:
@@ -140,7 +151,12 @@ class BarProgress(Progress):
 
     def _started(self, name: str, stage: _Stage) -> None:
         stage.bar = self._tqdm(
-            total=stage.total, desc=f"{name} (resumed)" if stage.resumed else name, unit="leaf", file=self._stream, position=len(self._stages), leave=True
+            total=stage.total,
+            desc=f"{name} (resumed)" if stage.resumed else name,
+            unit="leaf",
+            file=self._stream,
+            position=len(self._stages),
+            leave=True,
         )
         self._overall.total += stage.total
         self._overall.refresh()
@@ -149,9 +165,9 @@ class BarProgress(Progress):
         stage.bar.update(1)
         postfix = {}
         if stage.reused:
-            postfix["reused"] = stage.reused
+            postfix[Origin.REUSED.value] = stage.reused
         if stage.redone:
-            postfix["redone"] = stage.redone
+            postfix[Origin.REDONE.value] = stage.redone
         if stage.failed:
             postfix["failed"] = stage.failed
         if stage.best is not None and stage.metric:
@@ -181,4 +197,6 @@ def make_progress(enabled: bool, *, stream: TextIO | None = None) -> Progress:
 
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60:02d}:{seconds % 60:02d}"
+    if seconds >= 3600:
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"

@@ -10,15 +10,16 @@ import json
 from pathlib import Path
 
 from runtree_pipeline.plan.stages import Plan
-from runtree_pipeline.results import LEAF_COUNTS, PipelineResult
 from runtree_pipeline.plan.sweeps import format_value
+from runtree_pipeline.results import LEAF_COUNTS, PipelineResult
+from runtree_pipeline.states import Status
 
 
 def render(result: PipelineResult, plan: Plan, *, where: str) -> str:
     facts = result.to_dict()
     lines = [
         f"runtree pipeline {result.pipeline_id} — experiment '{result.experiment}' "
-        f"({'ok' if result.ok else 'FAILED'})"
+        f"({'ok' if result.ok else Status.FAILED})"
     ]
     for name, stage in facts["stages"].items():
         objective = plan.stages[name].objective

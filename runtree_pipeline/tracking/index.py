@@ -1,4 +1,4 @@
-"""What a previous execution of a pipeline left in the store, indexed the way the runner looks things up.
+"""One pipeline execution's runs, indexed once for everything that reads a tree back: resume and the views.
 
 Runs are identified by content (`runtree.key`: stage, target, merged params with upstream values resolved, point
 name), not by name, so a resume reuses exactly the runs whose result would not change and redoes the rest in place.
@@ -6,67 +6,75 @@ name), not by name, so a resume reuses exactly the runs whose result would not c
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.mlflow_store import PARENT_TAG
-
-_DONE = "FINISHED"
+from runtree_pipeline.tracking.records import RunRecord
 
 
-def content_key(**parts: Any) -> str:
-    """A stable hash of what determines a run's result; JSON with sorted keys so dict order does not matter."""
-    text = json.dumps(parts, sort_keys=True, default=repr, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+class RunIndex:
+    """Empty for a fresh execution; the runs of one pipeline execution otherwise, oldest first."""
 
-
-class ExistingTree:
-    """An empty tree for a fresh execution; the runs of `resume=<id>` otherwise."""
-
-    def __init__(self, runs: Iterable[Any] = ()) -> None:
-        self._stages: dict[str, list[Any]] = {}
-        self._children: dict[str, list[Any]] = {}
-        self._by_key: dict[tuple[str | None, str], Any] = {}
-        for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-            tags = run.data.tags
-            parent = tags.get(PARENT_TAG)
-            if tags.get(schema.LEVEL) == "stage":
-                self._stages.setdefault(tags.get(schema.STAGE, ""), []).append(run)
-            elif parent is not None:
-                self._children.setdefault(parent, []).append(run)
-            key = tags.get(schema.KEY)
+    def __init__(self, runs: Iterable[RunRecord] = ()) -> None:
+        self.runs = sorted(runs, key=lambda r: r.start_time or 0)
+        self.by_id = {r.run_id: r for r in self.runs}
+        self._stage_runs: dict[str, list[RunRecord]] = defaultdict(list)
+        self._children: dict[str, list[RunRecord]] = defaultdict(list)
+        self._by_key: dict[tuple[str | None, str], RunRecord] = {}
+        for run in self.runs:
+            if schema.is_stage(run.tags):
+                self._stage_runs[run.tags.get(schema.STAGE, "")].append(run)
+            elif run.parent_id is not None:
+                self._children[run.parent_id].append(run)
+            key = run.tags.get(schema.KEY)
             if key is None:
                 continue
-            slot = (parent, key)
+            slot = (run.parent_id, key)
             previous = self._by_key.get(slot)
-            if previous is None or (previous.info.status != _DONE and run.info.status == _DONE):
+            if previous is None or (previous.status != Status.FINISHED and run.status == Status.FINISHED):
                 self._by_key[slot] = run
 
-    def __bool__(self) -> bool:
-        return bool(self._by_key)
+    # ---- what resume asks ----
 
-    def stage(self, name: str, key: str) -> Any | None:
-        return next((r for r in self._stages.get(name, ()) if r.data.tags.get(schema.KEY) == key), None)
+    def stage_run(self, name: str, key: str) -> RunRecord | None:
+        return next((r for r in self._stage_runs.get(name, ()) if r.tags.get(schema.KEY) == key), None)
 
-    def stale_stages(self, name: str, key: str) -> list[Any]:
+    def stale_stages(self, name: str, key: str) -> list[RunRecord]:
         """Earlier runs of a stage whose inputs have since changed (e.g. a new upstream best)."""
         return [
             r
-            for r in self._stages.get(name, ())
-            if r.data.tags.get(schema.KEY) != key and schema.SUPERSEDED_BY not in r.data.tags
+            for r in self._stage_runs.get(name, ())
+            if r.tags.get(schema.KEY) != key and schema.SUPERSEDED_BY not in r.tags
         ]
 
-    def child(self, parent_id: str, key: str) -> Any | None:
+    def child(self, parent_id: str, key: str) -> RunRecord | None:
         return self._by_key.get((parent_id, key))
 
     def points_under(self, parent_id: str) -> list[dict[str, Any]]:
         """The points already tried under a parent, oldest first, for samplers that learn (tpe) to replay."""
-        points = []
-        for run in self._children.get(parent_id, ()):
-            text = run.data.tags.get(schema.POINT)
-            if text is not None:
-                points.append(json.loads(text))
-        return points
+        points = (schema.point_of(run.tags) for run in self._children.get(parent_id, ()))
+        return [p for p in points if p is not None]
+
+    # ---- what the views ask: superseded stage runs left out ----
+
+    @property
+    def stages(self) -> list[RunRecord]:
+        return [r for r in self.runs if schema.is_stage(r.tags) and schema.SUPERSEDED_BY not in r.tags]
+
+    def stage(self, name: str) -> RunRecord:
+        for run in self.stages:
+            if run.tags.get(schema.STAGE) == name:
+                return run
+        have = ", ".join(r.tags.get(schema.STAGE, "?") for r in self.stages)
+        raise LookupError(f"no stage '{name}' in pipeline {self.pipeline_id} (it has: {have})")
+
+    def children(self, run_id: str) -> list[RunRecord]:
+        return self._children.get(run_id, [])
+
+    @property
+    def pipeline_id(self) -> str | None:
+        stages = self.stages
+        return stages[0].tags.get(schema.PIPELINE_ID) if stages else None

@@ -1,4 +1,17 @@
-"""Tag names that make up the run tree's contract with MLflow: what readers (UI columns, `search_runs`) rely on."""
+"""runtree's tags: their names (the run tree's contract with the UI and `search_runs` users) and their one codec.
+
+Everything that writes or reads a `runtree.*` tag goes through here, so the format lives in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.states import Level
+from runtree_pipeline.tracking.redact import redact
 
 PIPELINE_ID = "runtree.pipeline_id"
 STAGE = "runtree.stage"
@@ -25,3 +38,88 @@ BEST_METRIC = "best_"
 CONFIG_ARTIFACT = "config.yaml"
 OUTPUTS_ARTIFACT = "outputs.json"
 TRACEBACK_ARTIFACT = "traceback.txt"
+
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+# A tag holds at most 8000 characters; larger outputs live only in the artifact.
+_MAX_TAG = 7000
+
+
+# ---- encoding: what each kind of run carries -----------------------------------------------------------------
+
+
+def stage_tags(
+    *, pipeline_id: str, stage: str, upstream: Mapping[str, str], levels: Sequence[str], objective: Objective
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The tags a stage run shares with its descendants, and those only the stage run carries."""
+    shared = {
+        PIPELINE_ID: pipeline_id,
+        STAGE: stage,
+        LEVEL: Level.STAGE,
+        **{UPSTREAM + d: r for d, r in upstream.items()},
+    }
+    own = {LEVELS: ",".join(levels), OBJECTIVE_MODE: objective.mode}
+    if objective.metric:
+        own[OBJECTIVE_METRIC] = objective.metric
+    return shared, own
+
+
+def point_tag(point: Mapping[str, Any]) -> dict[str, str]:
+    """The params a sampler chose, kept so a learning sampler can replay them on resume."""
+    return {POINT: json.dumps(dict(point), sort_keys=True, default=str)}
+
+
+def leaf_tags(*, returned: Iterable[str], outputs: Mapping[str, Any]) -> dict[str, str]:
+    """Which metrics the target returned (the rest it logged itself), and its outputs when small enough."""
+    tags = {RETURNED: json.dumps(sorted(returned))}
+    if outputs:
+        text = json.dumps(redact(dict(outputs)), sort_keys=True)
+        tags.update({OUTPUTS: text} if len(text) <= _MAX_TAG else {OUTPUTS_IN_ARTIFACT: "true"})
+    return tags
+
+
+def parent_tags(
+    *, children: int, failed_children: int, failed_leaves: int, best_run_id: str | None, best_params: Mapping[str, Any]
+) -> dict[str, Any]:
+    tags: dict[str, Any] = {CHILDREN: children, FAILED_CHILDREN: failed_children, FAILED_LEAVES: failed_leaves}
+    if best_run_id is not None:
+        tags[BEST_RUN_ID] = best_run_id
+        tags.update({BEST_PARAM + k: v for k, v in best_params.items()})
+    return tags
+
+
+def best_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {BEST_METRIC + k: v for k, v in metrics.items()}
+
+
+# ---- decoding ----------------------------------------------------------------------------------------------------
+
+
+def is_stage(tags: Mapping[str, str]) -> bool:
+    return tags.get(LEVEL) == Level.STAGE
+
+
+def objective_of(tags: Mapping[str, str]) -> Objective:
+    """A stage run's objective, as recorded when it ran."""
+    return Objective(tags.get(OBJECTIVE_METRIC), tags.get(OBJECTIVE_MODE, "min"))
+
+
+def point_of(tags: Mapping[str, str]) -> dict[str, Any] | None:
+    text = tags.get(POINT)
+    return json.loads(text) if text is not None else None
+
+
+def returned_of(tags: Mapping[str, str]) -> list[str]:
+    return json.loads(tags.get(RETURNED, "[]"))
+
+
+def outputs_of(tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """A leaf's outputs from its tag; None when they live only in the `outputs.json` artifact."""
+    if tags.get(OUTPUTS_IN_ARTIFACT):
+        return None
+    text = tags.get(OUTPUTS)
+    return json.loads(text) if text is not None else {}
+
+
+def upstream_of(tags: Mapping[str, str]) -> dict[str, str]:
+    return {k[len(UPSTREAM) :]: v for k, v in tags.items() if k.startswith(UPSTREAM)}

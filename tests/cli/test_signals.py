@@ -55,7 +55,7 @@ def sweep(calls: Path) -> dict:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """An empty store built once: MLflow's migrations cost a second or two for every new file."""
-    from runtree_pipeline.tracking.mlflow_store import create_sqlite_store
+    from runtree_pipeline.tracking.sqlite import create_sqlite_store
 
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
     create_sqlite_store(f"sqlite:///{path}")

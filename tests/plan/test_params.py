@@ -14,14 +14,30 @@ from runtree_pipeline.plan.params import flatten, lookup, merge
         pytest.param({"a": 1, "b": 2}, [{"a": 3}, {"a": 4}], {"a": 4, "b": 2}, id="later-wins"),
         pytest.param({"a": 1}, [], {"a": 1}, id="no-layers"),
         pytest.param({}, [{"a.b.c": 1}], {"a": {"b": {"c": 1}}}, id="dotted-creates"),
-        pytest.param({"opt": {"lr": 1, "m": 0.9}}, [{"opt.lr": 2}], {"opt": {"lr": 2, "m": 0.9}}, id="dotted-sets-nested"),
+        pytest.param(
+            {"opt": {"lr": 1, "m": 0.9}}, [{"opt.lr": 2}], {"opt": {"lr": 2, "m": 0.9}}, id="dotted-sets-nested"
+        ),
         pytest.param({"opt": "adam"}, [{"opt.lr": 1}], {"opt": {"lr": 1}}, id="dotted-replaces-scalar-parent"),
-        pytest.param({"opt": {"lr": 1, "m": 0.9}}, [{"opt": {"lr": 2}}], {"opt": {"lr": 2, "m": 0.9}}, id="nested-merge"),
-        pytest.param({"opt": {"a": {"b": 1, "c": 2}}}, [{"opt": {"a": {"b": 3}}}], {"opt": {"a": {"b": 3, "c": 2}}}, id="deep-merge"),
-        pytest.param({"opt": {"lr": 1}}, [{"opt": {"s.g": 2}}], {"opt": {"lr": 1, "s": {"g": 2}}}, id="dotted-inside-nested"),
+        pytest.param(
+            {"opt": {"lr": 1, "m": 0.9}}, [{"opt": {"lr": 2}}], {"opt": {"lr": 2, "m": 0.9}}, id="nested-merge"
+        ),
+        pytest.param(
+            {"opt": {"a": {"b": 1, "c": 2}}},
+            [{"opt": {"a": {"b": 3}}}],
+            {"opt": {"a": {"b": 3, "c": 2}}},
+            id="deep-merge",
+        ),
+        pytest.param(
+            {"opt": {"lr": 1}}, [{"opt": {"s.g": 2}}], {"opt": {"lr": 1, "s": {"g": 2}}}, id="dotted-inside-nested"
+        ),
         pytest.param({"opt": {"lr": 1}}, [{"opt": None}], {"opt": None}, id="scalar-replaces-dict"),
         pytest.param({"opt": 1}, [{"opt": {"lr": 2}}], {"opt": {"lr": 2}}, id="dict-replaces-scalar"),
-        pytest.param({"x": 1}, [{"opt.lr": 1}, {"opt": {"m": 2}}, {"x": 5}], {"x": 5, "opt": {"lr": 1, "m": 2}}, id="three-layers"),
+        pytest.param(
+            {"x": 1},
+            [{"opt.lr": 1}, {"opt": {"m": 2}}, {"x": 5}],
+            {"x": 5, "opt": {"lr": 1, "m": 2}},
+            id="three-layers",
+        ),
     ],
 )
 def test_merge(base, layers, expected):

@@ -5,11 +5,10 @@ import re
 import networkx as nx
 import pytest
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors
-from runtree_pipeline.plan.stages import build_plan
 from runtree_pipeline.plan.references import Reference
+from runtree_pipeline.plan.stages import build_plan
 
 QUAD = "tests.targets.quad"
 DATA = "tests.targets.with_outputs"
@@ -290,17 +289,19 @@ def test_accepts_dictconfig():
 
 
 def test_non_list_depends_on_is_config_error():
-    errors_of({"a": quad(depends_on=5)})
+    (error,) = errors_of({"a": quad(depends_on=5)})
+    assert str(error) == "stage 'a', key 'depends_on': must be a list of stage names, got 5"
 
 
 @pytest.mark.parametrize("stages", [pytest.param(5, id="int"), pytest.param([quad()], id="list")])
 def test_non_mapping_stages_is_config_error(stages):
-    errors_of(stages)
+    (error,) = errors_of(stages)
+    assert str(error) == "key 'stages': no stages declared: choose a pipeline with +sweep=NAME"
 
 
 def test_non_mapping_sweep_tags_is_config_error():
     (error,) = errors_of({"a": quad(objective=METRIC, variants={"params": {"y": "choice(1, 2)"}, "tags": ["t"]})})
-    assert error.key == "variants.tags"
+    assert str(error) == "stage 'a', key 'variants.tags': must be a mapping of tag names to values"
 
 
 def test_broken_stage_does_not_make_dependents_report_unknown_stage():

@@ -30,7 +30,11 @@ def _config(store: str, fail_on: list[int]) -> dict:
                 "variants": {"points": {"a": {"y": 0.0}, "b": {"y": 0.5}}},
                 "subvariants": {"params": {"x": "range(0, 4)"}},
             },
-            "after": {"_target_": "tests.targets.quad", "depends_on": ["fit"], "params": {"x": "${best:fit.params.x}", "offset": 0.25}},
+            "after": {
+                "_target_": "tests.targets.quad",
+                "depends_on": ["fit"],
+                "params": {"x": "${best:fit.params.x}", "offset": 0.25},
+            },
         },
     }
 
@@ -44,14 +48,22 @@ def recorded(tmp_path_factory):
     run_plan(build_plan(_config(store, [3])), plots=False)
     resumed = run_plan(build_plan({**_config(store, [1, 3]), "resume": "last"}), plots=False)
     other = run_plan(
-        build_plan({"tracking_uri": store, "experiment": "other", "stages": {"one": {"_target_": "tests.targets.quad", "params": {"x": 2}}}}),
+        build_plan(
+            {
+                "tracking_uri": store,
+                "experiment": "other",
+                "stages": {"one": {"_target_": "tests.targets.quad", "params": {"x": 2}}},
+            }
+        ),
         plots=False,
     )
     client = MlflowClient(store)
     runs = [r for r in all_runs(client, "export")]
     superseded = {r.info.run_id for r in runs if "runtree.superseded_by" in r.data.tags}
     assert len(superseded) == 2
-    current = [r for r in runs if r.info.run_id not in superseded and r.data.tags["runtree.root_run_id"] not in superseded]
+    current = [
+        r for r in runs if r.info.run_id not in superseded and r.data.tags["runtree.root_run_id"] not in superseded
+    ]
     return SimpleNamespace(store=store, root=root, result=resumed, other=other, runs=runs, current=current)
 
 
@@ -125,6 +137,7 @@ def test_parquet_when_the_file_says_so(recorded, capsys):
 
 
 def test_an_unwritable_file_is_an_error_not_a_traceback(recorded, capsys):
-    code = console.main(["export", "--tracking-uri", recorded.store, "-o", str(recorded.root / "no" / "such" / "dir.csv")])
+    target = recorded.root / "no" / "such" / "dir.csv"
+    code = console.main(["export", "--tracking-uri", recorded.store, "-o", str(target)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("runtree: error: cannot write ")

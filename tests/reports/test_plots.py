@@ -29,7 +29,12 @@ def test_every_parent_gets_plots_and_every_stage_the_dag(store, client):
             "fit": {
                 "_target_": "tests.targets.quad",
                 "variants": {"points": {"a": {"y": 0.0}, "b": {"y": -2.0}}},
-                "subvariants": {"sampler": "random", "n": 6, "seed": 0, "params": {"x": "interval(-2, 3)", "offset": "choice(0, 1)"}},
+                "subvariants": {
+                    "sampler": "random",
+                    "n": 6,
+                    "seed": 0,
+                    "params": {"x": "interval(-2, 3)", "offset": "choice(0, 1)"},
+                },
             },
             "after": {"_target_": "tests.targets.quad", "depends_on": ["fit"], "params": {"x": "${best:fit.params.x}"}},
         },

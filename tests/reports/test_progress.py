@@ -96,7 +96,9 @@ def test_stage_runs_record_command_directory_and_git_commit(run_cli, store, clie
     subprocess.run([*git, "commit", "-qm", "code"], cwd=tmp_path, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
 
-    proc = run_cli("+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=2", "plots=false", "progress=false")
+    proc = run_cli(
+        "+sweep=tutorial", f"tracking_uri={store}", "stages.tuning.subvariants.n=2", "plots=false", "progress=false"
+    )
     assert proc.returncode == 0, proc.stderr
     assert _progress_lines(proc.stdout + proc.stderr) == []
     (stage,) = [r for r in all_runs(client, "tutorial") if r.data.tags["runtree.level"] == "stage"]
@@ -111,7 +113,11 @@ def test_stage_runs_record_command_directory_and_git_commit(run_cli, store, clie
 
     (tmp_path / "train.py").write_text("# edited\n")
     monkeypatch.chdir(tmp_path)
-    config = {"tracking_uri": store, "experiment": "api", "stages": {"one": {"_target_": "tests.targets.quad", "params": {"x": 1}}}}
+    config = {
+        "tracking_uri": store,
+        "experiment": "api",
+        "stages": {"one": {"_target_": "tests.targets.quad", "params": {"x": 1}}},
+    }
     run_plan(build_plan(config), plots=False)
     (newest,) = all_runs(client, "api")
     assert newest.data.tags["runtree.git_dirty"] == "true"

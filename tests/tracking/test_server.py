@@ -94,7 +94,7 @@ def test_a_short_server_outage_mid_run_is_ridden_out(own_mlflow_server, tmp_path
 
 
 def test_a_write_that_finally_fails_is_loud_and_resumable(own_mlflow_server, tmp_path):
-    fast_fail = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    fast_fail = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "RUNTREE_RETRY_SECONDS": "1"}
     proc = _start(tmp_path, own_mlflow_server.url, **fast_fail)
     _wait_calls(tmp_path, 2)
     own_mlflow_server.stop()

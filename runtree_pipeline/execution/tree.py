@@ -1,0 +1,196 @@
+"""The run tree as the scheduler grows it: its open nodes, and what each run records when it ends.
+
+Kept apart from the loop in `scheduler.py`, which decides what runs when: here is what a finished leaf, a reused
+leaf and a finished parent write to the store (the tag format itself lives in `tracking/tags.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtree_pipeline.execution.leaf import LeafOutcome, objective_value
+from runtree_pipeline.execution.samplers import Sampler
+from runtree_pipeline.plan.params import flatten
+from runtree_pipeline.plan.stages import StageSpec
+from runtree_pipeline.plan.sweeps import Point, SweepSpec
+from runtree_pipeline.results import LeafResult, NodeResult
+from runtree_pipeline.states import Origin, Status
+from runtree_pipeline.tracking import tags as schema
+from runtree_pipeline.tracking.records import RunRecord, RunRef
+from runtree_pipeline.tracking.redact import redact
+from runtree_pipeline.tracking.store import RunStore
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A run being filled: new (executed), redone in place, or reused as it was (then `record` holds it)."""
+
+    ref: RunRef
+    key: str
+    origin: Origin
+    record: RunRecord | None = None
+
+
+@dataclass(eq=False)
+class StageRun:
+    spec: StageSpec
+    slot: Slot
+    upstream: dict[str, str]
+    own_tags: dict[str, Any]
+    artifacts: dict[str, str]
+    stopped_by: LeafResult | None = None
+
+
+@dataclass(eq=False)
+class LeafJob:
+    stage: StageRun
+    parent: OpenParent | None
+    point: Point | None
+    name: str
+    params: dict[str, Any]
+    slot: Future[Slot]
+
+
+@dataclass(eq=False)
+class OpenParent:
+    """An open parent: asks its sampler for children, and is recorded once the last of them has ended."""
+
+    stage: StageRun
+    up: OpenParent | None
+    point: Point | None
+    slot: Slot
+    name: str
+    level: str
+    params: dict[str, Any]
+    levels: tuple[SweepSpec, ...]
+    child_tags: dict[str, Any]
+    sampler: Sampler
+    changed: bool
+    ahead: deque[LeafJob] = field(default_factory=deque)
+    open_children: int = 0
+    exhausted: bool = False
+    leaves: list[LeafResult] = field(default_factory=list)
+    children: list[NodeResult] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return (self.exhausted or self.stage.stopped_by is not None) and self.open_children == 0
+
+
+@dataclass(frozen=True)
+class Write:
+    """Everything one run records when it ends, in one store call."""
+
+    status: str
+    params: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    tags: Mapping[str, Any]
+    artifacts: Mapping[str, str] | None = None
+    clear_tags: Iterable[str] = ()
+
+    def to(self, store: RunStore, ref: RunRef) -> None:
+        store.finish(
+            ref,
+            status=self.status,
+            params=self.params,
+            metrics=self.metrics,
+            tags=self.tags,
+            artifacts=self.artifacts,
+            clear_tags=self.clear_tags,
+        )
+
+
+def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
+    """A leaf's params, the metrics its target returned, its outputs and its error; a stage without sweeps also
+    carries the stage's own tags and config."""
+    stage = leaf.stage
+    tags: dict[str, Any] = schema.leaf_tags(returned=outcome.metrics, outputs=outcome.outputs)
+    files: dict[str, str] = {}
+    if leaf.parent is None:
+        tags.update(stage.own_tags)
+        files.update(stage.artifacts)
+    if outcome.outputs:
+        files[schema.OUTPUTS_ARTIFACT] = json.dumps(redact(dict(outcome.outputs)), indent=2, sort_keys=True)
+    if outcome.error:
+        tags[schema.ERROR] = outcome.error
+        if outcome.traceback:
+            files[schema.TRACEBACK_ARTIFACT] = outcome.traceback
+    return Write(
+        status=Status.FINISHED if outcome.ok else Status.FAILED,
+        params=flatten(dict(leaf.params)),
+        metrics=outcome.metrics,
+        tags=tags,
+        artifacts=files,
+        clear_tags=(schema.ERROR,) if outcome.ok and slot.origin is Origin.REDONE else (),
+    )
+
+
+def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
+    return LeafResult(
+        run_id=slot.ref.run_id,
+        name=leaf.name,
+        params=leaf.params,
+        metrics=outcome.metrics,
+        outputs=outcome.outputs,
+        status=Status.FINISHED if outcome.ok else Status.FAILED,
+        error=outcome.error,
+        objective=objective_value(outcome, leaf.stage.spec.objective.metric),
+        origin=slot.origin,
+    )
+
+
+def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) -> LeafResult:
+    """A leaf FINISHED by an earlier execution with the same content key: its returned metrics, not run again."""
+    metrics = {k: record.metrics[k] for k in schema.returned_of(record.tags) if k in record.metrics}
+    outcome = LeafOutcome(metrics=metrics, outputs=outputs)
+    return LeafResult(
+        run_id=record.run_id,
+        name=leaf.name,
+        params=leaf.params,
+        metrics=metrics,
+        outputs=outcome.outputs,
+        status=Status.FINISHED,
+        objective=objective_value(outcome, leaf.stage.spec.objective.metric),
+        origin=Origin.REUSED,
+    )
+
+
+def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
+    """How a parent's children went, and its best leaf's params and metrics (`best.*`, `best_*`)."""
+    stage = parent.stage
+    nested = bool(parent.levels[1:])
+    failed_leaves = sum(leaf.status != Status.FINISHED for leaf in parent.leaves)
+    is_root = parent.up is None
+    tags: dict[str, Any] = {
+        **(stage.own_tags if is_root else {}),
+        **schema.parent_tags(
+            children=len(parent.children) if nested else len(parent.leaves),
+            failed_children=sum(node.best is None for node in parent.children) if nested else failed_leaves,
+            failed_leaves=failed_leaves,
+            best_run_id=best.run_id if best else None,
+            best_params=flatten(dict(best.params)) if best else {},
+        ),
+    }
+    metrics: dict[str, float] = {}
+    clear: tuple[str, ...] = ()
+    if best is not None:
+        metrics = schema.best_metrics(best.metrics)
+        clear = (schema.ERROR,) if parent.slot.origin is not Origin.EXECUTED else ()
+    else:
+        tags[schema.ERROR] = f"no successful leaf among {len(parent.leaves)}"
+    if stage.stopped_by is not None and is_root:
+        tags[schema.ERROR] = f"stopped after {stage.stopped_by.name} failed (on_failure=stop)"
+        clear = ()
+    return Write(
+        status=Status.FINISHED if best is not None else Status.FAILED,
+        params=flatten(dict(parent.params)),
+        metrics=metrics,
+        tags=tags,
+        artifacts=stage.artifacts if is_root else None,
+        clear_tags=clear,
+    )

@@ -1,0 +1,75 @@
+"""MLflow's fluent state, touched only here: the leaf run a target sees as active, and where its calls go."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+from runtree_pipeline.tracking.records import RunRef
+
+
+@contextlib.contextmanager
+def active_run(ref: RunRef) -> Iterator[None]:
+    """Make the leaf's run this thread's active run without a round trip, so `mlflow.log_metric` lands on it.
+
+    `mlflow.start_run(run_id=...)` would fetch the run first and mark it FINISHED on exit, while the driver ends
+    runs itself; so the run is pushed onto MLflow's private fluent stack as an entity built from the reference.
+    """
+    from runtree_pipeline.tracking.mlflow_store import quiet_mlflow_env
+
+    quiet_mlflow_env()
+    import mlflow
+    from mlflow.entities import Run, RunData, RunInfo
+    from mlflow.tracking import fluent
+
+    if mlflow.get_tracking_uri() != ref.tracking_uri:
+        mlflow.set_tracking_uri(ref.tracking_uri)
+    info = RunInfo(
+        run_id=ref.run_id,
+        experiment_id=ref.experiment_id,
+        user_id="",
+        status="RUNNING",
+        start_time=0,
+        end_time=None,
+        lifecycle_stage="active",
+        artifact_uri=ref.artifact_uri,
+        run_name=ref.name,
+    )
+    stack = fluent._active_run_stack.get()
+    stack.append(fluent.ActiveRun(Run(info, RunData())))
+    try:
+        yield
+    finally:
+        if ref.run_id in [r.info.run_id for r in stack]:
+            while stack and stack.pop().info.run_id != ref.run_id:
+                pass
+
+
+def preload() -> None:
+    """What a worker needs before its first leaf, imported while the pool warms up rather than inside that leaf."""
+    from runtree_pipeline.tracking.mlflow_store import quiet_mlflow_env
+
+    quiet_mlflow_env()
+    import mlflow.entities  # noqa: F401
+    import mlflow.tracking.fluent  # noqa: F401
+
+
+def use_tracking_uri(uri: str) -> Callable[[], None]:
+    """Point this process's fluent MLflow calls at `uri`; the returned call puts back what was there before.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, and nothing public tells an explicit setting from
+    one read from the environment, hence the one read of MLflow's private module state.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+
+    def restore() -> None:
+        mlflow.set_tracking_uri(saved)
+        if saved_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+    return restore
