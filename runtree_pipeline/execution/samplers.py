@@ -7,7 +7,6 @@ through a fixed list.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 from runtree_pipeline.plan.sweeps import Dimension, Point, SweepSpec, UniqueNames, point_name, swept
@@ -31,6 +30,11 @@ class Sampler:
     def ask(self) -> Point | None:
         raise NotImplementedError
 
+    @property
+    def exhausted(self) -> bool:
+        """No point is left to ask: a parent whose children have all ended is then complete."""
+        raise NotImplementedError
+
     def tell(self, point: Point, value: float | None) -> None:
         """Report a point's objective value (None when it failed); samplers that do not learn ignore it."""
 
@@ -40,10 +44,18 @@ class Sampler:
 
 class FixedSampler(Sampler):
     def __init__(self, points: tuple[Point, ...]) -> None:
-        self._points: Iterator[Point] = iter(points)
+        self._points = points
+        self._next = 0
 
     def ask(self) -> Point | None:
-        return next(self._points, None)
+        if self.exhausted:
+            return None
+        self._next += 1
+        return self._points[self._next - 1]
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next >= len(self._points)
 
 
 class OptunaSampler(Sampler):
@@ -67,8 +79,12 @@ class OptunaSampler(Sampler):
         self._names = UniqueNames()
         self._asked = 0
 
+    @property
+    def exhausted(self) -> bool:
+        return self._asked >= (self._spec.n or 0)
+
     def ask(self) -> Point | None:
-        if self._asked >= (self._spec.n or 0):
+        if self.exhausted:
             return None
         trial = self._study.ask(self._distributions)
         params = {}

@@ -81,6 +81,7 @@ class Runner:
         self._results: dict[str, StageResult] = {}
         self._started: set[str] = set()
         self._open: list[OpenParent] = []
+        self._position = {name: i for i, name in enumerate(plan.order)}
         self._solo: deque[LeafJob] = deque()
         self._running: dict[Future[LeafOutcome], LeafJob] = {}
 
@@ -153,10 +154,14 @@ class Runner:
                 self._leaf_ended(leaf, leaf_result(leaf, slot, outcome))
 
     def _next_leaf(self) -> LeafJob | None:
-        """The next leaf to run: a stage that is one run, else the newest open parent's next point (depth first)."""
+        """The next leaf to run: a stage that is one run, else the next point of the earliest stage in plan order,
+        from its newest open parent (depth first, so parents complete and report early)."""
         if self._solo:
             return self._solo.popleft()
-        for parent in reversed(self._open):
+        for parent in sorted(reversed(self._open), key=lambda p: self._position[p.stage.spec.name]):
+            if parent.done:
+                self._close_parent(parent)
+                return self._next_leaf()
             if parent.stage.stopped_by is not None:
                 continue
             if parent.ahead:
@@ -165,10 +170,6 @@ class Runner:
                 return leaf
             point = parent.sampler.ask()
             if point is None:
-                parent.exhausted = True
-                if parent.done:
-                    self._close_parent(parent)
-                    return self._next_leaf()
                 continue
             parent.open_children += 1
             if parent.levels[1:]:
@@ -443,7 +444,9 @@ class Runner:
         return Slot(self.store.create(name=name, tags=tags, parent_id=parent.slot.ref.run_id), key, Origin.EXECUTED)
 
     def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
-        return schema.point_tag(point.params) if parent.sampler.learns else {}
+        """Kept on every child in a stage with a learning sampler, so it can replay its points on resume."""
+        replays = any(level.sampler == "tpe" for level in parent.stage.spec.levels)
+        return schema.point_tag(point.params) if replays else {}
 
     def _create_ahead(self, parent: OpenParent) -> None:
         """Against a server, create the next runs while this one works; never for a sampler that learns."""

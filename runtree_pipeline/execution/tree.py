@@ -73,13 +73,12 @@ class OpenParent:
     changed: bool
     ahead: deque[LeafJob] = field(default_factory=deque)
     open_children: int = 0
-    exhausted: bool = False
     leaves: list[LeafResult] = field(default_factory=list)
     children: list[NodeResult] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
-        return (self.exhausted or self.stage.stopped_by is not None) and self.open_children == 0
+        return (self.sampler.exhausted or self.stage.stopped_by is not None) and self.open_children == 0
 
 
 @dataclass(frozen=True)

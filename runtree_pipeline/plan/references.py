@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from runtree_pipeline.errors import RuntreeError
+
 KINDS = ("params", "metrics", "outputs", "run_id")
 _MARK = "${best:"
 
@@ -92,6 +94,17 @@ def substitute(value: Any, lookup: Callable[[Reference], Any]) -> Any:
     if isinstance(value, str) and _MARK in value:
         if value.startswith(_MARK) and value.endswith("}") and value.count(_MARK) == 1:
             return lookup(Reference.parse(value[len(_MARK) : -1]))
-        with _using(lambda arg: lookup(Reference.parse(arg))):
-            return OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"]
+        from omegaconf.errors import InterpolationResolutionError
+
+        try:
+            with _using(lambda arg: lookup(Reference.parse(arg))):
+                return OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"]
+        except InterpolationResolutionError as e:
+            # `${best:...}` inside a longer text: OmegaConf wraps the lookup's own error, which says what is missing.
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, RuntreeError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
     return value

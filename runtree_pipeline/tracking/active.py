@@ -20,7 +20,7 @@ def active_run(ref: RunRef) -> Iterator[None]:
 
     quiet_mlflow_env()
     import mlflow
-    from mlflow.entities import Run, RunData, RunInfo
+    from mlflow.entities import Run, RunData, RunInfo, RunTag
     from mlflow.tracking import fluent
 
     if mlflow.get_tracking_uri() != ref.tracking_uri:
@@ -28,16 +28,17 @@ def active_run(ref: RunRef) -> Iterator[None]:
     info = RunInfo(
         run_id=ref.run_id,
         experiment_id=ref.experiment_id,
-        user_id="",
+        user_id=ref.tags.get("mlflow.user", ""),
         status="RUNNING",
-        start_time=0,
+        start_time=ref.start_time or 0,
         end_time=None,
         lifecycle_stage="active",
         artifact_uri=ref.artifact_uri,
         run_name=ref.name,
     )
     stack = fluent._active_run_stack.get()
-    stack.append(fluent.ActiveRun(Run(info, RunData())))
+    data = RunData(tags=[RunTag(k, v) for k, v in ref.tags.items()])
+    stack.append(fluent.ActiveRun(Run(info, data)))
     try:
         yield
     finally:

@@ -53,6 +53,7 @@ def prepare_store(uri: str | None) -> str:
 
     Hydra's parallel jobs call this once before they start, so they do not race to create the same file.
     """
+    quiet_mlflow_env()
     uri = uri or default_uri()
     if sqlite_path(uri) is not None:
         create_sqlite_store(uri)
@@ -98,11 +99,12 @@ def _check_reachable(uri: str) -> None:
     """At start-up an unreachable server should fail in seconds, not after MLflow's minutes of HTTP backoff."""
     if not uri.startswith(("http://", "https://")):
         return
-    import requests
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10)
-    except requests.RequestException as e:
+        http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=10)
+    except Exception as e:  # noqa: BLE001 - any failure to reach it means the store is not usable
         raise TrackingUnavailable(f"tracking store {uri} is not usable: {first_line(e)}") from e
 
 
@@ -249,7 +251,8 @@ class MlflowStore:
     def _create(self, name: str, tags: dict[str, str]) -> RunRef:
         """Create and note as open in one shielded step: a signal between the two would orphan a RUNNING run."""
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        ref = RunRef(run.info.run_id, self.experiment_id, self.uri, name, run.info.artifact_uri)
+        info = run.info
+        ref = RunRef(info.run_id, self.experiment_id, self.uri, name, info.artifact_uri, info.start_time, tags)
         with self._lock:
             self._open[ref.run_id] = ref
             self.created_runs = True
@@ -328,7 +331,7 @@ class MlflowStore:
         for key in clear_tags:
             retrying(f"clear tag {key} of run {run.name}", self._delete_tag, run.run_id, key)
         if artifacts:
-            retrying(f"store artifacts of run {run.name}", _write_artifacts, run.artifact_uri, artifacts)
+            retrying(f"store artifacts of run {run.name}", _write_artifacts, run.artifact_uri, artifacts, self.uri)
         retrying(f"end run {run.name}", self._end, run.run_id, status)
 
     def _delete_tag(self, run_id: str, key: str) -> None:
@@ -348,7 +351,7 @@ class MlflowStore:
             self._open.pop(run_id, None)
 
     def attach(self, run: RunRef, files: Mapping[str, str | bytes]) -> None:
-        retrying(f"store artifacts of run {run.name}", _write_artifacts, run.artifact_uri, files)
+        retrying(f"store artifacts of run {run.name}", _write_artifacts, run.artifact_uri, files, self.uri)
 
     def _landed(self, future: Future[None]) -> None:
         with self._lock:
@@ -390,8 +393,12 @@ class MlflowStore:
             self._io.shutdown(wait=True)
 
 
-def _write_artifacts(artifact_uri: str | None, files: Mapping[str, str | bytes]) -> None:
-    """Straight to the run's artifact repository: `MlflowClient.log_text` would fetch the run first."""
+def _write_artifacts(artifact_uri: str | None, files: Mapping[str, str | bytes], tracking_uri: str) -> None:
+    """Straight to the run's artifact repository: `MlflowClient.log_text` would fetch the run first.
+
+    `mlflow-artifacts:` URIs (a server's artifact proxy) resolve against the tracking URI given here, never the
+    process-global one.
+    """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     with tempfile.TemporaryDirectory(prefix="runtree-") as tmp:
@@ -402,7 +409,7 @@ def _write_artifacts(artifact_uri: str | None, files: Mapping[str, str | bytes])
                 path.write_bytes(content)
             else:
                 path.write_text(content, encoding="utf-8")
-        get_artifact_repository(artifact_uri).log_artifacts(tmp)
+        get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifacts(tmp)
 
 
 def _texts(tags: Mapping[str, Any]) -> dict[str, str]:

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RunRef:
-    """A run to log to: its id, where it lives, and what the UI calls it."""
+    """A run to log to: its id, where it lives, what the UI calls it, and what a target sees of it as active."""
 
     run_id: str
     experiment_id: str
     tracking_uri: str
     name: str
     artifact_uri: str | None = None
+    start_time: int | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -38,4 +40,6 @@ class RunRecord:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
     def ref(self, tracking_uri: str) -> RunRef:
-        return RunRef(self.run_id, self.experiment_id, tracking_uri, self.name, self.artifact_uri)
+        return RunRef(
+            self.run_id, self.experiment_id, tracking_uri, self.name, self.artifact_uri, self.start_time, self.tags
+        )

@@ -38,10 +38,14 @@ def is_transient(error: BaseException) -> bool:
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
+    if not isinstance(error, Exception):
+        return False  # an interrupt raised at the end of a failed attempt is not a store problem
     for cause in _chain(error):
         if isinstance(cause, MlflowException) and cause.error_code in _TRANSIENT_CODES:
             return True
         if isinstance(cause, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)):
+            return True
+        if isinstance(cause, requests.exceptions.RetryError):  # 429/5xx outlived MLflow's own retries
             return True
         if isinstance(cause, sqlalchemy.exc.OperationalError):
             return True

@@ -171,10 +171,12 @@ def test_a_resume_with_nothing_left_to_do_writes_nothing():
     assert second.stages["fit"].best.run_id == first.stages["fit"].best.run_id
 
 
-def test_a_downstream_stage_gets_the_upstream_best_and_a_missing_key_fails_only_what_needs_it():
+@pytest.mark.parametrize("missing", ["${best:fit.outputs.nope}", "x${best:fit.outputs.nope}"], ids=["whole", "inside"])
+def test_a_downstream_stage_gets_the_upstream_best_and_a_missing_key_fails_only_what_needs_it(missing):
+    refit = {"_target_": "tests.execution.test_walk.bowl", "depends_on": ["fit"], "params": {"x": "${best:fit.params.x}"}}
     stages = {
-        "refit": {"_target_": "tests.execution.test_walk.bowl", "depends_on": ["fit"], "params": {"x": "${best:fit.params.x}"}},
-        "broken": {"_target_": "tests.execution.test_walk.bowl", "depends_on": ["fit"], "params": {"x": "${best:fit.outputs.nope}"}},
+        "refit": refit,
+        "broken": {"_target_": "tests.execution.test_walk.bowl", "depends_on": ["fit"], "params": {"x": missing}},
         "after": {"_target_": "tests.execution.test_walk.bowl", "depends_on": ["broken"], "params": {"x": 0}},
     }
     result, store = run(config(extra_stages=stages))

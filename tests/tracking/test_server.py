@@ -8,6 +8,8 @@ import time
 
 from mlflow import MlflowClient
 
+from runtree_pipeline import run_pipeline
+from runtree_pipeline.execution.executors import ProcessExecutor
 from tests.conftest import all_runs, cli_env
 
 
@@ -28,6 +30,36 @@ def test_pipeline_against_tracking_server(run_cli, mlflow_server):
     assert stage.data.metrics["best_metric1"] == best.data.metrics["metric1"]
     assert stage.data.tags["runtree.best_run_id"] == best.info.run_id
     assert "config.yaml" in {f.path for f in client.list_artifacts(stage.info.run_id)}
+
+
+def test_worker_processes_against_a_server_store_every_artifact_and_a_stop_leaves_no_run_ahead(mlflow_server):
+    """Artifact URIs from a server resolve against the store's URI, also in a driver that never set MLflow's global
+    one; the runs created ahead of a stopped stage are deleted, not left KILLED."""
+    config = {
+        "tracking_uri": mlflow_server,
+        "experiment": "processes_over_http",
+        "objective": {"metric": "loss"},
+        "stages": {
+            "fit": {
+                "_target_": "tests.targets.flaky",
+                "params": {"fail_on": [2]},
+                "on_failure": "stop",
+                "subvariants": {"params": {"x": "range(0, 12)"}},
+            },
+        },
+    }
+    result = run_pipeline(config, executor=ProcessExecutor(workers=2))
+    assert result.stages["fit"].status == "FAILED"
+    assert result.stages["fit"].reason.startswith("on_failure=stop: stopped after fit/x=2 failed")
+    client = MlflowClient(mlflow_server)
+    runs = all_runs(client, "processes_over_http")
+    (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
+    assert {"config.yaml", "traceback.txt"} <= {
+        f.path for r in runs for f in client.list_artifacts(r.info.run_id)
+    }
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert [r.info.run_name for r in runs if r.info.status == "KILLED"] == []
+    assert all(r.data.params for r in runs), "every run shown has run"
 
 
 def test_unreachable_store_is_one_clear_error_before_any_work(run_cli):
