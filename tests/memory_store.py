@@ -1,4 +1,4 @@
-"""An in-memory `RunStore`: the tree walk's unit tests run against it in milliseconds; real-store tests stay beside them.
+"""An in-memory `RunStore`: the walk's unit tests run against it in milliseconds; real-store tests stay beside them.
 
 It keeps what the scheduler relies on from a store (statuses, tags, params, metrics, parents, deletion) and counts
 writes, so a test can tell a resume that wrote nothing from one that rewrote the tree.

@@ -111,7 +111,7 @@ def test_default_store_is_mlflow_db_in_working_directory_and_summary_in_hydra_ru
     assert summary["stages"]["tuning"]["runs"] == 16
 
 
-USER_TARGETS = '''
+USER_TARGETS = """
 import os
 
 
@@ -121,7 +121,7 @@ def rows(*, seed: int) -> dict:
 
 def quad(*, x: float, offset: float = 0.0) -> dict:
     return {"loss": (x - 1) ** 2 + offset, "pid": os.getpid()}
-'''
+"""
 
 USER_PIPELINE = """
 # @package _global_
@@ -156,9 +156,24 @@ def test_user_targets_import_from_the_working_directory_in_the_driver_and_in_spa
     env = cli_env()
     assert str(user_project) not in env["PYTHONPATH"].split(os.pathsep)
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=mine",
-         "executor=processes", "executor.workers=2", "executor.start_method=spawn", "plots=false"],
-        cwd=user_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "runtree_pipeline",
+            "--config-dir",
+            "./my_conf",
+            "+sweep=mine",
+            "executor=processes",
+            "executor.workers=2",
+            "executor.start_method=spawn",
+            "plots=false",
+        ],
+        cwd=user_project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
@@ -175,15 +190,22 @@ def user_conf(tmp_path) -> Path:
     """A user's config directory whose targets are the test suite's own (importable through PYTHONPATH)."""
     conf = tmp_path / "my_conf"
     (conf / "sweep").mkdir(parents=True)
-    pipeline = USER_PIPELINE.replace("mytargets.rows", "tests.targets.with_outputs").replace("mytargets.", "tests.targets.")
+    pipeline = USER_PIPELINE.replace("mytargets.rows", "tests.targets.with_outputs").replace(
+        "mytargets.", "tests.targets."
+    )
     (conf / "sweep" / "mine.yaml").write_text(textwrap.dedent(pipeline))
     return conf
 
 
 def test_failing_stage_exits_1_and_says_which(run_cli, user_conf, store):
     proc = run_cli(
-        "--config-dir", str(user_conf), "+sweep=mine", f"tracking_uri={store}", "plots=false",
-        "stages.b._target_=tests.targets.no_objective", "~stages.b.params",
+        "--config-dir",
+        str(user_conf),
+        "+sweep=mine",
+        f"tracking_uri={store}",
+        "plots=false",
+        "stages.b._target_=tests.targets.no_objective",
+        "~stages.b.params",
     )
     assert proc.returncode == 1
     assert "runtree: error: pipeline did not complete: b: no successful leaf" in proc.stderr
@@ -237,14 +259,22 @@ CLI_ERRORS = [
         "stage 'b', key '_target_': cannot import 'no_such_module.f': No module named 'no_such_module'",
         id="unimportable-target",
     ),
-    pytest.param(["USER", "stages.b.depends_on=[a,zz]"], "stage 'b', key 'depends_on': unknown stage 'zz'", id="unknown-dependency"),
+    pytest.param(
+        ["USER", "stages.b.depends_on=[a,zz]"],
+        "stage 'b', key 'depends_on': unknown stage 'zz'",
+        id="unknown-dependency",
+    ),
     pytest.param(
         ["+sweep=tutorial", "stages.tunin.n=1"],
         "cannot override 'stages.tunin.n': there is no key 'stages.tunin' (did you mean 'stages.tuning'?); "
         "to add a new key use +stages.tunin.n=1",
         id="unknown-override-key",
     ),
-    pytest.param(["sweep=cnn"], "'sweep=cnn' overrides a sweep that is not chosen by default: did you mean +sweep=cnn?", id="sweep-without-plus"),
+    pytest.param(
+        ["sweep=cnn"],
+        "'sweep=cnn' overrides a sweep that is not chosen by default: did you mean +sweep=cnn?",
+        id="sweep-without-plus",
+    ),
     pytest.param(
         ["+sweep=tutorial", "stages.tuning.subvariants.n=choice(1,"],
         "malformed override 'stages.tuning.subvariants.n=choice(1,': no viable alternative at input 'choice(1,' "
@@ -265,7 +295,9 @@ CLI_ERRORS = [
         id="ray-cluster-with-sqlite-store",
     ),
     pytest.param(
-        ["--config-dir", "nope", "+sweep=mine"], "Additional config directory '{tmp}/nope' not found", id="missing-config-dir"
+        ["--config-dir", "nope", "+sweep=mine"],
+        "Additional config directory '{tmp}/nope' not found",
+        id="missing-config-dir",
     ),
     pytest.param(
         ["--bogus", "+sweep=tutorial"],
@@ -335,7 +367,8 @@ HYDRA_ERRORS = [
     ),
     pytest.param(
         ["+sweep=cnn", "executor=rey"],
-        "unknown executor 'rey' (did you mean 'executor=ray'?); available: executor=local, executor=processes, executor=ray",
+        "unknown executor 'rey' (did you mean 'executor=ray'?); "
+        "available: executor=local, executor=processes, executor=ray",
         id="unknown-executor",
     ),
     pytest.param(
@@ -372,16 +405,26 @@ def test_help_lists_real_sweeps_every_key_and_the_executors(user_conf):
     text = help_text(str(user_conf))
     lines = text.splitlines()
     assert lines[0].startswith("usage: python -m runtree_pipeline")
-    assert {"+sweep=cnn", "+sweep=tutorial", "+sweep=mine"} <= {line.split()[0] for line in lines if line.startswith("  +sweep=")}
+    assert {"+sweep=cnn", "+sweep=tutorial", "+sweep=mine"} <= {
+        line.split()[0] for line in lines if line.startswith("  +sweep=")
+    }
     assert "  +sweep=mine" not in help_text()
     mine = next(line for line in lines if line.startswith("  +sweep=mine"))
     assert "A user's own pipeline" in mine
 
     cfg = compose_sweep("tutorial")
     for key in cfg:
-        (line,) = [line for line in lines if line.startswith(f"  {key}=") or line.split() == [key] or line.startswith(f"  {key} ")]
+        (line,) = [
+            line
+            for line in lines
+            if line.startswith(f"  {key}=") or line.split() == [key] or line.startswith(f"  {key} ")
+        ]
         assert len(line.split()) > 1, f"no description for {key}: {line!r}"
-    for name, keys in {"local": [], "processes": ["workers", "start_method"], "ray": ["address", "workers", "num_cpus", "num_gpus"]}.items():
+    for name, keys in {
+        "local": [],
+        "processes": ["workers", "start_method"],
+        "ray": ["address", "workers", "num_cpus", "num_gpus"],
+    }.items():
         start = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
         assert len(lines[start].split()) > 1
         block = []
@@ -416,17 +459,35 @@ def f(*, x: float = 0) -> dict:
 """
 
 
-@pytest.mark.parametrize(("sig", "code", "line"), [
-    pytest.param(signal.SIGINT, 130, "runtree: error: interrupted", id="sigint"),
-    pytest.param(signal.SIGTERM, 143, "runtree: error: interrupted (SIGTERM)", id="sigterm"),
-])
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [
+        pytest.param(signal.SIGINT, 130, "runtree: error: interrupted", id="sigint"),
+        pytest.param(signal.SIGTERM, 143, "runtree: error: interrupted (SIGTERM)", id="sigterm"),
+    ],
+)
 def test_signal_while_the_plan_is_built_exits_with_its_code_and_one_line(user_project, store, sig, code, line):
     """The plan imports every target; a slow import holds the process there, before any run or store exists."""
     (user_project / "slowmod.py").write_text(SLOW_IMPORT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=mine", f"tracking_uri={store}",
-         "stages.a._target_=slowmod.f", "~stages.a.params", "stages.b.params.offset=0", "stages.b.depends_on=[]"],
-        cwd=user_project, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "runtree_pipeline",
+            "--config-dir",
+            "./my_conf",
+            "+sweep=mine",
+            f"tracking_uri={store}",
+            "stages.a._target_=slowmod.f",
+            "~stages.a.params",
+            "stages.b.params.offset=0",
+            "stages.b.depends_on=[]",
+        ],
+        cwd=user_project,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 60
     while not (user_project / "importing").exists():
@@ -438,4 +499,3 @@ def test_signal_while_the_plan_is_built_exits_with_its_code_and_one_line(user_pr
     assert proc.returncode == code, out + err
     assert [ln for ln in err.splitlines() if ln.strip()] == [line]
     assert not (user_project / "store.db").exists()
-

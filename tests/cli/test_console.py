@@ -38,13 +38,23 @@ TUTORIAL = {
 FLAKY = {
     "experiment": "flaky",
     "objective": {"metric": "loss"},
-    "stages": {"fit": {"_target_": "tests.targets.flaky", "params": {"fail_on": [1]}, "subvariants": {"params": {"x": "range(0, 3)"}}}},
+    "stages": {
+        "fit": {
+            "_target_": "tests.targets.flaky",
+            "params": {"fail_on": [1]},
+            "subvariants": {"params": {"x": "range(0, 3)"}},
+        }
+    },
 }
 CHAIN = {
     "experiment": "chain",
     "objective": {"metric": "loss"},
     "stages": {
-        "fit": {"_target_": "tests.targets.quad", "params": {"y": -2.0}, "subvariants": {"params": {"x": "range(0, 3)"}}},
+        "fit": {
+            "_target_": "tests.targets.quad",
+            "params": {"y": -2.0},
+            "subvariants": {"params": {"x": "range(0, 3)"}},
+        },
         "after": {
             "_target_": "tests.targets.quad",
             "depends_on": ["fit"],
@@ -126,7 +136,10 @@ def test_best_of_a_single_run_stage_is_its_own_run(recorded, capsys):
     proc = runtree(capsys, "best", "after", "--tracking-uri", recorded.store)
     assert proc.code == 0, proc.err
     after = recorded.chain.stages["after"]
-    assert proc.lines[0] == f"stage after of pipeline {recorded.chain.pipeline_id} of experiment 'chain': best by loss (min)"
+    assert (
+        proc.lines[0]
+        == f"stage after of pipeline {recorded.chain.pipeline_id} of experiment 'chain': best by loss (min)"
+    )
     assert proc.lines[1] == f"run      {after.run_id}  after"
     assert proc.lines[2] == "params   offset=0.5, x=1, y=-2.0"
 
@@ -136,7 +149,9 @@ def test_list_shows_each_execution_newest_first(recorded, capsys):
     assert proc.code == 0, proc.err
     header, *rows = proc.lines
     assert header.split() == ["pipeline", "started", "experiment", "status", "best", "per", "stage"]
-    assert [row.split()[0] for row in rows] == [r.pipeline_id for r in (recorded.chain, recorded.flaky, recorded.tutorial)]
+    assert [row.split()[0] for row in rows] == [
+        r.pipeline_id for r in (recorded.chain, recorded.flaky, recorded.tutorial)
+    ]
     assert all("FINISHED" in row for row in rows)
     tuning = recorded.tutorial.stages["tuning"].best.metrics["metric1"]
     assert rows[2].split()[3] == "tutorial" and rows[2].endswith(f"tuning={tuning:.4g}")
@@ -158,20 +173,36 @@ def test_list_shows_a_dash_for_a_stage_without_objective_value(tmp_path, capsys)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["tree", "--experiment", "nope"], "no experiment 'nope' in {store} (it has: ", id="unknown-experiment"),
-        pytest.param(["tree", "--pipeline", "0123456789ab"], "no pipeline '0123456789ab' in any experiment of {store}", id="unknown-pipeline"),
+        pytest.param(
+            ["tree", "--experiment", "nope"], "no experiment 'nope' in {store} (it has: ", id="unknown-experiment"
+        ),
+        pytest.param(
+            ["tree", "--pipeline", "0123456789ab"],
+            "no pipeline '0123456789ab' in any experiment of {store}",
+            id="unknown-pipeline",
+        ),
         pytest.param(
             ["best", "nostage"],
-            "no pipeline with stage 'nostage' in any experiment of {store} (searched 3 pipelines; their stages: after, fit, tuning)",
+            "no pipeline with stage 'nostage' in any experiment of {store} "
+            "(searched 3 pipelines; their stages: after, fit, tuning)",
             id="no-pipeline-has-the-stage",
         ),
         pytest.param(
             ["best", "after", "--experiment", "tutorial"],
-            "no pipeline with stage 'after' in experiment 'tutorial' of {store} (searched 1 pipeline; their stages: tuning)",
+            "no pipeline with stage 'after' in experiment 'tutorial' of {store} "
+            "(searched 1 pipeline; their stages: tuning)",
             id="not-in-that-experiment",
         ),
-        pytest.param(["best", "nostage", "--pipeline", "{tutorial}"], "no stage 'nostage' in pipeline {tutorial} (it has: tuning)", id="not-in-that-pipeline"),
-        pytest.param(["export", "--pipeline", "0123456789ab"], "no pipeline '0123456789ab' in any experiment of {store}", id="export-unknown-pipeline"),
+        pytest.param(
+            ["best", "nostage", "--pipeline", "{tutorial}"],
+            "no stage 'nostage' in pipeline {tutorial} (it has: tuning)",
+            id="not-in-that-pipeline",
+        ),
+        pytest.param(
+            ["export", "--pipeline", "0123456789ab"],
+            "no pipeline '0123456789ab' in any experiment of {store}",
+            id="export-unknown-pipeline",
+        ),
     ],
 )
 def test_clear_errors(recorded, capsys, args, message):
@@ -201,7 +232,10 @@ def test_help_everywhere(capsys, command):
         assert re.search(r"^\s+export\s+a pipeline's runs as a table: CSV \(default\) or Parquet$", out, re.M)
     if command == ["export"]:
         flat = " ".join(out.split())
-        assert "-o FILE, --output FILE file to write: Parquet when it ends in .parquet, else CSV (default: CSV on stdout)" in flat
+        assert (
+            "-o FILE, --output FILE file to write: Parquet when it ends in .parquet, else CSV (default: CSV on stdout)"
+            in flat
+        )
         assert "pipeline_id, run_id, parent_run_id (empty for stage runs), stage, level, name, status" in flat
 
 
@@ -209,7 +243,9 @@ def test_exit_codes_reach_the_shell(recorded):
     """The one place `runtree` runs as its own process: scripts see the exit code, and the error on stderr."""
     proc = subprocess.run(
         [sys.executable, "-m", "runtree_pipeline.cli.console", "best", "nostage", "--tracking-uri", recorded.store],
-        capture_output=True, text=True, env=cli_env(),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("runtree: error: no pipeline with stage 'nostage'")
@@ -217,7 +253,12 @@ def test_exit_codes_reach_the_shell(recorded):
 
 def test_tree_against_a_server(mlflow_server, capsys):
     config = {**TUTORIAL, "tracking_uri": mlflow_server, "experiment": "console_http"}
-    config["stages"] = {"tuning": {**TUTORIAL["stages"]["tuning"], "subvariants": {**TUTORIAL["stages"]["tuning"]["subvariants"], "n": 2}}}
+    config["stages"] = {
+        "tuning": {
+            **TUTORIAL["stages"]["tuning"],
+            "subvariants": {**TUTORIAL["stages"]["tuning"]["subvariants"], "n": 2},
+        }
+    }
     result = run_plan(build_plan(config), plots=False)
     proc = runtree(capsys, "tree", "--tracking-uri", mlflow_server, "--experiment", "console_http")
     assert proc.code == 0, proc.err
@@ -251,8 +292,20 @@ def test_best_prints_commands_that_run_as_printed_from_anywhere(tmp_path, capsys
     )
     env = cli_env(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
     first = subprocess.run(
-        [sys.executable, "-m", "runtree_pipeline", "--config-dir", "my_conf", "+sweep=mine", "tracking_uri=sqlite:///mlflow.db", "plots=false"],
-        cwd=project, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "runtree_pipeline",
+            "--config-dir",
+            "my_conf",
+            "+sweep=mine",
+            "tracking_uri=sqlite:///mlflow.db",
+            "plots=false",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert first.returncode == 0, first.stderr
     store = f"sqlite:///{project / 'mlflow.db'}"
@@ -263,7 +316,11 @@ def test_best_prints_commands_that_run_as_printed_from_anywhere(tmp_path, capsys
     whole = lines[lines.index("reproduce the whole pipeline (same seeds, same best):") + 1].strip()
     single = lines[lines.index("reproduce this run only:") + 1].strip()
     cd = f"cd {shlex.quote(str(project))} && "
-    assert whole == cd + "python -m runtree_pipeline --config-dir my_conf +sweep=mine tracking_uri=sqlite:///mlflow.db plots=false"
+    assert (
+        whole
+        == cd
+        + "python -m runtree_pipeline --config-dir my_conf +sweep=mine tracking_uri=sqlite:///mlflow.db plots=false"
+    )
     assert single.startswith(cd + "python -m runtree_pipeline --config-dir my_conf +sweep=mine")
 
     elsewhere = tmp_path / "elsewhere"

@@ -373,7 +373,11 @@ def test_a_signal_while_a_resume_reopens_runs_never_orphans_them(tmp_path, templ
 
     run_plan(build_plan(resume), plots=False)
     after = all_runs(client, "signals")
-    assert collections.Counter(r.data.tags["runtree.level"] for r in after) == {"stage": 2, "variant": 1, "subvariant": 2}
+    assert collections.Counter(r.data.tags["runtree.level"] for r in after) == {
+        "stage": 2,
+        "variant": 1,
+        "subvariant": 2,
+    }
     assert {r.info.status for r in after} == {"FINISHED"}
     calls = collections.Counter((tmp_path / "calls.txt").read_text().splitlines())
     assert calls == {PREP: 1, "0,0.0": 1, "1,0.0": 1}

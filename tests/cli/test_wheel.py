@@ -51,8 +51,17 @@ def venv(tmp_path_factory) -> Path:
     _run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir, cwd=root)
     python = env_dir / "bin" / "python"
     _run(
-        python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
-        "-c", REPO / "constraints.txt", wheel, cwd=root,
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-index",
+        "--ignore-installed",
+        "-c",
+        REPO / "constraints.txt",
+        wheel,
+        cwd=root,
     )
     return env_dir
 
@@ -66,9 +75,11 @@ def empty_dir(tmp_path) -> Path:
 
 def test_the_venv_runs_the_wheel_not_the_checkout(venv, empty_dir):
     proc = _run(
-        venv / "bin" / "python", "-c",
-        "import importlib.resources as r, runtree_pipeline, runtree_pipeline.conf as c; print(runtree_pipeline.__file__); "
-        "print(c.__file__); print(*sorted(p.name for p in r.files('runtree_pipeline.conf').joinpath('sweep').iterdir()))",
+        venv / "bin" / "python",
+        "-c",
+        "import importlib.resources as r, runtree_pipeline, runtree_pipeline.conf as c; "
+        "print(runtree_pipeline.__file__); print(c.__file__); "
+        "print(*sorted(p.name for p in r.files('runtree_pipeline.conf').joinpath('sweep').iterdir()))",
         cwd=empty_dir,
     )
     module, conf, sweeps = proc.stdout.splitlines()
@@ -80,7 +91,13 @@ def test_the_venv_runs_the_wheel_not_the_checkout(venv, empty_dir):
 def test_shipped_sweep_runs_from_an_empty_directory(venv, empty_dir):
     python = venv / "bin" / "python"
     proc = _run(
-        python, "-m", "runtree_pipeline", "+sweep=tutorial", "stages.tuning.subvariants.n=2", "plots=false", cwd=empty_dir
+        python,
+        "-m",
+        "runtree_pipeline",
+        "+sweep=tutorial",
+        "stages.tuning.subvariants.n=2",
+        "plots=false",
+        cwd=empty_dir,
     )
     assert "best metric1=" in proc.stdout
     assert (empty_dir / "mlflow.db").is_file()
@@ -91,7 +108,8 @@ def test_shipped_sweep_runs_from_an_empty_directory(venv, empty_dir):
 def test_own_pipeline_with_targets_in_the_working_directory(venv, empty_dir):
     (empty_dir / "mytargets.py").write_text("def bowl(*, x: float) -> dict:\n    return {'loss': (x - 1) ** 2}\n")
     (empty_dir / "my_conf" / "sweep").mkdir(parents=True)
-    (empty_dir / "my_conf" / "sweep" / "mine.yaml").write_text(textwrap.dedent("""\
+    (empty_dir / "my_conf" / "sweep" / "mine.yaml").write_text(
+        textwrap.dedent("""\
         # @package _global_
         objective: {metric: loss}
         stages:
@@ -99,14 +117,23 @@ def test_own_pipeline_with_targets_in_the_working_directory(venv, empty_dir):
             _target_: mytargets.bowl
             variants:
               params: {x: "choice(0, 1, 2)"}
-        """))
+        """)
+    )
     proc = _run(
-        venv / "bin" / "python", "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=mine", "plots=false",
+        venv / "bin" / "python",
+        "-m",
+        "runtree_pipeline",
+        "--config-dir",
+        "./my_conf",
+        "+sweep=mine",
+        "plots=false",
         cwd=empty_dir,
     )
     assert "best loss=0" in proc.stdout, proc.stdout
     # A console script puts its bin directory, not the working directory, first on sys.path.
-    proc = _run(venv / "bin" / "runtree-pipeline", "--config-dir", "./my_conf", "+sweep=mine", "plots=false", cwd=empty_dir)
+    proc = _run(
+        venv / "bin" / "runtree-pipeline", "--config-dir", "./my_conf", "+sweep=mine", "plots=false", cwd=empty_dir
+    )
     assert "best loss=0" in proc.stdout, proc.stdout
 
 

@@ -77,7 +77,16 @@ def assert_complete_tree(client, experiment, n_leaves):
 
 def start_cli(tmp_path, conf, store, *args):
     return subprocess.Popen(
-        [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(conf), "+sweep=fit", f"tracking_uri={store}", *args],
+        [
+            sys.executable,
+            "-m",
+            "runtree_pipeline",
+            "--config-dir",
+            str(conf),
+            "+sweep=fit",
+            f"tracking_uri={store}",
+            *args,
+        ],
         cwd=tmp_path,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -233,9 +242,7 @@ def test_non_finite_objective_never_wins(store, client):
 
 def test_on_failure_stop_stops_the_stage_and_skips_downstream(store, client, tmp_path):
     config = two_stage(store, tmp_path, "range(0, 6)")
-    config["stages"]["fit"].update(
-        _target_="tests.targets.flaky", params={"fail_on": [2]}, on_failure="stop"
-    )
+    config["stages"]["fit"].update(_target_="tests.targets.flaky", params={"fail_on": [2]}, on_failure="stop")
     result = run_pipeline(config)
     assert result.stages["fit"].status == "FAILED"
     assert "on_failure=stop" in result.stages["fit"].reason

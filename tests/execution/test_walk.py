@@ -173,7 +173,11 @@ def test_a_resume_with_nothing_left_to_do_writes_nothing():
 
 @pytest.mark.parametrize("missing", ["${best:fit.outputs.nope}", "x${best:fit.outputs.nope}"], ids=["whole", "inside"])
 def test_a_downstream_stage_gets_the_upstream_best_and_a_missing_key_fails_only_what_needs_it(missing):
-    refit = {"_target_": "tests.execution.test_walk.bowl", "depends_on": ["fit"], "params": {"x": "${best:fit.params.x}"}}
+    refit = {
+        "_target_": "tests.execution.test_walk.bowl",
+        "depends_on": ["fit"],
+        "params": {"x": "${best:fit.params.x}"},
+    }
     stages = {
         "refit": refit,
         "broken": {"_target_": "tests.execution.test_walk.bowl", "depends_on": ["fit"], "params": {"x": missing}},
@@ -184,7 +188,10 @@ def test_a_downstream_stage_gets_the_upstream_best_and_a_missing_key_fails_only_
     assert by_name(store)["refit"].params["x"] == "1"
     broken = result.stages["broken"]
     assert broken.status == "FAILED"
-    assert broken.reason == "${best:fit.outputs.nope}: the best run of stage 'fit' has no outputs key 'nope' (it has: nothing)"
+    assert (
+        broken.reason
+        == "${best:fit.outputs.nope}: the best run of stage 'fit' has no outputs key 'nope' (it has: nothing)"
+    )
     assert by_name(store)["broken"].status == "FAILED"
     assert result.stages["after"].status == "SKIPPED"
     assert result.stages["after"].reason == "skipped: upstream stage(s) broken produced no result"

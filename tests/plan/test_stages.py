@@ -82,7 +82,9 @@ def test_describe_lists_stages_in_order_with_run_counts():
 
 
 def test_subvariants_without_variants_count_once():
-    plan = plan_of({"s": quad(subvariants={"sampler": "tpe", "n": 5, "params": {"y": "interval(0, 1)"}})}, objective=METRIC)
+    plan = plan_of(
+        {"s": quad(subvariants={"sampler": "tpe", "n": 5, "params": {"y": "interval(0, 1)"}})}, objective=METRIC
+    )
     assert plan.stages["s"].run_counts() == (0, 5)
     assert "total: 6 MLflow run(s)" in plan.describe()
 
@@ -90,41 +92,229 @@ def test_subvariants_without_variants_count_once():
 REF_X = "${best:a.params.seed}"
 
 ONE_ERROR = [
-    pytest.param({"prep": data(), "train": quad(depends_on=["prepp"])}, "train", "depends_on", r"unknown stage 'prepp' \(did you mean 'prep'\?\)", id="unknown-dep-hint"),
+    pytest.param(
+        {"prep": data(), "train": quad(depends_on=["prepp"])},
+        "train",
+        "depends_on",
+        r"unknown stage 'prepp' \(did you mean 'prep'\?\)",
+        id="unknown-dep-hint",
+    ),
     pytest.param({"train": quad(depends_on="zzz")}, "train", "depends_on", r"unknown stage 'zzz'$", id="unknown-dep"),
-    pytest.param({"a": data(depends_on="b"), "b": data(depends_on="a")}, "a", "depends_on", r"stages form a cycle: a -> b -> a$", id="cycle"),
+    pytest.param(
+        {"a": data(depends_on="b"), "b": data(depends_on="a")},
+        "a",
+        "depends_on",
+        r"stages form a cycle: a -> b -> a$",
+        id="cycle",
+    ),
     pytest.param({"a": data(depends_on="a")}, "a", "depends_on", r"stages form a cycle: a -> a$", id="self-cycle"),
-    pytest.param({"a": data(depends_on="c"), "b": data(depends_on="a"), "c": data(depends_on="b")}, "a", "depends_on", r"cycle: a -> b -> c -> a$", id="three-cycle"),
-    pytest.param({"a": data(depends_on=["b", "x"]), "b": data(depends_on="a"), "x": data()}, "a", "depends_on", r"cycle: a -> b -> a$", id="cycle-with-tail"),
-    pytest.param({"a": data(), "b": quad(params={"x": REF_X})}, "b", "depends_on", r"\$\{best:a\.params\.seed\} refers to stage 'a', which is not upstream \(add it to depends_on\)", id="ref-not-upstream"),
-    pytest.param({"a": data(params={"seed": "${best:b.run_id}"}), "b": quad(depends_on="a")}, "a", "depends_on", r"refers to stage 'b', which is not upstream", id="ref-downstream"),
-    pytest.param({"b": quad(params={"x": "${best:ghost.params.x}"})}, "b", "params", r"refers to unknown stage 'ghost'", id="ref-unknown-stage"),
-    pytest.param({"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.params.sed}"})}, "b", "params", r"stage 'a' has no param 'sed' \(did you mean 'seed'\?\)", id="ref-missing-param"),
-    pytest.param({"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.params.name}"})}, "b", "params", r"stage 'a' has no param 'name'", id="ref-param-only-a-default"),
-    pytest.param({"b": quad(params={"x": "${best:x}"})}, "b", None, r"\$\{best:x\} must look like STAGE\.params\.KEY", id="ref-malformed"),
-    pytest.param({"b": quad(params={"x": "${best:a.loss.x}"})}, "b", None, r"must look like STAGE\.params\.KEY", id="ref-bad-kind"),
-    pytest.param({"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.run_id.x}"})}, "b", None, r"run_id takes no key", id="ref-run-id-key"),
-    pytest.param({"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.metrics}"})}, "b", None, r"metrics needs a key", id="ref-no-key"),
-    pytest.param({"a": {"_target_": "tests.targets.nope"}}, "a", "_target_", r"cannot import 'tests\.targets\.nope': module 'tests\.targets' has no attribute 'nope'$", id="import-missing-attr"),
-    pytest.param({"a": {"_target_": "no_such_module.f"}}, "a", "_target_", r"cannot import 'no_such_module\.f': No module named 'no_such_module'$", id="import-missing-module"),
-    pytest.param({"a": {"_target_": "tests.targets.NOT_CALLABLE"}}, "a", "_target_", r"'tests\.targets\.NOT_CALLABLE' is not callable", id="not-callable"),
+    pytest.param(
+        {"a": data(depends_on="c"), "b": data(depends_on="a"), "c": data(depends_on="b")},
+        "a",
+        "depends_on",
+        r"cycle: a -> b -> c -> a$",
+        id="three-cycle",
+    ),
+    pytest.param(
+        {"a": data(depends_on=["b", "x"]), "b": data(depends_on="a"), "x": data()},
+        "a",
+        "depends_on",
+        r"cycle: a -> b -> a$",
+        id="cycle-with-tail",
+    ),
+    pytest.param(
+        {"a": data(), "b": quad(params={"x": REF_X})},
+        "b",
+        "depends_on",
+        r"\$\{best:a\.params\.seed\} refers to stage 'a', which is not upstream \(add it to depends_on\)",
+        id="ref-not-upstream",
+    ),
+    pytest.param(
+        {"a": data(params={"seed": "${best:b.run_id}"}), "b": quad(depends_on="a")},
+        "a",
+        "depends_on",
+        r"refers to stage 'b', which is not upstream",
+        id="ref-downstream",
+    ),
+    pytest.param(
+        {"b": quad(params={"x": "${best:ghost.params.x}"})},
+        "b",
+        "params",
+        r"refers to unknown stage 'ghost'",
+        id="ref-unknown-stage",
+    ),
+    pytest.param(
+        {"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.params.sed}"})},
+        "b",
+        "params",
+        r"stage 'a' has no param 'sed' \(did you mean 'seed'\?\)",
+        id="ref-missing-param",
+    ),
+    pytest.param(
+        {"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.params.name}"})},
+        "b",
+        "params",
+        r"stage 'a' has no param 'name'",
+        id="ref-param-only-a-default",
+    ),
+    pytest.param(
+        {"b": quad(params={"x": "${best:x}"})},
+        "b",
+        None,
+        r"\$\{best:x\} must look like STAGE\.params\.KEY",
+        id="ref-malformed",
+    ),
+    pytest.param(
+        {"b": quad(params={"x": "${best:a.loss.x}"})},
+        "b",
+        None,
+        r"must look like STAGE\.params\.KEY",
+        id="ref-bad-kind",
+    ),
+    pytest.param(
+        {"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.run_id.x}"})},
+        "b",
+        None,
+        r"run_id takes no key",
+        id="ref-run-id-key",
+    ),
+    pytest.param(
+        {"a": data(), "b": quad(depends_on="a", params={"x": "${best:a.metrics}"})},
+        "b",
+        None,
+        r"metrics needs a key",
+        id="ref-no-key",
+    ),
+    pytest.param(
+        {"a": {"_target_": "tests.targets.nope"}},
+        "a",
+        "_target_",
+        r"cannot import 'tests\.targets\.nope': module 'tests\.targets' has no attribute 'nope'$",
+        id="import-missing-attr",
+    ),
+    pytest.param(
+        {"a": {"_target_": "no_such_module.f"}},
+        "a",
+        "_target_",
+        r"cannot import 'no_such_module\.f': No module named 'no_such_module'$",
+        id="import-missing-module",
+    ),
+    pytest.param(
+        {"a": {"_target_": "tests.targets.NOT_CALLABLE"}},
+        "a",
+        "_target_",
+        r"'tests\.targets\.NOT_CALLABLE' is not callable",
+        id="not-callable",
+    ),
     pytest.param({"a": {"params": {"x": 1}}}, "a", "_target_", r"missing `_target_`", id="no-target"),
     pytest.param({"a": 5}, "a", None, r"must be a mapping with a `_target_`", id="stage-not-mapping"),
-    pytest.param({"a": quad(params={"x": 1, "z": 2})}, "a", "params", r"cannot take params \(x, z\): got an unexpected keyword argument 'z'", id="unknown-kwarg"),
-    pytest.param({"a": quad(params={"y": 2})}, "a", "params", r"cannot take params \(y\): missing a required argument: 'x'", id="missing-kwarg"),
-    pytest.param({"a": quad(params={"x": [1]}, objective=METRIC, variants={"points": {"p": {"y": 1}, "q": {"z": 2}}})}, "a", "params", r"unexpected keyword argument 'z'", id="variant-point-kwarg"),
-    pytest.param({"a": quad(params={}, objective=METRIC, variants={"points": {"p": {"x": 1}, "q": {"y": 1}}})}, "a", "params", r"missing a required argument: 'x'", id="variant-point-missing"),
-    pytest.param({"a": quad(objective=METRIC, variants={"params": {"z": "choice(1, 2)"}})}, "a", "params", r"unexpected keyword argument 'z'", id="grid-kwarg"),
-    pytest.param({"a": quad(objective=METRIC, variants={"points": {"p": {}}}, subvariants={"sampler": "random", "n": 2, "params": {"z": "interval(0, 1)"}})}, "a", "params", r"unexpected keyword argument 'z'", id="subvariant-kwarg"),
-    pytest.param({"a": quad(objective=METRIC, variants={"sampler": "bayes", "params": {"y": "choice(1, 2)"}})}, "a", "variants.sampler", r"unknown sampler 'bayes'", id="unknown-sampler"),
-    pytest.param({"a": quad(objective=METRIC, variants={"params": {"y": "choice(1,2"}})}, "a", "variants.params.y", r"malformed sweep 'choice\(1,2'", id="malformed-grammar"),
-    pytest.param({"a": quad(objective=METRIC, subvariants={"params": {"y": "interval(0, 1)"}})}, "a", "subvariants.params.y", r"grid cannot enumerate a continuous interval", id="grid-interval"),
-    pytest.param({"a": quad(objective=METRIC, variants={"sampler": "random", "params": {"y": "interval(0, 1)"}})}, "a", "variants.n", r"needs a positive integer n", id="random-without-n"),
-    pytest.param({"a": quad(variants={"params": {"y": "choice(1, 2)"}})}, "a", "objective.metric", r"a stage that sweeps needs objective\.metric", id="missing-metric"),
-    pytest.param({"a": quad(objective={"metric": "loss", "mode": "up"})}, "a", "objective.mode", r"must be min or max, got 'up'", id="bad-mode"),
-    pytest.param({"a": quad(objective="loss")}, "a", "objective", r"must be a mapping like", id="objective-not-mapping"),
-    pytest.param({"a": quad(depend_on=["b"])}, "a", "depend_on", r"unknown key \(did you mean 'depends_on'\?\) \(allowed: _target_, params", id="unknown-stage-key"),
-    pytest.param({"a": quad(on_failure="retry")}, "a", "on_failure", r"must be one of continue, stop, got 'retry'", id="bad-on-failure"),
+    pytest.param(
+        {"a": quad(params={"x": 1, "z": 2})},
+        "a",
+        "params",
+        r"cannot take params \(x, z\): got an unexpected keyword argument 'z'",
+        id="unknown-kwarg",
+    ),
+    pytest.param(
+        {"a": quad(params={"y": 2})},
+        "a",
+        "params",
+        r"cannot take params \(y\): missing a required argument: 'x'",
+        id="missing-kwarg",
+    ),
+    pytest.param(
+        {"a": quad(params={"x": [1]}, objective=METRIC, variants={"points": {"p": {"y": 1}, "q": {"z": 2}}})},
+        "a",
+        "params",
+        r"unexpected keyword argument 'z'",
+        id="variant-point-kwarg",
+    ),
+    pytest.param(
+        {"a": quad(params={}, objective=METRIC, variants={"points": {"p": {"x": 1}, "q": {"y": 1}}})},
+        "a",
+        "params",
+        r"missing a required argument: 'x'",
+        id="variant-point-missing",
+    ),
+    pytest.param(
+        {"a": quad(objective=METRIC, variants={"params": {"z": "choice(1, 2)"}})},
+        "a",
+        "params",
+        r"unexpected keyword argument 'z'",
+        id="grid-kwarg",
+    ),
+    pytest.param(
+        {
+            "a": quad(
+                objective=METRIC,
+                variants={"points": {"p": {}}},
+                subvariants={"sampler": "random", "n": 2, "params": {"z": "interval(0, 1)"}},
+            )
+        },
+        "a",
+        "params",
+        r"unexpected keyword argument 'z'",
+        id="subvariant-kwarg",
+    ),
+    pytest.param(
+        {"a": quad(objective=METRIC, variants={"sampler": "bayes", "params": {"y": "choice(1, 2)"}})},
+        "a",
+        "variants.sampler",
+        r"unknown sampler 'bayes'",
+        id="unknown-sampler",
+    ),
+    pytest.param(
+        {"a": quad(objective=METRIC, variants={"params": {"y": "choice(1,2"}})},
+        "a",
+        "variants.params.y",
+        r"malformed sweep 'choice\(1,2'",
+        id="malformed-grammar",
+    ),
+    pytest.param(
+        {"a": quad(objective=METRIC, subvariants={"params": {"y": "interval(0, 1)"}})},
+        "a",
+        "subvariants.params.y",
+        r"grid cannot enumerate a continuous interval",
+        id="grid-interval",
+    ),
+    pytest.param(
+        {"a": quad(objective=METRIC, variants={"sampler": "random", "params": {"y": "interval(0, 1)"}})},
+        "a",
+        "variants.n",
+        r"needs a positive integer n",
+        id="random-without-n",
+    ),
+    pytest.param(
+        {"a": quad(variants={"params": {"y": "choice(1, 2)"}})},
+        "a",
+        "objective.metric",
+        r"a stage that sweeps needs objective\.metric",
+        id="missing-metric",
+    ),
+    pytest.param(
+        {"a": quad(objective={"metric": "loss", "mode": "up"})},
+        "a",
+        "objective.mode",
+        r"must be min or max, got 'up'",
+        id="bad-mode",
+    ),
+    pytest.param(
+        {"a": quad(objective="loss")}, "a", "objective", r"must be a mapping like", id="objective-not-mapping"
+    ),
+    pytest.param(
+        {"a": quad(depend_on=["b"])},
+        "a",
+        "depend_on",
+        r"unknown key \(did you mean 'depends_on'\?\) \(allowed: _target_, params",
+        id="unknown-stage-key",
+    ),
+    pytest.param(
+        {"a": quad(on_failure="retry")},
+        "a",
+        "on_failure",
+        r"must be one of continue, stop, got 'retry'",
+        id="bad-on-failure",
+    ),
     pytest.param({"a": quad(tags=["t"])}, "a", "tags", r"must be a mapping of tag names", id="tags-not-mapping"),
     pytest.param({"a": quad(params=[1])}, "a", "params", r"must be a mapping$", id="params-not-mapping"),
     pytest.param({}, None, "stages", r"no stages declared", id="no-stages"),
@@ -144,7 +334,12 @@ def test_bad_config_is_one_config_error(stages, stage, key, match):
 @pytest.mark.parametrize(
     ("top", "key", "match"),
     [
-        pytest.param({"objective": {"metric": "loss", "mode": "best"}}, "objective.mode", r"must be min or max, got 'best'", id="bad-mode"),
+        pytest.param(
+            {"objective": {"metric": "loss", "mode": "best"}},
+            "objective.mode",
+            r"must be min or max, got 'best'",
+            id="bad-mode",
+        ),
         pytest.param({"tags": "t"}, "tags", r"must be a mapping of tag names", id="tags-not-mapping"),
         pytest.param({"experiment": "${nope}"}, "experiment", r"nope", id="bad-interpolation"),
     ],
@@ -211,7 +406,10 @@ def test_stage_without_sweeps_needs_no_metric():
 
 def test_sweeping_stage_inherits_top_level_objective():
     plan = plan_of(
-        {"a": quad(variants={"params": {"y": "choice(1, 2)"}}), "b": quad(objective={"mode": "max"}, variants={"points": {"p": {}}})},
+        {
+            "a": quad(variants={"params": {"y": "choice(1, 2)"}}),
+            "b": quad(objective={"mode": "max"}, variants={"points": {"p": {}}}),
+        },
         objective={"metric": "loss", "mode": "min"},
     )
     assert (plan.stages["a"].objective.metric, plan.stages["a"].objective.mode) == ("loss", "min")
@@ -247,13 +445,23 @@ def test_best_references_are_kept_as_text_and_recorded():
     ("upstream", "key"),
     [
         pytest.param(quad(params={}, variants={"points": {"p": {"x": 1, "y": 2}}}), "y", id="from-point"),
-        pytest.param(quad(subvariants={"sampler": "random", "n": 2, "params": {"y": "interval(0, 1)"}}), "y", id="from-random-dim"),
+        pytest.param(
+            quad(subvariants={"sampler": "random", "n": 2, "params": {"y": "interval(0, 1)"}}),
+            "y",
+            id="from-random-dim",
+        ),
         pytest.param({"_target_": "tests.targets.nested", "params": {"opt": {"lr": 0.1}}}, "opt", id="nested-parent"),
-        pytest.param({"_target_": "tests.targets.nested", "params": {"opt": {}}, "variants": {"points": {"p": {"opt.lr": 1}}}}, "opt.lr", id="dotted-point"),
+        pytest.param(
+            {"_target_": "tests.targets.nested", "params": {"opt": {}}, "variants": {"points": {"p": {"opt.lr": 1}}}},
+            "opt.lr",
+            id="dotted-point",
+        ),
     ],
 )
 def test_reference_to_swept_or_nested_param_is_valid(upstream, key):
-    plan = plan_of({"a": upstream, "b": quad(depends_on="a", params={"x": f"${{best:a.params.{key}}}"})}, objective=METRIC)
+    plan = plan_of(
+        {"a": upstream, "b": quad(depends_on="a", params={"x": f"${{best:a.params.{key}}}"})}, objective=METRIC
+    )
     assert plan.stages["b"].references[0].key == key
 
 
@@ -305,7 +513,12 @@ def test_non_mapping_sweep_tags_is_config_error():
 
 
 def test_broken_stage_does_not_make_dependents_report_unknown_stage():
-    errors = errors_of({"a": {"_target_": "tests.targets.nope", "params": {"x": 1}}, "b": quad(depends_on="a", params={"x": "${best:a.params.x}"})})
+    errors = errors_of(
+        {
+            "a": {"_target_": "tests.targets.nope", "params": {"x": 1}},
+            "b": quad(depends_on="a", params={"x": "${best:a.params.x}"}),
+        }
+    )
     assert [(e.stage, e.key) for e in errors] == [("a", "_target_")]
 
 

@@ -81,7 +81,10 @@ def test_every_execution_reports_what_it_executed_reused_and_redid(store, tmp_pa
     assert "  after        FINISHED    1 run   executed=1 reused=0 redone=0 failed=0" in text.splitlines()
     on_disk = json.loads(write_json(resumed, tmp_path / "summary.json").read_text())
     assert {k: on_disk["stages"]["always"][k] for k in ("executed", "reused", "redone", "failed")} == {
-        "executed": 0, "reused": 1, "redone": 1, "failed": 1
+        "executed": 0,
+        "reused": 1,
+        "redone": 1,
+        "failed": 1,
     }
 
     again = run_plan(build_plan({**config, "resume": "last"}), plots=False)

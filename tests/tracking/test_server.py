@@ -54,9 +54,7 @@ def test_worker_processes_against_a_server_store_every_artifact_and_a_stop_leave
     client = MlflowClient(mlflow_server)
     runs = all_runs(client, "processes_over_http")
     (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
-    assert {"config.yaml", "traceback.txt"} <= {
-        f.path for r in runs for f in client.list_artifacts(r.info.run_id)
-    }
+    assert {"config.yaml", "traceback.txt"} <= {f.path for r in runs for f in client.list_artifacts(r.info.run_id)}
     assert "RUNNING" not in {r.info.status for r in runs}
     assert [r.info.run_name for r in runs if r.info.status == "KILLED"] == []
     assert all(r.data.params for r in runs), "every run shown has run"
@@ -67,7 +65,11 @@ def test_unreachable_store_is_one_clear_error_before_any_work(run_cli):
     proc = run_cli("+sweep=tutorial", "tracking_uri=http://127.0.0.1:9", timeout=600)
     assert time.monotonic() - started < 60
     assert proc.returncode == 3
-    assert proc.stderr.strip().splitlines()[-1].startswith("runtree: error: tracking store http://127.0.0.1:9 is not usable")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("runtree: error: tracking store http://127.0.0.1:9 is not usable")
+    )
 
 
 OUTAGE_SWEEP = """
@@ -88,7 +90,16 @@ def _start(tmp_path, url, *args, **env):
     conf.mkdir(parents=True, exist_ok=True)
     (conf / "fit.yaml").write_text(OUTAGE_SWEEP.replace("CALLS", str(tmp_path / "calls.txt")))
     return subprocess.Popen(
-        [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(conf.parent), "+sweep=fit", f"tracking_uri={url}", *args],
+        [
+            sys.executable,
+            "-m",
+            "runtree_pipeline",
+            "--config-dir",
+            str(conf.parent),
+            "+sweep=fit",
+            f"tracking_uri={url}",
+            *args,
+        ],
         cwd=tmp_path,
         env=cli_env(**env),
         stdout=subprocess.PIPE,
@@ -126,7 +137,11 @@ def test_a_short_server_outage_mid_run_is_ridden_out(own_mlflow_server, tmp_path
 
 
 def test_a_write_that_finally_fails_is_loud_and_resumable(own_mlflow_server, tmp_path):
-    fast_fail = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "RUNTREE_RETRY_SECONDS": "1"}
+    fast_fail = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+        "RUNTREE_RETRY_SECONDS": "1",
+    }
     proc = _start(tmp_path, own_mlflow_server.url, **fast_fail)
     _wait_calls(tmp_path, 2)
     own_mlflow_server.stop()
