@@ -97,3 +97,48 @@ def sleepy(*, x: float = 0.0, sleep: float = 0.5) -> dict:
 
 def logs_steps_grouped(*, x: float, group: int, steps: int = 3) -> dict:
     return logs_steps(x=x + 100 * group, steps=steps)
+
+
+def stops_pipeline(*, x: float, log_file: str, at: float, after: int, driver: int = 0, y: float = 0.0) -> dict:
+    """`counted`, except that one call at x == `at` (the first to claim it, in a file `.claimed` holding its run's
+    name) stops the pipeline mid-way.
+
+    That call waits until `after` leaves of its experiment are FINISHED in the store, leaves a marker (the log file
+    with suffix `.stopping`), interrupts the driver as Ctrl-C would if `driver` is its pid (otherwise the test kills
+    the driver once it sees the marker), and then stays in flight until the driver has ended its run, giving up
+    after a minute. Every other call, the resumed one included, is an ordinary `counted` leaf.
+    """
+    import os
+    import signal
+    import time
+
+    import mlflow
+
+    log = Path(log_file)
+    run = mlflow.active_run().info
+    claimed = False
+    if x == at:
+        try:
+            with log.with_suffix(".claimed").open("x") as claim:
+                claim.write(run.run_name)
+            claimed = True
+        except FileExistsError:
+            pass
+    if not claimed:
+        return counted(x=x, log_file=log_file, y=y)
+    client = mlflow.MlflowClient()
+    finished = "attributes.status = 'FINISHED' and tags.`runtree.level` = 'subvariant'"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(client.search_runs([run.experiment_id], finished)) < after:
+        time.sleep(0.05)
+    log.with_suffix(".stopping").touch()
+    if driver:
+        os.kill(driver, signal.SIGINT)
+    while time.monotonic() < deadline and client.get_run(run.run_id).info.status == "RUNNING":
+        time.sleep(0.05)
+    raise RuntimeError(f"x={x} was still running when the pipeline stopped")
+
+
+def bowl_at(*, x: float, centre: float) -> dict:
+    """A bowl whose minimum each parent can move: siblings with different centres learn different things."""
+    return {"loss": (x - centre) ** 2}

@@ -146,6 +146,7 @@ class RayExecutor(Executor):
         self.num_gpus = num_gpus
         self._remote: Any = None
         self._started_ray = False
+        self._tasks: set[Any] = set()
 
     def check(self, *, tracking_uri: str) -> list[ConfigError]:
         problems: list[ConfigError] = []
@@ -183,12 +184,24 @@ class RayExecutor(Executor):
         super().start(tracking_uri=tracking_uri)
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
-        return _outcome_of(self._remote.remote(task).future(), _describe_ray_error)
+        ref = self._remote.remote(task)
+        self._tasks.add(ref)
+        future = ref.future()
+        future.add_done_callback(lambda _: self._tasks.discard(ref))
+        return _outcome_of(future, _describe_ray_error)
 
     def _shutdown(self) -> None:
-        if self._started_ray:
-            import ray
+        """Leaves still running are cancelled: on a runtime we did not start, shutting down would not stop them,
+        and they would go on logging to runs already ended KILLED."""
+        if not self._tasks and not self._started_ray:
+            return
+        import ray
 
+        for ref in list(self._tasks):
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        self._tasks.clear()
+        if self._started_ray:
             ray.shutdown()
             self._started_ray = False
 

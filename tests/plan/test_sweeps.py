@@ -1,23 +1,13 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from runtree_pipeline.errors import ConfigError
-from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, new_sampler
 from runtree_pipeline.plan.sweeps import format_value, parse_sweep, point_name
 
 
 def variants(raw, level="variant"):
     return parse_sweep(raw, stage="train", level=level)
-
-
-def drain(sampler):
-    points = []
-    while (point := sampler.ask()) is not None:
-        points.append(point)
-    return points
 
 
 def test_explicit_points_keep_names_order_and_params():
@@ -109,23 +99,70 @@ def test_dimension_kinds(value, sweep, continuous):
     ("raw", "key", "match"),
     [
         pytest.param(5, "variants", "must be a mapping with `points` or `params`", id="not-a-mapping"),
-        pytest.param({"params": {"x": 1}, "sampel": "random"}, "variants", r"unknown key\(s\) sampel \(allowed: points", id="unknown-key"),
-        pytest.param({"points": {"a": {}}, "params": {"x": 1}}, "variants", "exactly one of `points` or `params`", id="both"),
+        pytest.param(
+            {"params": {"x": 1}, "sampel": "random"},
+            "variants",
+            r"unknown key\(s\) sampel \(allowed: points",
+            id="unknown-key",
+        ),
+        pytest.param(
+            {"points": {"a": {}}, "params": {"x": 1}}, "variants", "exactly one of `points` or `params`", id="both"
+        ),
         pytest.param({"sampler": "random", "n": 2}, "variants", "exactly one of `points` or `params`", id="neither"),
-        pytest.param({"points": {"a": {"x": 1}}, "sampler": "random"}, "variants.sampler", "applies to `params`", id="points-with-random"),
+        pytest.param(
+            {"points": {"a": {"x": 1}}, "sampler": "random"},
+            "variants.sampler",
+            "applies to `params`",
+            id="points-with-random",
+        ),
         pytest.param({"points": {}}, "variants.points", "must map point names", id="empty-points"),
         pytest.param({"points": [1, 2]}, "variants.points", "must map point names", id="points-list"),
-        pytest.param({"points": {"a": 3}}, "variants.points.a", "must be a mapping of params, got 3", id="point-not-mapping"),
+        pytest.param(
+            {"points": {"a": 3}}, "variants.points.a", "must be a mapping of params, got 3", id="point-not-mapping"
+        ),
         pytest.param({"params": {}}, "variants.params", "must map param names", id="empty-params"),
-        pytest.param({"params": {"x": "choice(1,2)"}, "sampler": "bayes"}, "variants.sampler", r"unknown sampler 'bayes' \(choose one of: grid, random, tpe\)", id="unknown-sampler"),
-        pytest.param({"params": {"x": "choice(1,2"}}, "variants.params.x", r"malformed sweep 'choice\(1,2'", id="unclosed-choice"),
-        pytest.param({"params": {"x": "range(1,3"}}, "variants.params.x", r"malformed sweep 'range\(1,3'", id="unclosed-range"),
-        pytest.param({"params": {"x": "interval(0, 1)"}}, "variants.params.x", "grid cannot enumerate a continuous interval", id="grid-interval"),
-        pytest.param({"params": {"x": "choice(1,2)"}, "sampler": "random"}, "variants.n", "sampler random needs a positive integer n, got None", id="random-without-n"),
-        pytest.param({"params": {"x": "choice(1,2)"}, "sampler": "tpe", "n": 0}, "variants.n", "needs a positive integer n, got 0", id="n-zero"),
-        pytest.param({"params": {"x": "choice(1,2)"}, "sampler": "random", "n": True}, "variants.n", "got True", id="n-bool"),
-        pytest.param({"params": {"x": "choice(1,2)"}, "sampler": "random", "n": "3"}, "variants.n", "got '3'", id="n-string"),
-        pytest.param({"params": {"x": "choice(1,2)"}, "sampler": "random", "n": 3, "seed": "s"}, "variants.seed", "seed must be an integer, got 's'", id="bad-seed"),
+        pytest.param(
+            {"params": {"x": "choice(1,2)"}, "sampler": "bayes"},
+            "variants.sampler",
+            r"unknown sampler 'bayes' \(choose one of: grid, random, tpe\)",
+            id="unknown-sampler",
+        ),
+        pytest.param(
+            {"params": {"x": "choice(1,2"}}, "variants.params.x", r"malformed sweep 'choice\(1,2'", id="unclosed-choice"
+        ),
+        pytest.param(
+            {"params": {"x": "range(1,3"}}, "variants.params.x", r"malformed sweep 'range\(1,3'", id="unclosed-range"
+        ),
+        pytest.param(
+            {"params": {"x": "interval(0, 1)"}},
+            "variants.params.x",
+            "grid cannot enumerate a continuous interval",
+            id="grid-interval",
+        ),
+        pytest.param(
+            {"params": {"x": "choice(1,2)"}, "sampler": "random"},
+            "variants.n",
+            "sampler random needs a positive integer n, got None",
+            id="random-without-n",
+        ),
+        pytest.param(
+            {"params": {"x": "choice(1,2)"}, "sampler": "tpe", "n": 0},
+            "variants.n",
+            "needs a positive integer n, got 0",
+            id="n-zero",
+        ),
+        pytest.param(
+            {"params": {"x": "choice(1,2)"}, "sampler": "random", "n": True}, "variants.n", "got True", id="n-bool"
+        ),
+        pytest.param(
+            {"params": {"x": "choice(1,2)"}, "sampler": "random", "n": "3"}, "variants.n", "got '3'", id="n-string"
+        ),
+        pytest.param(
+            {"params": {"x": "choice(1,2)"}, "sampler": "random", "n": 3, "seed": "s"},
+            "variants.seed",
+            "seed must be an integer, got 's'",
+            id="bad-seed",
+        ),
     ],
 )
 def test_bad_sweeps(raw, key, match):
@@ -160,93 +197,3 @@ def test_format_value_and_point_name():
     assert format_value(1e-5) == "1e-05"
     assert format_value(3) == "3"
     assert point_name({"bs": 32, "lr": 0.001, "opt": "adam"}) == "bs=32,lr=0.001,opt=adam"
-
-
-def test_fixed_sampler_yields_points_in_order_then_none():
-    spec = variants({"params": {"bs": "choice(32, 64)", "n": "range(1,3)"}})
-    sampler = new_sampler(spec, direction="min")
-    assert isinstance(sampler, FixedSampler)
-    points = drain(sampler)
-    assert points == list(spec.points)
-    assert sampler.ask() is None
-
-
-RANDOM = {
-    "sampler": "random",
-    "n": 8,
-    "seed": 3,
-    "params": {"lr": "tag(log, interval(0.001, 0.1))", "bs": "choice(16, 32, 64)", "opt": "adam"},
-}
-
-
-def test_random_with_seed_is_deterministic():
-    spec = variants(RANDOM)
-    first = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, direction="min"))]
-    second = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, direction="min"))]
-    assert first == second
-    assert len({params["lr"] for _, params in first}) == 8
-
-
-def test_random_draws_exactly_n_then_none():
-    spec = variants(RANDOM)
-    sampler = new_sampler(spec, direction="max")
-    assert isinstance(sampler, OptunaSampler)
-    points = drain(sampler)
-    assert len(points) == spec.size() == 8
-    assert [p.index for p in points] == list(range(8))
-    assert sampler.ask() is None
-
-
-def test_random_values_stay_inside_the_space():
-    spec = variants({**RANDOM, "n": 30})
-    for point in drain(new_sampler(spec, direction="min")):
-        assert 0.001 <= point.params["lr"] <= 0.1
-        assert point.params["bs"] in (16, 32, 64)
-        assert point.params["opt"] == "adam"
-        assert point.name == point_name({k: point.params[k] for k in ("lr", "bs")})
-
-
-def test_random_log_interval_spreads_over_decades():
-    spec = variants({"sampler": "random", "n": 60, "seed": 0, "params": {"lr": "tag(log, interval(0.0001, 1))"}})
-    values = [p.params["lr"] for p in drain(new_sampler(spec, direction="min"))]
-    assert sum(v < 0.01 for v in values) > len(values) / 4
-
-
-def test_random_repeated_names_become_numbered():
-    spec = variants({"sampler": "random", "n": 3, "seed": 0, "params": {"k": "choice(1)"}})
-    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2", "k=1 #3"]
-
-
-def test_each_sampler_names_its_own_siblings():
-    spec = variants({"sampler": "random", "n": 2, "seed": 0, "params": {"k": "choice(1)"}})
-    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2"]
-    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2"]
-
-
-@pytest.mark.parametrize("direction", ["min", "max"])
-def test_tpe_with_tell_runs_n_asks_inside_the_space(direction):
-    spec = variants(
-        {"sampler": "tpe", "n": 14, "seed": 1, "params": {"x": "interval(-2, 3)", "y": "choice(-2, 0, 2)", "c": 7}}
-    )
-    sampler = new_sampler(spec, direction=direction)
-    points = []
-    while (point := sampler.ask()) is not None:
-        points.append(point)
-        assert -2 <= point.params["x"] <= 3
-        assert point.params["y"] in (-2, 0, 2)
-        assert point.params["c"] == 7
-        value = (point.params["x"] - 1) ** 2 + point.params["y"]
-        sampler.tell(point, None if len(points) == 3 else (math.nan if len(points) == 4 else value))
-    assert len(points) == 14
-    assert sampler.ask() is None
-    assert len({p.name for p in points}) == 14
-
-
-def test_optuna_sampler_asks_ahead_of_tells():
-    spec = variants({"sampler": "tpe", "n": 3, "seed": 0, "params": {"x": "interval(0, 1)"}})
-    sampler = new_sampler(spec, direction="min")
-    points = [sampler.ask() for _ in range(3)]
-    assert sampler.ask() is None
-    assert len({p.index for p in points}) == 3
-    for point in reversed(points):
-        sampler.tell(point, point.params["x"])
