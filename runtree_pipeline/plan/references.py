@@ -66,9 +66,9 @@ def _using(handler: Callable[[str], Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def recording(refs: list[Reference] | None = None) -> Iterator[list[Reference]]:
+def recording() -> Iterator[list[Reference]]:
     """While active, `${best:...}` records the reference and resolves to its own text."""
-    found = [] if refs is None else refs
+    found: list[Reference] = []
 
     def record(arg: str) -> str:
         found.append(Reference.parse(arg))
