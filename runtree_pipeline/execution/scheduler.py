@@ -362,7 +362,7 @@ class Runner:
 
     def _open_parent(self, parent: OpenParent, point: Point) -> None:
         name, params, key = self._child_identity(parent, point)
-        slot = self._child_slot(parent, name, key, point)
+        slot = self._child_slot(parent, name, key, point).result()
         child = self._parent(
             parent.stage,
             parent,
@@ -429,19 +429,16 @@ class Runner:
 
     def _new_leaf(self, parent: OpenParent, point: Point) -> LeafJob:
         name, params, key = self._child_identity(parent, point)
-        if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
-            slot = run_now(self._existing_slot, found, key)
-        else:
-            tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
-            creating = self.store.create_later(name=name, tags=tags, parent_id=parent.slot.ref.run_id)
-            slot = _chain(creating, lambda ref: Slot(ref, key, Origin.EXECUTED))
-        return LeafJob(parent.stage, parent, point, name, params, slot)
+        return LeafJob(parent.stage, parent, point, name, params, self._child_slot(parent, name, key, point))
 
-    def _child_slot(self, parent: OpenParent, name: str, key: str, point: Point) -> Slot:
+    def _child_slot(self, parent: OpenParent, name: str, key: str, point: Point) -> Future[Slot]:
+        """The previous execution's run for this child on resume, else a new one, created where a round trip can
+        overlap other work (see `RunStore.create_later`)."""
         if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
-            return self._existing_slot(found, key)
+            return run_now(self._existing_slot, found, key)
         tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
-        return Slot(self.store.create(name=name, tags=tags, parent_id=parent.slot.ref.run_id), key, Origin.EXECUTED)
+        creating = self.store.create_later(name=name, tags=tags, parent_id=parent.slot.ref.run_id)
+        return _chain(creating, lambda ref: Slot(ref, key, Origin.EXECUTED))
 
     def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
         """Kept on every child in a stage with a learning sampler, so it can replay its points on resume."""
