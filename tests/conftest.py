@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtree_pipeline.tracking.localserver import LocalMlflowServer
+from runtree_pipeline.tracking.sqlite import create_sqlite_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,14 +41,32 @@ def run_cli(tmp_path):
 
 @pytest.fixture
 def store(tmp_path) -> str:
-    """A fresh embedded sqlite store in a temp dir."""
+    """Where a fresh embedded sqlite store goes: the code under test builds it, unless `client` opens it first."""
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """A store with MLflow's schema and nothing in it, built once per worker: migrating a new file costs 1-5 s."""
+    path = tmp_path_factory.mktemp("empty_store") / "store.db"
+    create_sqlite_store(f"sqlite:///{path}")
+    return path
+
+
+def copy_of(empty_store: Path, directory: Path, name: str = "store.db") -> str:
+    """The URI of a fresh store in `directory`, copied from the empty one."""
+    shutil.copy(empty_store, directory / name)
+    return f"sqlite:///{directory / name}"
+
+
 @pytest.fixture
-def client(store):
+def client(store, tmp_path, empty_store):
+    """The stock client on `store`. Opening it would build the store anyway; a copy of the empty one is the same
+    schema without the seconds of migrations."""
     from mlflow import MlflowClient
 
+    if not (tmp_path / "store.db").exists():
+        copy_of(empty_store, tmp_path)
     return MlflowClient(store)
 
 
@@ -66,17 +86,22 @@ def server_at(root: Path) -> LocalMlflowServer:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def session_server(tmp_path_factory):
+    """One `mlflow server` per worker: starting one costs 5-7 s."""
     server = server_at(tmp_path_factory.mktemp("server")).start()
-    yield server.url
+    yield server
     server.stop()
 
 
 @pytest.fixture
-def own_mlflow_server(tmp_path):
-    """A server this test may stop and restart."""
-    root = tmp_path / "server"
-    root.mkdir()
-    server = server_at(root).start()
-    yield server
-    server.stop()
+def mlflow_server(session_server) -> str:
+    return session_server.url
+
+
+@pytest.fixture
+def restartable_server(session_server):
+    """The worker's server, which this test may stop and start again (same port, same store); it is up afterwards.
+    Tests that share it keep to their own experiments."""
+    yield session_server
+    if session_server.proc is None:
+        session_server.start()

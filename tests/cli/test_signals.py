@@ -52,16 +52,6 @@ def sweep(calls: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    """An empty store built once: MLflow's migrations cost a second or two for every new file."""
-    from runtree_pipeline.tracking.sqlite import create_sqlite_store
-
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    create_sqlite_store(f"sqlite:///{path}")
-    return path
-
-
 @dataclass(frozen=True)
 class Case:
     executor: str
@@ -147,11 +137,11 @@ def _reached(anchor: str, where: Path, pid: int) -> bool:
     raise ValueError(anchor)
 
 
-def _interrupt(case: Case, where: Path, conf: Path, template: Path) -> Outcome:
+def _interrupt(case: Case, where: Path, conf: Path, empty_store: Path) -> Outcome:
     """Start the CLI, wait for the case's moment, signal it, and wait for it to exit."""
     where.mkdir()
     if case.anchor.partition(":")[0] not in ("spawn", "building", "store"):
-        shutil.copy(template, where / "mlflow.db")
+        shutil.copy(empty_store, where / "mlflow.db")
     args = [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(conf), "+sweep=signals"]
     args += [f"tracking_uri=sqlite:///{where / 'mlflow.db'}", f"stages.prep.params.log_file={where / 'calls.txt'}"]
     args += [f"stages.fit.params.log_file={where / 'calls.txt'}"]
@@ -271,7 +261,7 @@ def _point(run) -> str:
     return f"{run.data.params['x']},{float(run.data.params['y'])}"
 
 
-def test_a_signal_at_any_moment_leaves_no_run_running_and_resume_completes_the_tree(tmp_path, template):
+def test_a_signal_at_any_moment_leaves_no_run_running_and_resume_completes_the_tree(tmp_path, empty_store):
     conf = tmp_path / "conf"
     (conf / "sweep").mkdir(parents=True)
     text = yaml.safe_dump(sweep(Path("CALLS")), sort_keys=False)
@@ -281,7 +271,7 @@ def test_a_signal_at_any_moment_leaves_no_run_running_and_resume_completes_the_t
     table, failures = [], []
     with ThreadPoolExecutor(3) as pool:
         slowest_first = sorted(CASES, key=lambda case: case.executor != P)
-        futures = [pool.submit(_interrupt, case, tmp_path / case.name, conf, template) for case in slowest_first]
+        futures = [pool.submit(_interrupt, case, tmp_path / case.name, conf, empty_store) for case in slowest_first]
         for future in futures:
             outcome = future.result()
             problems = _check(outcome)
@@ -321,8 +311,8 @@ def signal_on_runs_write(nth: int, sig: signal.Signals):
         event.remove(Engine, "after_cursor_execute", after_execute)
 
 
-def small(tmp_path: Path, template: Path) -> dict:
-    shutil.copy(template, tmp_path / "mlflow.db")
+def small(tmp_path: Path, empty_store: Path) -> dict:
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     config = sweep(tmp_path / "calls.txt")
     config["stages"]["fit"]["params"]["sleep"] = 0.0
     config["stages"]["fit"]["variants"]["points"].pop("b")
@@ -331,13 +321,13 @@ def small(tmp_path: Path, template: Path) -> dict:
 
 
 @pytest.mark.parametrize("nth", range(1, 11))  # 5 runs: each one's creation and its end
-def test_a_signal_inside_a_run_write_never_orphans_or_rekills_that_run(tmp_path, template, nth):
+def test_a_signal_inside_a_run_write_never_orphans_or_rekills_that_run(tmp_path, empty_store, nth):
     from mlflow import MlflowClient
 
     from runtree_pipeline import Interrupted
 
     sig = (INT, TERM)[nth % 2]
-    config = small(tmp_path, template)
+    config = small(tmp_path, empty_store)
     with signal_on_runs_write(nth, sig), pytest.raises(Interrupted) as interrupted:
         run_plan(build_plan(config), plots=False)
     assert interrupted.value.exit_code == 128 + sig
@@ -356,12 +346,12 @@ def test_a_signal_inside_a_run_write_never_orphans_or_rekills_that_run(tmp_path,
 
 
 @pytest.mark.parametrize("nth", range(1, 5))  # the resume's first writes reopen the stage and variant runs
-def test_a_signal_while_a_resume_reopens_runs_never_orphans_them(tmp_path, template, nth):
+def test_a_signal_while_a_resume_reopens_runs_never_orphans_them(tmp_path, empty_store, nth):
     from mlflow import MlflowClient
 
     from runtree_pipeline import Interrupted
 
-    config = small(tmp_path, template)
+    config = small(tmp_path, empty_store)
     with signal_on_runs_write(6, INT), pytest.raises(Interrupted):
         run_plan(build_plan(config), plots=False)
     resume = {**config, "resume": "last"}
@@ -395,12 +385,12 @@ def converts_interrupts(*, x: float, marker: str, y: float = 0.0) -> dict:
     return {"loss": x + y}
 
 
-def test_a_signal_a_target_turns_into_its_own_error_still_stops_the_pipeline(tmp_path, template):
+def test_a_signal_a_target_turns_into_its_own_error_still_stops_the_pipeline(tmp_path, empty_store):
     from mlflow import MlflowClient
 
     from runtree_pipeline import Interrupted
 
-    config = small(tmp_path, template)
+    config = small(tmp_path, empty_store)
     config["stages"]["fit"]["_target_"] = "tests.cli.test_signals.converts_interrupts"
     config["stages"]["fit"]["params"] = {"marker": str(tmp_path / "signalled")}
     with pytest.raises(Interrupted) as interrupted:

@@ -15,7 +15,6 @@ import collections
 import contextlib
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,28 +28,15 @@ from mlflow import MlflowClient
 
 from runtree_pipeline import ConfigErrors, Interrupted, PipelineResult, build_plan, run_pipeline, run_plan
 from runtree_pipeline.execution.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
-from tests.conftest import REPO, all_runs, cli_env
+from tests.conftest import REPO, all_runs, cli_env, copy_of
 
 # --- stores, Ray ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    """An empty store built once: MLflow's migrations cost a second or more for every new file."""
-    path = tmp_path_factory.mktemp("template") / "store.db"
-    MlflowClient(f"sqlite:///{path}")  # the client builds the schema as it opens the store
-    return path
-
-
-def store_at(directory: Path, template: Path) -> str:
-    shutil.copy(template, directory / "store.db")
-    return f"sqlite:///{directory / 'store.db'}"
-
-
 @pytest.fixture
-def store(tmp_path, template) -> str:
-    """A fresh store with MLflow's schema (a copy of the template), in a temp dir."""
-    return store_at(tmp_path, template)
+def store(tmp_path, empty_store) -> str:
+    """A fresh store with MLflow's schema, in a temp dir."""
+    return copy_of(empty_store, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +139,9 @@ def tree_facts(client: MlflowClient, experiment: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, template):
+def reference(tmp_path_factory, empty_store):
     """The contract pipeline's tree as the local executor records it."""
-    store = store_at(tmp_path_factory.mktemp("reference"), template)
+    store = copy_of(empty_store, tmp_path_factory.mktemp("reference"))
     run(contract_config(store, "contract"), LocalExecutor())
     return tree_facts(MlflowClient(store), "contract")
 
@@ -242,13 +228,13 @@ class ExecutorContract:
         raise NotImplementedError("an executor's test class says how to build it")
 
     @pytest.fixture(scope="class")
-    def contract_run(self, make_executor, tmp_path_factory, template) -> ContractRun:
+    def contract_run(self, make_executor, tmp_path_factory, empty_store) -> ContractRun:
         """The contract pipeline, run once per executor; several tests read what it recorded.
 
         It runs with another run's id in MLFLOW_RUN_ID, as a shell that ran an MLflow project can leave it
         (mlflow#15713): the driver, and workers that inherit the environment, must not adopt it.
         """
-        store = store_at(tmp_path_factory.mktemp("contract"), template)
+        store = copy_of(empty_store, tmp_path_factory.mktemp("contract"))
         client = MlflowClient(store)
         stranger = client.create_run(client.create_experiment("elsewhere")).info.run_id
         client.set_terminated(stranger)

@@ -74,7 +74,6 @@ def test_unreachable_store_is_one_clear_error_before_any_work(run_cli):
 
 OUTAGE_SWEEP = """
 # @package _global_
-experiment: outage
 objective: {metric: loss}
 stages:
   fit:
@@ -85,7 +84,7 @@ stages:
 """
 
 
-def _start(tmp_path, url, *args, **env):
+def _start(tmp_path, url, experiment, *args, **env):
     conf = tmp_path / "conf" / "sweep"
     conf.mkdir(parents=True, exist_ok=True)
     (conf / "fit.yaml").write_text(OUTAGE_SWEEP.replace("CALLS", str(tmp_path / "calls.txt")))
@@ -98,6 +97,7 @@ def _start(tmp_path, url, *args, **env):
             str(conf.parent),
             "+sweep=fit",
             f"tracking_uri={url}",
+            f"experiment={experiment}",
             *args,
         ],
         cwd=tmp_path,
@@ -116,8 +116,8 @@ def _wait_calls(tmp_path, n):
         time.sleep(0.05)
 
 
-def _assert_complete(url):
-    runs = all_runs(MlflowClient(url), "outage")
+def _assert_complete(url, experiment):
+    runs = all_runs(MlflowClient(url), experiment)
     assert len(runs) == 1 + 8
     assert {r.info.status for r in runs} == {"FINISHED"}
     leaves = [r for r in runs if r.data.tags["runtree.level"] == "subvariant"]
@@ -125,33 +125,33 @@ def _assert_complete(url):
     assert stage.data.metrics["best_loss"] == min(r.data.metrics["loss"] for r in leaves) == 0.0
 
 
-def test_a_short_server_outage_mid_run_is_ridden_out(own_mlflow_server, tmp_path):
-    proc = _start(tmp_path, own_mlflow_server.url)
+def test_a_short_server_outage_mid_run_is_ridden_out(restartable_server, tmp_path):
+    proc = _start(tmp_path, restartable_server.url, "ridden_out")
     _wait_calls(tmp_path, 2)
-    own_mlflow_server.stop()
+    restartable_server.stop()
     time.sleep(2)
-    own_mlflow_server.start()
+    restartable_server.start()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    _assert_complete(own_mlflow_server.url)
+    _assert_complete(restartable_server.url, "ridden_out")
 
 
-def test_a_write_that_finally_fails_is_loud_and_resumable(own_mlflow_server, tmp_path):
+def test_a_write_that_finally_fails_is_loud_and_resumable(restartable_server, tmp_path):
     fast_fail = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
         "RUNTREE_RETRY_SECONDS": "1",
     }
-    proc = _start(tmp_path, own_mlflow_server.url, **fast_fail)
+    proc = _start(tmp_path, restartable_server.url, "finally_fails", **fast_fail)
     _wait_calls(tmp_path, 2)
-    own_mlflow_server.stop()
+    restartable_server.stop()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 4, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("runtree: error: could not ") and "resume=" in last
 
-    own_mlflow_server.start()
-    proc = _start(tmp_path, own_mlflow_server.url, "resume=last")
+    restartable_server.start()
+    proc = _start(tmp_path, restartable_server.url, "finally_fails", "resume=last")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    _assert_complete(own_mlflow_server.url)
+    _assert_complete(restartable_server.url, "finally_fails")
