@@ -6,10 +6,16 @@ through a fixed list.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runtree_pipeline.plan.sweeps import Dimension, Point, SweepSpec, UniqueNames, point_name, swept
+from runtree_pipeline.tracking.index import PreviousPoint
+
+log = logging.getLogger(__name__)
 
 
 def new_sampler(spec: SweepSpec, *, direction: str) -> Sampler:
@@ -38,8 +44,19 @@ class Sampler:
     def tell(self, point: Point, value: float | None) -> None:
         """Report a point's objective value (None when it failed); samplers that do not learn ignore it."""
 
-    def replay(self, points: list[dict[str, Any]]) -> None:
+    def replay(self, history: Sequence[PreviousPoint]) -> None:
         """On resume, ask these points (a previous execution's) first; only samplers that learn need it."""
+
+    def asked_after(self, point: Point) -> int | None:
+        """How many tells came before `point` was asked, for a replay to ask it again in the same place; None when
+        nothing needs recording (the sampler does not learn)."""
+        return None
+
+    def tell_position(self, point: Point) -> int | None:
+        """The place telling `point` will take among this sampler's tells, known before the tell so the child's end
+        write can record it; None when nothing needs recording (the sampler does not learn, or a replay already
+        told this point)."""
+        return None
 
 
 class FixedSampler(Sampler):
@@ -58,8 +75,17 @@ class FixedSampler(Sampler):
         return self._next >= len(self._points)
 
 
+class _Diverged(Exception):
+    """The replayed study no longer asks what the previous execution recorded."""
+
+
 class OptunaSampler(Sampler):
-    """Random search or TPE through Optuna's ask/tell, seeded so that a sweep draws the same points every time."""
+    """Random search or TPE through Optuna's ask/tell, seeded so that a sweep draws the same points every time.
+
+    Seeded, a study is a function of the order of its asks and tells and of the values told, so a resume replays
+    exactly that order: enqueued trials would not advance the samplers' random state, and the resumed study would
+    then draw differently from the one that was cut off, asking again points it already has.
+    """
 
     def __init__(self, spec: SweepSpec, *, direction: str) -> None:
         import optuna
@@ -78,15 +104,72 @@ class OptunaSampler(Sampler):
         self._trials: dict[int, Any] = {}
         self._names = UniqueNames()
         self._asked = 0
+        self._tells = 0
+        self._asked_after: dict[int, int] = {}
+        self._told: set[int] = set()
+        self._replayed: deque[Point] = deque()
 
     @property
     def exhausted(self) -> bool:
-        return self._asked >= (self._spec.n or 0)
+        return not self._replayed and self._asked >= (self._spec.n or 0)
 
     def ask(self) -> Point | None:
+        if self._replayed:
+            return self._replayed.popleft()
         if self.exhausted:
             return None
-        trial = self._study.ask(self._distributions)
+        return self._point(self._study.ask(self._distributions), asked_after=self._tells)
+
+    def asked_after(self, point: Point) -> int | None:
+        return self._asked_after.get(point.index) if self.learns else None
+
+    def tell_position(self, point: Point) -> int | None:
+        return None if not self.learns or point.index in self._told else self._tells
+
+    def tell(self, point: Point, value: float | None) -> None:
+        """A point a replay told already keeps that value: the study must stay the one the previous execution had."""
+        if point.index in self._told:
+            return
+        self._tell(point.index, value)
+        self._tells += 1
+
+    def replay(self, history: Sequence[PreviousPoint]) -> None:
+        """Ask the previous points again in their order, telling each recorded value where it was told, and hand
+        them out first; points never told stay open for the scheduler to redo and tell.
+
+        A store from before asks were recorded, or a history this study does not reproduce (another Optuna, a
+        changed space), falls back to enqueuing the points as fixed trials: the resume goes on, but the points
+        drawn after them differ from those the uninterrupted sweep would have drawn.
+        """
+        n = self._spec.n or 0
+        if any(p.index is None or p.asked_after is None for p in history):
+            self._enqueue([p.params for p in history][:n])
+            return
+        asks = sorted((p for p in history if p.index < n), key=lambda p: p.index)
+        tells = deque(sorted((p for p in asks if p.told is not None), key=lambda p: (p.told, p.index)))
+        try:
+            if [p.index for p in asks] != list(range(len(asks))):
+                raise _Diverged(f"the recorded asks are not 0..{len(asks) - 1}")
+            for previous in asks:
+                while tells and tells[0].told < previous.asked_after:
+                    self._replay_tell(tells.popleft())
+                trial = self._study.ask(self._distributions)
+                if trial.params != self._raw(previous.params):
+                    raise _Diverged(f"ask {previous.index} drew {trial.params}, recorded {dict(previous.params)}")
+                self._replayed.append(self._point(trial, asked_after=previous.asked_after))
+            while tells:
+                self._replay_tell(tells.popleft())
+        except _Diverged as e:
+            log.warning(
+                "the %s sampler does not replay the previous execution (%s): its remaining points are enqueued, "
+                "and those drawn after them will differ from an uninterrupted sweep's",
+                self._spec.sampler,
+                e,
+            )
+            self._enqueue([p.params for p in asks[len(self._replayed) :]])
+            self._tells = max([self._tells, *(p.told + 1 for p in asks if p.told is not None)])
+
+    def _point(self, trial: Any, *, asked_after: int) -> Point:
         params = {}
         for dim in self._spec.dimensions:
             if not dim.is_sweep:
@@ -98,32 +181,47 @@ class OptunaSampler(Sampler):
         index = self._asked
         self._asked += 1
         self._trials[index] = trial
+        self._asked_after[index] = asked_after
         return Point(
             name=self._names.unique(point_name(swept(params, self._spec.dimensions))), params=params, index=index
         )
 
-    def replay(self, points: list[dict[str, Any]]) -> None:
-        for params in points[: self._spec.n]:
-            fixed = {}
-            for dim in self._spec.dimensions:
-                if not dim.is_sweep or dim.key not in params:
-                    continue
-                choices = self._choices[dim.key]
-                if choices is None:
-                    fixed[dim.key] = params[dim.key]
-                elif params[dim.key] in choices:
-                    fixed[dim.key] = choices.index(params[dim.key])
-            if len(fixed) == len(self._distributions):
-                self._study.enqueue_trial(fixed, skip_if_exists=False)
+    def _replay_tell(self, previous: PreviousPoint) -> None:
+        index = previous.index
+        if index not in self._trials:
+            raise _Diverged(f"point {index} was told before it was asked")
+        self._tell(index, previous.value)
+        self._told.add(index)
+        self._tells = max(self._tells, previous.told + 1)
 
-    def tell(self, point: Point, value: float | None) -> None:
+    def _tell(self, index: int, value: float | None) -> None:
         import optuna
 
-        trial = self._trials.pop(point.index)
+        trial = self._trials.pop(index)
         if value is None or not math.isfinite(value):
             self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
             self._study.tell(trial, value)
+
+    def _raw(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Recorded params as Optuna holds them (a choice as its index), or None if they lie outside this space."""
+        raw = {}
+        for key, choices in self._choices.items():
+            if key not in params:
+                return None
+            if choices is None:
+                raw[key] = params[key]
+            elif params[key] in choices:
+                raw[key] = choices.index(params[key])
+            else:
+                return None
+        return raw
+
+    def _enqueue(self, points: Sequence[Mapping[str, Any]]) -> None:
+        for params in points:
+            raw = self._raw(params)
+            if raw is not None:
+                self._study.enqueue_trial(raw, skip_if_exists=False)
 
 
 def _choices(dim: Dimension) -> list[Any] | None:

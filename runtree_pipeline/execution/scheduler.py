@@ -441,9 +441,13 @@ class Runner:
         return _chain(creating, lambda ref: Slot(ref, key, Origin.EXECUTED))
 
     def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
-        """Kept on every child in a stage with a learning sampler, so it can replay its points on resume."""
+        """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with
+        where it was asked, as the replay must ask and tell in the original order (its tell is recorded when it
+        ends, see `tree.told`)."""
         replays = any(level.sampler == "tpe" for level in parent.stage.spec.levels)
-        return schema.point_tag(point.params) if replays else {}
+        if not replays:
+            return {}
+        return schema.point_tag(point.params, index=point.index, asked_after=parent.sampler.asked_after(point))
 
     def _create_ahead(self, parent: OpenParent) -> None:
         """Against a server, create the next runs while this one works; never for a sampler that learns."""

@@ -113,6 +113,8 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
     if leaf.parent is None:
         tags.update(stage.own_tags)
         files.update(stage.artifacts)
+    else:
+        tags.update(told(leaf.parent, leaf.point, objective_value(outcome, stage.spec.objective.metric)))
     if outcome.outputs:
         files[schema.OUTPUTS_ARTIFACT] = json.dumps(redact(dict(outcome.outputs)), indent=2, sort_keys=True)
     if outcome.error:
@@ -127,6 +129,16 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         artifacts=files,
         clear_tags=(schema.ERROR,) if outcome.ok and slot.origin is Origin.REDONE else (),
     )
+
+
+def told(parent: OpenParent | None, point: Point | None, value: float | None) -> dict[str, str]:
+    """Where a child's value comes among its parent's tells, written in the child's end write just before the
+    scheduler tells it (nothing tells in between), so a resume can replay the tells in their order; nothing when
+    the parent's sampler does not learn, or a replay already told this child."""
+    if parent is None or point is None:
+        return {}
+    position = parent.sampler.tell_position(point)
+    return schema.told_tag(position, value) if position is not None else {}
 
 
 def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
@@ -166,7 +178,7 @@ def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
     failed_leaves = sum(leaf.status != Status.FINISHED for leaf in parent.leaves)
     is_root = parent.up is None
     tags: dict[str, Any] = {
-        **(stage.own_tags if is_root else {}),
+        **(stage.own_tags if is_root else told(parent.up, parent.point, best.objective if best else None)),
         **schema.parent_tags(
             children=len(parent.children) if nested else len(parent.leaves),
             failed_children=sum(node.best is None for node in parent.children) if nested else failed_leaves,

@@ -7,12 +7,29 @@ name), not by name, so a resume reuses exactly the runs whose result would not c
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.tracking.records import RunRecord
+
+
+@dataclass(frozen=True)
+class PreviousPoint:
+    """A point a previous execution asked a learning sampler for, and what it was told, so a resume can ask and tell
+    the sampler again in the same order.
+
+    `index` and `asked_after` (how many tells came before the ask) are None in stores written before asks were
+    recorded; `told` (its place among the tells) is None while the point was never told, e.g. cut off by a kill.
+    """
+
+    params: Mapping[str, Any]
+    index: int | None = None
+    asked_after: int | None = None
+    told: int | None = None
+    value: float | None = None
 
 
 class RunIndex:
@@ -53,10 +70,18 @@ class RunIndex:
     def child(self, parent_id: str, key: str) -> RunRecord | None:
         return self._by_key.get((parent_id, key))
 
-    def points_under(self, parent_id: str) -> list[dict[str, Any]]:
-        """The points already tried under a parent, oldest first, for samplers that learn (tpe) to replay."""
-        points = (schema.point_of(run.tags) for run in self._children.get(parent_id, ()))
-        return [p for p in points if p is not None]
+    def points_under(self, parent_id: str) -> list[PreviousPoint]:
+        """The points already tried under a parent, oldest first, for samplers that learn (tpe) to replay; one per
+        content key, the run a resume reuses or redoes."""
+        points = []
+        for run in self._children.get(parent_id, ()):
+            params = schema.point_of(run.tags)
+            if params is None or self._by_key.get((parent_id, run.tags.get(schema.KEY, ""))) is not run:
+                continue
+            index, asked_after = schema.asked_of(run.tags) or (None, None)
+            told, value = schema.told_of(run.tags) or (None, None)
+            points.append(PreviousPoint(params, index, asked_after, told, value))
+        return points
 
     # ---- what the views ask: superseded stage runs left out ----
 

@@ -6,6 +6,7 @@ Everything that writes or reads a `runtree.*` tag goes through here, so the form
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ OBJECTIVE_MODE = "runtree.objective_mode"
 LEVELS = "runtree.levels"
 KEY = "runtree.key"
 POINT = "runtree.point"
+ASKED = "runtree.asked"
+TOLD = "runtree.told"
 RETURNED = "runtree.metrics"
 OUTPUTS = "runtree.outputs"
 OUTPUTS_IN_ARTIFACT = "runtree.outputs_in_artifact"
@@ -64,9 +67,26 @@ def stage_tags(
     return shared, own
 
 
-def point_tag(point: Mapping[str, Any]) -> dict[str, str]:
-    """The params a sampler chose, kept so a learning sampler can replay them on resume."""
-    return {POINT: json.dumps(dict(point), sort_keys=True, default=str)}
+def point_tag(point: Mapping[str, Any], *, index: int | None = None, asked_after: int | None = None) -> dict[str, str]:
+    """The params a sampler chose, kept so a learning sampler can replay them on resume.
+
+    A seeded sampler draws the same points again only if it is asked and told in the same order, so a child of a
+    learning sampler also carries its place among the asks and how many tells came before it.
+    """
+    tags = {POINT: json.dumps(dict(point), sort_keys=True, default=str)}
+    if index is not None and asked_after is not None:
+        tags[ASKED] = json.dumps({"index": index, "after": asked_after})
+    return tags
+
+
+def told_tag(position: int, value: float | None) -> dict[str, str]:
+    """Where a child's value came in its parent's sampler's tells, and the value itself (None: told as a failure).
+
+    The value is kept rather than read back from the run's metrics: a failed child redone on resume keeps the
+    failure its sampler was told, and a replay must tell that again.
+    """
+    told = value if value is not None and math.isfinite(value) else None
+    return {TOLD: json.dumps({"position": position, "value": told})}
 
 
 def leaf_tags(*, returned: Iterable[str], outputs: Mapping[str, Any]) -> dict[str, str]:
@@ -109,6 +129,23 @@ def point_of(tags: Mapping[str, str]) -> dict[str, Any] | None:
     return json.loads(text) if text is not None else None
 
 
+def asked_of(tags: Mapping[str, str]) -> tuple[int, int] | None:
+    """A child's (ask index, tells before that ask); None when written before asks were recorded."""
+    record = _record(tags, ASKED)
+    if record is None or not _are_positions(record.get("index"), record.get("after")):
+        return None
+    return record["index"], record["after"]
+
+
+def told_of(tags: Mapping[str, str]) -> tuple[int, float | None] | None:
+    """A child's (place among the tells, value told); None while it was never told."""
+    record = _record(tags, TOLD)
+    if record is None or not _are_positions(record.get("position")):
+        return None
+    value = record.get("value")
+    return record["position"], float(value) if isinstance(value, (int, float)) else None
+
+
 def returned_of(tags: Mapping[str, str]) -> list[str]:
     return json.loads(tags.get(RETURNED, "[]"))
 
@@ -119,6 +156,22 @@ def outputs_of(tags: Mapping[str, str]) -> dict[str, Any] | None:
         return None
     text = tags.get(OUTPUTS)
     return json.loads(text) if text is not None else {}
+
+
+def _record(tags: Mapping[str, str], name: str) -> dict[str, Any] | None:
+    """A JSON object tag; anything else reads as missing, so a damaged tag costs a resume its replay, not its run."""
+    text = tags.get(name)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _are_positions(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
 def upstream_of(tags: Mapping[str, str]) -> dict[str, str]:

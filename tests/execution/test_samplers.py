@@ -6,15 +6,21 @@ results draws exactly the points random search draws, so every comparison below 
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 import statistics
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from runtree_pipeline import build_plan, run_plan
+from runtree_pipeline.errors import Interrupted
 from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, new_sampler
 from runtree_pipeline.plan.sweeps import parse_sweep, point_name
+from runtree_pipeline.tracking.index import PreviousPoint
 from tests.conftest import all_runs
 from tests.targets import bowl_at
 
@@ -244,9 +250,48 @@ def test_a_failed_tell_is_a_failed_trial_not_a_result(failure):
 # --- tpe: resuming --------------------------------------------------------------------------------------------------
 
 
-def replayed(points, *, n: int):
-    sampler = new_sampler(variants({"sampler": "tpe", "n": n, "seed": 0, "params": SPACE}), direction="min")
-    sampler.replay([dict(p.params) for p in points])
+class Recorder:
+    """Asks and tells a sampler as the scheduler does, keeping what the scheduler writes on each child's run: where
+    it was asked (at creation) and where and what it was told (in its end write). Started from a previous history,
+    it keeps those records as the runs keep their tags."""
+
+    def __init__(self, sampler, previous=()) -> None:
+        self.sampler = sampler
+        self.points = {}
+        self.asked = {p.index: (p.params, p.asked_after) for p in previous}
+        self.told = {p.index: (p.told, p.value) for p in previous if p.told is not None}
+
+    @property
+    def exhausted(self) -> bool:
+        return self.sampler.exhausted
+
+    def ask(self):
+        point = self.sampler.ask()
+        if point is not None:
+            self.points[point.index] = point
+            self.asked.setdefault(point.index, (dict(point.params), self.sampler.asked_after(point)))
+        return point
+
+    def tell(self, point, value) -> None:
+        position = self.sampler.tell_position(point)
+        if position is not None:
+            self.told[point.index] = (position, value)
+        self.sampler.tell(point, value)
+
+    def history(self) -> list[PreviousPoint]:
+        return [
+            PreviousPoint(params, index, after, *self.told.get(index, (None, None)))
+            for index, (params, after) in sorted(self.asked.items())
+        ]
+
+
+def tpe(*, n: int = 20, seed: int = 0):
+    return new_sampler(variants({"sampler": "tpe", "n": n, "seed": seed, "params": SPACE}), direction="min")
+
+
+def replayed(history, *, n: int = 20, seed: int = 0):
+    sampler = tpe(n=n, seed=seed)
+    sampler.replay(history)
     return sampler
 
 
@@ -254,39 +299,136 @@ def objective(params) -> float:
     return (params["x"] - 1) ** 2 + params["y"]
 
 
+def sequential(cut: int, *, in_flight: bool = False, n: int = 20):
+    """A tpe sweep asked and told in turn, and its history as a kill after `cut` asks leaves it: the last point
+    still running (never told) when `in_flight`."""
+    recorder = Recorder(tpe(n=n))
+    points = drain(recorder, objective)
+    history = [p for p in recorder.history() if p.index < cut]
+    if in_flight:
+        history[-1] = replace(history[-1], told=None, value=None)
+    return points, history
+
+
+@pytest.mark.parametrize("recorded", ["asks-and-tells", "params-only"])
 @pytest.mark.parametrize("cut", [3, 12, 20])
-def test_a_replayed_study_asks_the_previous_points_first_with_their_names(cut):
+def test_a_replayed_study_asks_the_previous_points_first_with_their_names(cut, recorded):
     """On resume the previous execution's points come back first, in order and with the same names, so the
-    scheduler finds their runs by key and reuses or redoes them in place; the study still asks n points in all."""
-    uninterrupted = drain(
-        new_sampler(variants({"sampler": "tpe", "n": 20, "seed": 0, "params": SPACE}), direction="min"), objective
-    )
-    resumed = drain(replayed(uninterrupted[:cut], n=20), objective)
+    scheduler finds their runs by key and reuses or redoes them in place; the study still asks n points in all. A
+    store from before asks and tells were recorded (params only) still resumes so."""
+    uninterrupted, history = sequential(cut)
+    if recorded == "params-only":
+        history = [PreviousPoint(p.params) for p in history]
+    resumed = drain(replayed(history), objective)
     assert len(resumed) == 20
     assert [(p.name, dict(p.params)) for p in resumed[:cut]] == [(p.name, dict(p.params)) for p in uninterrupted[:cut]]
 
 
 def test_a_replay_longer_than_the_sweep_asks_only_n_points():
-    uninterrupted = drain(
-        new_sampler(variants({"sampler": "tpe", "n": 20, "seed": 0, "params": SPACE}), direction="min"), objective
-    )
-    resumed = drain(replayed(uninterrupted, n=5), objective)
+    uninterrupted, history = sequential(20)
+    resumed = drain(replayed(history, n=5), objective)
     assert [dict(p.params) for p in resumed] == [dict(p.params) for p in uninterrupted[:5]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OptunaSampler.replay enqueues the previous points as fixed trials, which does not advance the seeded "
-    "samplers' random state: the resumed study then draws differently, and inside TPE's 10 startup trials it asks "
-    "again the very points it already has ('x=... #2')",
-)
+@pytest.mark.parametrize("in_flight", [False, True], ids=["between-leaves", "mid-leaf"])
 @pytest.mark.parametrize("cut", [pytest.param(3, id="within-startup"), pytest.param(12, id="after-startup")])
-def test_a_replayed_study_goes_on_as_the_uninterrupted_one(cut):
-    spec = {"sampler": "tpe", "n": 20, "seed": 0, "params": SPACE}
-    uninterrupted = drain(new_sampler(variants(spec), direction="min"), objective)
-    resumed = drain(replayed(uninterrupted[:cut], n=20), objective)
+def test_a_replayed_study_goes_on_as_the_uninterrupted_one(cut, in_flight):
+    """A point still running at the kill comes back untold, and is told when it is redone."""
+    uninterrupted, history = sequential(cut, in_flight=in_flight)
+    recorder = Recorder(replayed(history), history)
+    resumed = drain(recorder, objective)
     assert len({p.name.split(" #")[0] for p in resumed}) == 20, "a resumed study asked a point it already had"
-    assert [dict(p.params) for p in resumed] == [dict(p.params) for p in uninterrupted]
+    assert [(p.name, dict(p.params)) for p in resumed] == [(p.name, dict(p.params)) for p in uninterrupted]
+    assert recorder.history() == sequential(20)[1]
+
+
+def parallel(recorder, *, workers: int, seed: int):
+    """Asks up to `workers` points ahead and tells one of those in flight, picked at random, until the sweep ends,
+    as a parallel executor whose leaves take any time. Returns the events: ("ask", index) and ("tell", index)."""
+    rng = random.Random(seed)
+    running, events = [], []
+    while True:
+        while len(running) < workers and (point := recorder.ask()) is not None:
+            running.append(point)
+            events.append(("ask", point.index))
+        if not running:
+            return events
+        point = running.pop(rng.randrange(len(running)))
+        recorder.tell(point, failing_objective(point.params))
+        events.append(("tell", point.index))
+
+
+def failing_objective(params) -> float | None:
+    """`objective`, with a few leaves failing (not so many that TPE never leaves its 10 random startup trials): a
+    failure is told too, and must be replayed as one."""
+    return None if params["y"] == 2 and params["x"] > 1.5 else objective(params)
+
+
+def cut_at(recorder: Recorder, events, t: int) -> list[PreviousPoint]:
+    """The history the store holds after the first `t` events: the points asked so far, told if their tell came."""
+    asked = {i for kind, i in events[:t] if kind == "ask"}
+    told = {i for kind, i in events[:t] if kind == "tell"}
+    return [p if p.index in told else replace(p, told=None, value=None) for p in recorder.history() if p.index in asked]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("t", [7, 23, 33])
+def test_a_study_asked_ahead_and_told_out_of_order_resumes_as_the_uninterrupted_one(t, seed):
+    """With 4 workers points are asked before earlier ones are told, and told in whatever order they finish: the
+    record of where each ask and tell came lets a resumed study, told the rest in the same order, ask exactly the
+    points the uninterrupted one asked, and record the same history."""
+    uninterrupted = Recorder(tpe())
+    events = parallel(uninterrupted, workers=4, seed=seed)
+    assert len(events) == 40
+    assert [kind for kind, _ in events[:8]] != ["ask", "tell"] * 4, "nothing was asked ahead"
+    assert [i for kind, i in events if kind == "tell"] != sorted(range(20)), "everything was told in order"
+    history = cut_at(uninterrupted, events, t)
+
+    resumed = Recorder(replayed(history), history)
+    for previous in history:
+        point = resumed.ask()
+        assert (point.index, point.name) == (previous.index, uninterrupted.points[previous.index].name)
+        if previous.told is not None:
+            resumed.tell(point, failing_objective(point.params))  # reused: the replay told it already
+    for kind, index in events[t:]:
+        if kind == "ask":
+            assert resumed.ask().index == index
+        else:
+            resumed.tell(resumed.points[index], failing_objective(resumed.points[index].params))
+    assert resumed.ask() is None
+    names = {i: (p.name, dict(p.params)) for i, p in resumed.points.items()}
+    assert names == {i: (p.name, dict(p.params)) for i, p in uninterrupted.points.items()}
+    assert resumed.history() == uninterrupted.history()
+
+
+def test_the_same_history_told_in_another_order_leads_elsewhere():
+    """The replay test above can fail: a resume that told the same values in index order would draw other points."""
+    uninterrupted = Recorder(tpe())
+    events = parallel(uninterrupted, workers=4, seed=0)
+    history = cut_at(uninterrupted, events, 33)
+    told_in_index_order = [replace(p, told=p.index if p.told is not None else None) for p in history]
+    resumed = drain(replayed(told_in_index_order), failing_objective)
+    assert [dict(p.params) for p in resumed] != [dict(p.params) for p in uninterrupted.points.values()]
+
+
+@pytest.mark.parametrize(
+    "diverged",
+    [
+        pytest.param(lambda h: replayed(h, seed=1), id="other-seed"),
+        pytest.param(lambda h: replayed([replace(h[5], index=6), *h[:5], *h[6:]]), id="gap"),
+        pytest.param(lambda h: replayed([*h[:5], replace(h[5], told=0), *h[6:]]), id="told-before-asked"),
+    ],
+)
+def test_a_history_the_study_does_not_reproduce_warns_once_and_enqueues_the_rest(diverged, caplog):
+    """Another Optuna, a changed space or a damaged record must not stop a resume: the previous points still come
+    first, as fixed trials."""
+    uninterrupted, history = sequential(12)
+    with caplog.at_level(logging.WARNING, logger="runtree_pipeline.execution.samplers"):
+        sampler = diverged(history)
+    assert len([r for r in caplog.records if "does not replay" in r.message]) == 1
+    resumed = drain(sampler, objective)
+    assert len(resumed) == 20
+    assert [dict(p.params) for p in resumed[:12]] == [dict(p.params) for p in uninterrupted[:12]]
 
 
 # --- through a pipeline ---------------------------------------------------------------------------------------------
@@ -331,3 +473,86 @@ def test_a_pipeline_asks_and_tells_every_parent_its_own_sampler(store, client, s
     best = min(r.data.metrics["loss"] for r in leaves)
     (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
     assert stage.data.metrics["best_loss"] == best == result.stages["fit"].best.metrics["loss"]
+
+
+def stops_once(*, x: float, centre: float, log_file: str, stop_at: int) -> dict:
+    """`bowl_at` logging each call, except that the call after `stop_at` logged ones is a Ctrl-C, once."""
+    log = Path(log_file)
+    marker = log.with_suffix(".stopped")
+    if len(log.read_text().splitlines() if log.exists() else []) == stop_at and not marker.exists():
+        marker.touch()
+        raise KeyboardInterrupt
+    with log.open("a") as fh:
+        fh.write(f"{centre!r},{x!r}\n")
+    return bowl_at(x=x, centre=centre)
+
+
+GRID_OVER_TPE = {
+    "variants": {"points": {"left": {"centre": -2.0}, "right": {"centre": 2.0}}},
+    "subvariants": {"sampler": "tpe", "n": 14, "seed": 3, "params": {"x": "interval(-3, 3)"}},
+}
+TPE_OVER_TPE = {
+    "variants": {"sampler": "tpe", "n": 3, "seed": 1, "params": {"centre": "interval(-2, 2)"}},
+    "subvariants": {"sampler": "tpe", "n": 5, "seed": 3, "params": {"x": "interval(-3, 3)"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("levels", "stop_at"),
+    [
+        pytest.param(GRID_OVER_TPE, 4, id="within-startup"),
+        pytest.param(GRID_OVER_TPE, 26, id="after-startup-in-the-second-variant"),
+        pytest.param(TPE_OVER_TPE, 7, id="tpe-variants"),
+    ],
+)
+def test_an_interrupted_tpe_sweep_resumes_as_the_uninterrupted_one(store, client, tmp_path, levels, stop_at):
+    """A tpe sweep stopped by Ctrl-C part-way and resumed with `resume: last` asks exactly the points the
+    uninterrupted sweep asks on the same seed (none again as 'x=... #2'), without running again the leaves that had
+    finished, and leaves the same record of asks and tells for a later resume."""
+
+    def config(experiment: str, stop: int) -> dict:
+        fit = {
+            "_target_": "tests.execution.test_samplers.stops_once",
+            "params": {"log_file": str(tmp_path / f"{experiment}.txt"), "stop_at": stop},
+            **levels,
+        }
+        return {
+            "tracking_uri": store,
+            "experiment": experiment,
+            "objective": {"metric": "loss"},
+            "stages": {"fit": fit},
+        }
+
+    def leaves(experiment: str) -> dict:
+        return {
+            r.info.run_name: r for r in all_runs(client, experiment) if r.data.tags["runtree.level"] == "subvariant"
+        }
+
+    with pytest.raises(Interrupted):
+        run_plan(build_plan(config("stopped", stop_at)), plots=False)
+    finished = {name: r.info.run_id for name, r in leaves("stopped").items() if r.info.status == "FINISHED"}
+    assert len(finished) == stop_at
+
+    run_plan(build_plan({**config("stopped", stop_at), "resume": "last"}), plots=False)
+    run_plan(build_plan(config("uninterrupted", -1)), plots=False)
+
+    resumed, uninterrupted = leaves("stopped"), leaves("uninterrupted")
+    assert not any("#" in name for name in resumed)
+    assert {n: r.data.params["x"] for n, r in resumed.items()} == {
+        n: r.data.params["x"] for n, r in uninterrupted.items()
+    }
+    assert {r.info.status for r in all_runs(client, "stopped")} == {"FINISHED"}
+    assert {name: resumed[name].info.run_id for name in finished} == finished
+    calls = (tmp_path / "stopped.txt").read_text().splitlines()
+    assert len(calls) == len(set(calls)) == len(resumed)
+
+    def record(experiment: str) -> dict:
+        return {
+            r.info.run_name: (r.data.tags.get("runtree.asked"), r.data.tags.get("runtree.told"))
+            for r in all_runs(client, experiment)
+            if r.data.tags["runtree.level"] != "stage"
+        }
+
+    assert record("stopped") == record("uninterrupted")
+    learning_children = len(uninterrupted) + (3 if levels is TPE_OVER_TPE else 0)
+    assert sum(None not in tags for tags in record("uninterrupted").values()) == learning_children
