@@ -40,18 +40,32 @@ def run_plan(
     the children of every parent and the DAG as artifacts once the tree is recorded.
 
     The executor is checked against the store before the store is opened, so a refused combination raises
-    ConfigErrors with no store file, experiment or run left behind.
+    ConfigErrors with no store file, experiment or run left behind. It is then started before the store is opened:
+    its workers start on the other cores while this process imports MLflow and opens the store, and it is closed
+    here if anything fails before the runner takes it over.
     """
     from runtree_pipeline.execution.scheduler import Runner
-    from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri
+    from runtree_pipeline.interrupts import shielded
+    from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri, quiet_mlflow_env
 
+    quiet_mlflow_env()
     if executor is not None:
-        problems = executor.check(tracking_uri=plan.tracking_uri or default_uri())
+        uri = plan.tracking_uri or default_uri()
+        problems = executor.check(tracking_uri=uri)
         if problems:
             raise ConfigErrors(problems)
-    store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)
+    store = None
     try:
+        if executor is not None:
+            executor.start(tracking_uri=uri)
+        store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)
         runner = Runner(plan, store=store, executor=executor, progress=progress, command=command, plots=plots)
         return runner.run()
+    except BaseException:
+        if executor is not None:
+            with shielded(discard=True):
+                executor.close()
+        raise
     finally:
-        store.close()
+        if store is not None:
+            store.close()

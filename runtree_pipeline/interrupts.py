@@ -167,3 +167,22 @@ class ThreadPool(ThreadPoolExecutor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         with shielded():
             return super().submit(fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Workers (and the threads that launch them and their replacements, and the forkserver) start with Ctrl-C
+    blocked, as the pool wants it ignored: a terminal's Ctrl-C reaches the whole process group, and would otherwise
+    print a KeyboardInterrupt traceback from every worker still importing. The driver gets its own Ctrl-C back as
+    soon as the pool is created."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # starting it unblocks SIGINT again, so it starts first
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

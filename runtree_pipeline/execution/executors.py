@@ -13,15 +13,16 @@ import importlib.util
 import multiprocessing
 import os
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
 from runtree_pipeline.futures import run_now
-from runtree_pipeline.interrupts import shielded
+from runtree_pipeline.interrupts import shielded, sigint_blocked
 
 STOPPED = "Cancelled: the pipeline was stopped before this leaf finished"
 
@@ -31,6 +32,7 @@ class Executor:
     starts at once and no leaf run sits RUNNING in a queue."""
 
     workers: int = 1
+    _started = False
 
     def check(self, *, tracking_uri: str) -> list[ConfigError]:
         """Why this executor cannot work with this tracking store, asked before the store is opened: a refused
@@ -38,10 +40,21 @@ class Executor:
         return []
 
     def start(self, *, tracking_uri: str) -> None:
-        """Acquire workers; raise ConfigErrors if this executor cannot work with this tracking store."""
+        """Acquire workers; raise ConfigErrors if this executor cannot work with this tracking store.
+
+        A second call before `close` does nothing: `run_plan` starts the executor before it opens the store, so
+        workers start while the driver imports MLflow, and the runner's own call then finds it started.
+        """
+        if self._started:
+            return
         self._gate = threading.Lock()
         self._inflight: set[Future[LeafOutcome]] = set()
         self._closed = False
+        self._start(tracking_uri=tracking_uri)
+        self._started = True
+
+    def _start(self, *, tracking_uri: str) -> None:
+        """Acquire this executor's workers."""
 
     def submit(self, task: LeafTask) -> Future[LeafOutcome]:
         """A task submitted while the executor closes gets a stopped outcome instead of a future nobody completes."""
@@ -67,6 +80,7 @@ class Executor:
         self._shutdown()
         for future in list(getattr(self, "_inflight", ())):
             _settle(future, LeafOutcome(error=STOPPED))
+        self._started = False
 
     def _shutdown(self) -> None:
         """Stop the workers."""
@@ -79,10 +93,9 @@ class LocalExecutor(Executor):
     runs and is put back afterwards, so the calling process (a notebook, a test) keeps its own setting.
     """
 
-    def start(self, *, tracking_uri: str) -> None:
+    def _start(self, *, tracking_uri: str) -> None:
         from runtree_pipeline.tracking.active import use_tracking_uri
 
-        super().start(tracking_uri=tracking_uri)
         self._restore = use_tracking_uri(tracking_uri)
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
@@ -95,32 +108,51 @@ class LocalExecutor(Executor):
 
 
 class ProcessExecutor(Executor):
-    """A pool of worker processes on this machine (pebble: a worker that dies fails only its own task)."""
+    """A pool of worker processes on this machine (pebble: a worker that dies fails only its own task).
 
-    def __init__(self, workers: int | None = None, start_method: str = "spawn") -> None:
+    Start-up is most of a short pipeline's wall on a small machine, so nothing waits for it: `start` returns once the
+    workers are asked for, they import while the driver opens the store and creates runs, and a leaf submitted
+    before any worker is ready waits in the pool's queue for the first free one. With `forkserver` (the default on
+    Linux) one server process imports MLflow once and every worker forks from it warm, rather than each worker
+    importing it on its own core.
+    """
+
+    def __init__(self, workers: int | None = None, start_method: str | None = None) -> None:
         self.workers = int(workers or os.cpu_count() or 1)
-        self.start_method = start_method
+        self.start_method = start_method or default_start_method()
         self._pool: Any = None
+        self._launcher: threading.Thread | None = None
+        self._launch_error: BaseException | None = None
+        self._forkserver = False
 
-    def start(self, *, tracking_uri: str) -> None:
+    def _start(self, *, tracking_uri: str) -> None:
         from pebble import ProcessPool
 
-        super().start(tracking_uri=tracking_uri)
-        with shielded(), _sigint_blocked():
-            self._pool = ProcessPool(
-                max_workers=self.workers,
-                context=multiprocessing.get_context(self.start_method),
-                initializer=_warm_worker,
-            )
-            warming = [self._pool.schedule(_worker_pid) for _ in range(self.workers)]
-        seen: set[int] = set()
-        for _ in range(10):
-            seen.update(f.result(timeout=300) for f in warming)
-            if len(seen) >= self.workers:
-                break
-            warming = [self._pool.schedule(_worker_pid) for _ in range(self.workers)]
+        context = multiprocessing.get_context(self.start_method)
+        self._launch_error = None
+        with shielded(), sigint_blocked():
+            if self.start_method == "forkserver":
+                _forkserver.acquire(context)
+                self._forkserver = True
+            self._pool = ProcessPool(max_workers=self.workers, context=context, initializer=_warm_worker)
+            # Launching a worker waits for the forkserver to finish its imports; the pool's own threads, started
+            # from this one, inherit its blocked Ctrl-C, as the workers they start as replacements must.
+            self._launcher = threading.Thread(target=self._launch, args=(self._pool,), name="runtree-workers")
+            self._launcher.daemon = True
+            self._launcher.start()
+
+    def _launch(self, pool: Any) -> None:
+        """Asking a pool whether it is active starts it (unless it was stopped first), and with it every worker."""
+        try:
+            pool.active  # noqa: B018 - the question is the call
+        except BaseException as e:  # noqa: BLE001 - raised in the driver, by the next submit
+            self._launch_error = e
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
+        if self._launcher is not None:
+            self._launcher.join()  # workers are asked for, not warm: the task then waits for the first free one
+        if self._launch_error is not None:
+            raise self._launch_error
         return _outcome_of(self._pool.schedule(execute, args=(task,)), _describe_pebble_error)
 
     def _shutdown(self) -> None:
@@ -128,6 +160,81 @@ class ProcessExecutor(Executor):
             self._pool.stop()
             self._pool.join()
             self._pool = None
+        if self._launcher is not None:
+            self._launcher.join()
+            self._launcher = None
+        if self._forkserver:
+            self._forkserver = False
+            _forkserver.release()
+
+
+def default_start_method() -> str:
+    """forkserver on Linux, where forking workers from one process that imported MLflow is well trodden; spawn
+    elsewhere (macOS system frameworks are not safe to fork, Windows cannot)."""
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+#: What a worker runs, imported once by the forkserver before it forks any worker: the leaf, the initializer's
+#: module and what `tracking.active.preload` imports (MLflow). None of them starts a Python thread at import; the
+#: native ones numpy's OpenBLAS and pyarrow's jemalloc start are fork-aware (a worker starts its own as needed).
+WORKER_MODULES = [
+    "runtree_pipeline.execution.executors",
+    "runtree_pipeline.execution.leaf",
+    "runtree_pipeline.tracking.active",
+    "runtree_pipeline.tracking.mlflow_store",
+    "hydra.utils",
+    "mlflow.entities",
+    "mlflow.tracking.fluent",
+]
+
+
+class _SharedForkserver:
+    """The interpreter's one forkserver, started with the worker modules preloaded by the first process executor
+    that needs it and stopped by the last one to close: pipelines side by side (threads) share it, and it does not
+    outlive them in a process that goes on (a notebook, a test process).
+
+    A server that was already running when the first one came is someone else's: it is used as it is (without the
+    preloads) and left running.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._ours: int | None = None
+
+    def acquire(self, context: Any) -> None:
+        """Called on the thread whose Ctrl-C is blocked, so the server imports with it blocked and then ignores it
+        (as it is written to): a Ctrl-C to the process group prints nothing from the server."""
+        from multiprocessing import forkserver
+
+        from runtree_pipeline.tracking.mlflow_store import quiet_mlflow_env
+
+        with self._lock:
+            quiet_mlflow_env()  # the server imports MLflow in the environment it starts with, and workers inherit it
+            server = forkserver._forkserver
+            before = server._forkserver_pid
+            context.set_forkserver_preload(WORKER_MODULES)
+            forkserver.ensure_running()
+            if server._forkserver_pid != before:
+                self._ours = server._forkserver_pid
+            self._users += 1
+
+    def release(self) -> None:
+        """Called once the releasing executor's workers are gone."""
+        from multiprocessing import forkserver
+
+        with self._lock:
+            self._users -= 1
+            server = forkserver._forkserver
+            if self._users or self._ours is None or server._forkserver_pid != self._ours:
+                return
+            self._ours = None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server._forkserver_pid, signal.SIGTERM)  # a worker's orphaned children may keep it waiting
+            server._stop()
+
+
+_forkserver = _SharedForkserver()
 
 
 class RayExecutor(Executor):
@@ -164,7 +271,7 @@ class RayExecutor(Executor):
             )
         return problems
 
-    def start(self, *, tracking_uri: str) -> None:
+    def _start(self, *, tracking_uri: str) -> None:
         problems = self.check(tracking_uri=tracking_uri)
         if problems:
             raise ConfigErrors(problems)
@@ -181,7 +288,6 @@ class RayExecutor(Executor):
         cpus = ray.cluster_resources().get("CPU", 1)
         self.workers = int(self.requested_workers or max(1, cpus // max(self.num_cpus, 1e-9)))
         self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(execute)
-        super().start(tracking_uri=tracking_uri)
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         ref = self._remote.remote(task)
@@ -240,34 +346,8 @@ def _describe_ray_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else 'the Ray task failed'}"
 
 
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Workers (and pebble's threads, which spawn replacements) start with Ctrl-C blocked, as the pool wants it
-    ignored: a terminal's Ctrl-C reaches the whole process group, and would otherwise print a KeyboardInterrupt
-    traceback from every worker still importing. The driver gets its own Ctrl-C as soon as the pool has started."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()  # starting it unblocks SIGINT again, so it starts first
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def _worker_pid() -> int:
-    """A short task: once every worker has answered one, the pool is warm and leaves will not queue behind imports."""
-    import time
-
-    time.sleep(0.05)
-    return os.getpid()
-
-
 def _warm_worker() -> None:
-    """Import mlflow while the pool starts, in parallel, rather than inside the first leaf of each worker."""
+    """Import mlflow as the worker starts rather than inside its first leaf (a no-op for a worker forked warm)."""
     from runtree_pipeline.tracking.active import preload
 
     preload()

@@ -102,7 +102,8 @@ class Outcome:
 
 
 def _workers_started(pid: int, where: Path) -> bool:
-    """A spawned worker among the process's children (Linux); elsewhere the store existing comes close."""
+    """A spawned worker, or the forkserver workers fork from, among the process's children (Linux); elsewhere the
+    store existing comes close."""
     listing = Path(f"/proc/{pid}/task/{pid}/children")
     try:
         children = listing.read_text().split()
@@ -110,7 +111,7 @@ def _workers_started(pid: int, where: Path) -> bool:
         return (where / "mlflow.db").exists()
     for child in children:
         try:
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if any(mark in Path(f"/proc/{child}/cmdline").read_bytes() for mark in (b"spawn_main", b"forkserver")):
                 return True
         except OSError:
             continue

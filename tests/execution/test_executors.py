@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import pickle
 import signal
@@ -27,7 +28,10 @@ import pytest
 from mlflow import MlflowClient
 
 from runtree_pipeline import ConfigErrors, Interrupted, PipelineResult, build_plan, run_pipeline, run_plan
+from runtree_pipeline.execution import executors
 from runtree_pipeline.execution.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
+from runtree_pipeline.execution.leaf import LeafTask
+from runtree_pipeline.tracking.records import RunRef
 from tests.conftest import REPO, all_runs, cli_env, copy_of
 
 # --- stores, Ray ---------------------------------------------------------------------------------------------------
@@ -205,6 +209,42 @@ class ContractRun(NamedTuple):
     stranger: str  # a run id the pipeline found in MLFLOW_RUN_ID
 
 
+def leaf(x: int, store: str) -> LeafTask:
+    """A leaf task on its own, as the scheduler submits one: `quad` logs nothing, so its run need not exist."""
+    return LeafTask("tests.targets.quad", {"x": x}, RunRef(f"run{x}", "0", store, f"x={x}"), objective="loss")
+
+
+def losses(futures) -> list[float]:
+    return [f.result(timeout=120).metrics["loss"] for f in futures]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process under `pid` (Linux): forkserver workers are the server's children, not the driver's."""
+    found: set[int] = set()
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in map(int, listing.read_text().split()):
+                found |= {child, *descendants(child)}
+    return found
+
+
+def no_process_left_by(action: Callable[[], object]) -> set[int]:
+    """The processes `action` started that are still alive after it: the interpreter's resource tracker is
+    started first, as every process pool keeps it for the life of the interpreter."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    before = descendants(os.getpid())
+    action()
+    return descendants(os.getpid()) - before
+
+
+def wait_for(path: str) -> None:
+    """A worker initializer that holds its worker cold until the test creates `path`."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
 DRIVER = """
 import pickle, sys
 from runtree_pipeline import build_plan, run_plan
@@ -222,6 +262,8 @@ class ExecutorContract:
 
     #: An executor that runs leaves in the driver process cannot survive a target that kills its process.
     runs_leaves_in_driver = False
+    #: Workers that belong to a runtime the executor joined (Ray's, here the module's) outlive the executor.
+    workers_outlive_close = False
 
     @pytest.fixture(scope="class")
     def make_executor(self) -> Callable[[], Executor]:
@@ -361,6 +403,32 @@ class ExecutorContract:
         run({**config, "resume": "last"}, make_executor())
         assert_resumed_without_redoing(client, log_file, finished_before)
 
+    def test_a_second_start_changes_nothing_and_leaves_then_run(self, make_executor, store):
+        """`run_plan` starts the executor before opening the store and the runner starts it again: the second
+        call must not start a second set of workers or forget what the first one will have to restore."""
+        executor = make_executor()
+        executor.start(tracking_uri=store)
+        try:
+            first = dict(vars(executor))
+            executor.start(tracking_uri=store)
+            assert [name for name, value in vars(executor).items() if first.get(name) is not value] == []
+            assert losses([executor.submit(leaf(x, store)) for x in range(3)]) == [5.0, 4.0, 5.0]
+        finally:
+            executor.close()
+
+    def test_close_leaves_no_process_behind_and_a_closed_executor_starts_again(self, make_executor, store):
+        executor = make_executor()
+
+        def pipeline() -> None:
+            executor.start(tracking_uri=store)
+            try:
+                assert losses([executor.submit(leaf(2, store))]) == [5.0]
+            finally:
+                executor.close()
+
+        left = no_process_left_by(pipeline) | no_process_left_by(pipeline)
+        assert left == set() or self.workers_outlive_close
+
 
 class TestLocal(ExecutorContract):
     runs_leaves_in_driver = True
@@ -377,6 +445,8 @@ class TestProcesses(ExecutorContract):
 
 
 class TestRay(ExecutorContract):
+    workers_outlive_close = True
+
     @pytest.fixture(scope="class")
     def make_executor(self, ray_runtime):
         return lambda: RayExecutor(address="local", workers=2)
@@ -412,6 +482,50 @@ def test_four_workers_on_sqlite_lose_nothing(store, client):
     assert len(runs) == 1 + 4 + 16 and {r.info.status for r in runs} == {"FINISHED"}
     for leaf in leaves_of(runs):
         assert len(client.get_metric_history(leaf.info.run_id, "curve")) == 25
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_processes_start_returns_before_any_worker_is_warm(start_method, store, tmp_path, monkeypatch):
+    """Leaves submitted while no worker is ready wait in the pool's queue and all complete; nothing is left
+    running after close. Every worker's initializer waits for a file that only appears once `start` returned."""
+    gate = tmp_path / "gate"
+    monkeypatch.setattr(executors, "_warm_worker", functools.partial(wait_for, str(gate)))
+    executor = ProcessExecutor(workers=2, start_method=start_method)
+
+    def pipeline() -> None:
+        executor.start(tracking_uri=store)
+        try:
+            futures = [executor.submit(leaf(x, store)) for x in range(5)]
+            assert not any(f.done() for f in futures)
+            gate.touch()
+            assert losses(futures) == [5.0, 4.0, 5.0, 8.0, 13.0]
+        finally:
+            executor.close()
+
+    assert no_process_left_by(pipeline) == set()
+
+
+def test_process_executors_side_by_side_share_the_forkserver_until_the_last_one_closes(store):
+    first, second = ProcessExecutor(workers=1), ProcessExecutor(workers=1, start_method="forkserver")
+
+    def side_by_side() -> None:
+        first.start(tracking_uri=store)
+        second.start(tracking_uri=store)
+        try:
+            assert losses([first.submit(leaf(0, store)), second.submit(leaf(1, store))]) == [5.0, 4.0]
+            first.close()
+            assert losses([second.submit(leaf(2, store))]) == [5.0]
+        finally:
+            first.close()
+            second.close()
+
+    assert no_process_left_by(side_by_side) == set()
+
+
+def test_processes_default_to_a_forkserver_on_linux():
+    expected = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    assert ProcessExecutor(workers=1).start_method == expected
+    assert ProcessExecutor(workers=1, start_method="spawn").start_method == "spawn"
 
 
 def test_independent_stages_overlap(store, client):
