@@ -1,0 +1,520 @@
+"""Whole-process costs of runtree_pipeline, measured the way a user feels them: wall time of entire commands.
+
+Run by hand (not a test):
+
+    python benchmarks/whole_process.py [--repeats 3] [--only fixed,warmup,throughput] [--quick]
+    python benchmarks/whole_process.py --only scale       # minutes at full size; not in the default set
+    python benchmarks/whole_process.py --only server      # against a local `mlflow server`; not in the default set
+
+Sections (the performance targets of issue 10; `--quick` shrinks every size for a smoke run, where only the
+size-independent targets mean anything):
+
+- fixed: a one-leaf pipeline through the CLI (plots on, and plots=false) vs a process that only opens the same
+  kind of store, `MlflowClient(URI).search_experiments()`. Target: runtree ÷ client <= 1.3.
+- warmup: 16 leaves sleeping 1 s, `executor=processes executor.workers=4` (and `executor=ray` with 4 workers when
+  Ray is installed) vs `executor=local`. Target: local - processes >= 10 s.
+- throughput: the tutorial shape, 5 variants x 60 sub-variants on sqlite, `+sweep=tutorial` vs the tutorial's
+  hand-written loop (tracking_overhead.SEED_LOOP). Targets: loop ÷ runtree >= 1.5; plots' share of the runtree
+  command, (plots on - plots off) / plots off, <= 10%.
+- scale: 2,000 and 20,000 leaves of a trivial target, plots off: ms/run at each size and their ratio (<= 1.2),
+  peak RSS and its slope per leaf (<= 2 KB); then on the larger store `resume=last` with nothing left to do and
+  `runtree tree`, each <= 10 s and <= 500 MB.
+- server: the tutorial shape 5 x 25 against `mlflow server` in its default form: ms/run from the store's own run
+  timestamps (as in tracking_overhead.py) and the whole command's wall. Target: loop ÷ runtree >= 10 per run.
+
+How: every contender is a whole process started with `subprocess.run` and timed with `time.perf_counter` around
+it; peak RSS, where asked, is `/usr/bin/time -f %M` (KB) of that process. Contenders run alternately, A B A B ...,
+`--repeats` times, each on its own sqlite store copied beforehand from one template store (so schema creation is
+in nobody's time); medians per contender and ratios come from the same invocation. Every process runs in a scratch
+working directory outside any git work tree (so no git provenance lookups), with MLFLOW_* variables dropped
+(tracking_overhead.env). At the end one markdown table, headed by the exact command line, is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+# The tutorial loop, the child environment and ms/run from the store are tracking_overhead.py's: one definition of
+# each contender across the benchmarks. `python benchmarks/whole_process.py` already has this directory on sys.path;
+# the insert keeps the import working however the file is started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tracking_overhead import SEED_LOOP, env, ms_per_run  # noqa: E402
+
+from runtree_pipeline.tracking.localserver import LocalMlflowServer  # noqa: E402
+
+PY = sys.executable
+TIME = Path("/usr/bin/time")
+SECTIONS = ("fixed", "warmup", "throughput", "scale", "server")
+DEFAULT_SECTIONS = ("fixed", "warmup", "throughput")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every size a section uses, so `--quick` is one substitution rather than a branch per section."""
+
+    sleepers: int = 16  # warmup: leaves
+    sleep_s: float = 1.0  # warmup: seconds each leaf sleeps
+    workers: int = 4  # warmup: processes / Ray workers
+    variants: int = 5  # throughput and server: parents (the tutorial's tests)
+    subvariants: int = 60  # throughput: children per parent
+    server_subvariants: int = 25  # server: children per parent
+    scale: tuple[int, int] = (2_000, 20_000)  # scale: leaves, smaller and larger
+
+
+FULL = Sizes()
+QUICK = Sizes(sleepers=8, sleep_s=0.5, subvariants=10, server_subvariants=5, scale=(200, 2_000))
+
+# Targets written into the scratch working directory: the benchmark must not depend on tests/, and the working
+# directory is importable for `_target_`s (and for processes and Ray workers, which inherit it).
+TARGETS = '''
+import time
+
+
+def sleepy(*, seconds: float, i: int) -> dict:
+    """Stands for a leaf whose cost is all in the target: only the executor's overlap can save time."""
+    time.sleep(seconds)
+    return {"loss": float(i)}
+
+
+def fast(*, v: int, s: int) -> dict:
+    """Costs nothing, so the per-run cost of the tree walk and the store is all that is measured."""
+    return {"loss": float(v * 10 + s)}
+'''
+
+FIXED_SWEEP = """
+# @package _global_
+objective: {metric: metric1, mode: min}
+stages:
+  trial:
+    _target_: runtree_pipeline.examples.tutorial.trial
+    params: {test_no: 0, param1: a, param2: d, draw: 0.5}
+"""
+
+WARMUP_SWEEP = """
+# @package _global_
+objective: {{metric: loss}}
+stages:
+  sleep:
+    _target_: bench_targets.sleepy
+    params: {{seconds: {seconds}}}
+    subvariants:
+      params: {{i: "range(0, {leaves})"}}
+"""
+
+# Leaves = variants x 10. The range is in the file, not an override: Hydra reads `range(...)` on the command line
+# as a multirun sweep.
+SCALE_SWEEP = """
+# @package _global_
+objective: {{metric: loss}}
+stages:
+  grid:
+    _target_: bench_targets.fast
+    variants:
+      params: {{v: "range(0, {variants})"}}
+    subvariants:
+      params: {{s: "range(0, 10)"}}
+"""
+
+OPEN_STORE = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+
+
+@dataclass
+class Sample:
+    """One whole-process run: wall time, peak RSS when asked, and where it recorded (to read ms/run afterwards)."""
+
+    wall: float
+    rss_kb: int | None
+    uri: str
+    experiment: str
+
+
+@dataclass
+class Contender:
+    """A command line built from (tracking uri, tag); the tag doubles as its experiment name, unique per run."""
+
+    label: str
+    command: Callable[[str, str], list[str]]
+
+
+@dataclass
+class Row:
+    section: str
+    what: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class Bench:
+    """The scratch layout every section shares: a working directory, a config dir and a template store."""
+
+    root: Path
+    sizes: Sizes
+    repeats: int
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "conf"
+
+    def setup(self) -> None:
+        """Targets, sweep files and the template store are made once, before anything is timed."""
+        self.work.mkdir(parents=True)
+        (self.work / "bench_targets.py").write_text(TARGETS.lstrip())
+        sweeps = self.conf / "sweep"
+        sweeps.mkdir(parents=True)
+        (sweeps / "fixed.yaml").write_text(FIXED_SWEEP.lstrip())
+        warmup = WARMUP_SWEEP.format(seconds=self.sizes.sleep_s, leaves=self.sizes.sleepers)
+        (sweeps / "warmup.yaml").write_text(warmup.lstrip())
+        for leaves in self.sizes.scale:
+            (sweeps / f"scale{leaves}.yaml").write_text(SCALE_SWEEP.format(variants=leaves // 10).lstrip())
+        (self.root / "stores").mkdir()
+        template = self.root / "template.db"
+        self.run([PY, "-c", OPEN_STORE, f"sqlite:///{template}"], tag="template")
+
+    def fresh_store(self, tag: str) -> str:
+        """A copy of the template: the schema migrations (seconds) are paid once, outside every timing."""
+        path = self.root / "stores" / f"{tag}.db"
+        shutil.copyfile(self.root / "template.db", path)
+        return f"sqlite:///{path}"
+
+    def pipeline(self, *overrides: str, tag: str) -> list[str]:
+        """`python -m runtree_pipeline` with the scratch config dir and a Hydra run dir outside the repo."""
+        return [
+            PY,
+            "-m",
+            "runtree_pipeline",
+            "--config-dir",
+            str(self.conf),
+            *overrides,
+            f"hydra.run.dir={self.root / 'outputs' / tag}",
+        ]
+
+    def run(self, cmd: list[str], *, tag: str, rss: bool = False) -> tuple[float, int | None]:
+        """Wall time of the whole process (and its peak RSS in KB via /usr/bin/time); a failure stops the
+        benchmark with the command's stderr, since a number from a broken run would mislead."""
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True)
+        rss_file = logs / f"{tag}.rss"
+        full = [str(TIME), "-f", "%M", "-o", str(rss_file), *cmd] if rss else cmd
+        with open(logs / f"{tag}.err", "w") as err:
+            started = time.perf_counter()
+            done = subprocess.run(full, cwd=self.work, env=env(), stdout=subprocess.DEVNULL, stderr=err)
+            wall = time.perf_counter() - started
+        if done.returncode != 0:
+            tail = (logs / f"{tag}.err").read_text()[-3000:]
+            raise SystemExit(f"exit {done.returncode}: {shlex.join(cmd)}\n{tail}")
+        peak = int(rss_file.read_text().split()[-1]) if rss else None
+        return wall, peak
+
+    def alternate(
+        self,
+        section: str,
+        contenders: Sequence[Contender],
+        *,
+        store: Callable[[str], str] | None = None,
+        rss: bool = False,
+    ) -> dict[str, list[Sample]]:
+        """A B A B ...: drift on a shared machine (other jobs, thermal state) then hits every contender alike."""
+        store = store or self.fresh_store
+        samples: dict[str, list[Sample]] = {c.label: [] for c in contenders}
+        for i in range(self.repeats):
+            for n, contender in enumerate(contenders):
+                tag = f"{section}-{n}-{i}"
+                uri = store(tag)
+                wall, peak = self.run(contender.command(uri, tag), tag=tag, rss=rss)
+                samples[contender.label].append(Sample(wall, peak, uri, tag))
+                print(f"  {section}: {contender.label}: {wall:.2f} s", file=sys.stderr, flush=True)
+        return samples
+
+    def add(self, section: str, what: str, value: str, target: str = "", met: bool | None = None) -> None:
+        self.rows.append(Row(section, what, value, target, met))
+
+
+def median_wall(samples: list[Sample]) -> float:
+    return statistics.median(s.wall for s in samples)
+
+
+def median_rss_mb(samples: list[Sample]) -> float:
+    return statistics.median(s.rss_kb or 0 for s in samples) / 1024
+
+
+def fixed(bench: Bench) -> None:
+    """Start-up of a trivial pipeline against the floor any MLflow-using process pays: interpreter, imports and
+    opening the store. What is left is runtree's own import, config and recording cost."""
+    on = Contender("runtree, one leaf, plots on", lambda uri, tag: bench.pipeline(*_fixed(uri, tag), tag=tag))
+    off = Contender(
+        "runtree, one leaf, plots=false", lambda uri, tag: bench.pipeline(*_fixed(uri, tag), "plots=false", tag=tag)
+    )
+    client = Contender("MlflowClient(URI).search_experiments()", lambda uri, tag: [PY, "-c", OPEN_STORE, uri])
+    walls = {label: median_wall(s) for label, s in bench.alternate("fixed", [on, off, client]).items()}
+    for label, wall in walls.items():
+        bench.add("fixed", label, f"{wall:.2f} s")
+    floor = walls[client.label]
+    ratio = walls[on.label] / floor
+    bench.add("fixed", "plots on ÷ client", f"{ratio:.2f}×", "≤ 1.3×", ratio <= 1.3)
+    bench.add("fixed", "plots=false ÷ client", f"{walls[off.label] / floor:.2f}×")
+
+
+def _fixed(uri: str, tag: str) -> list[str]:
+    return ["+sweep=fixed", f"tracking_uri={uri}", f"experiment={tag}"]
+
+
+def warmup(bench: Bench) -> None:
+    """Leaves that only sleep: what an executor saves is overlap minus its own start-up (spawning workers,
+    importing the target in each), which is what a user with slow leaves weighs when choosing one."""
+    sizes = bench.sizes
+
+    def executor(*overrides: str) -> Callable[[str, str], list[str]]:
+        return lambda uri, tag: bench.pipeline(
+            "+sweep=warmup", f"tracking_uri={uri}", f"experiment={tag}", "plots=false", *overrides, tag=tag
+        )
+
+    contenders = [
+        Contender("executor=local", executor("executor=local")),
+        Contender(
+            f"executor=processes, {sizes.workers} workers",
+            executor("executor=processes", f"executor.workers={sizes.workers}"),
+        ),
+    ]
+    if importlib.util.find_spec("ray") is not None:
+        # Ray admits a task only when its num_cpus fit: with 1 CPU per leaf a 2-core machine would run 2 at once,
+        # not `workers`. Sleeping leaves need no CPU, so each asks for a share that lets `workers` run together.
+        share = min(1.0, (os.cpu_count() or 1) / sizes.workers)
+        contenders.append(
+            Contender(
+                f"executor=ray, {sizes.workers} workers",
+                executor("executor=ray", f"executor.workers={sizes.workers}", f"executor.num_cpus={share:g}"),
+            )
+        )
+    walls = {label: median_wall(s) for label, s in bench.alternate("warmup", contenders).items()}
+    shape = f"{sizes.sleepers} leaves × {sizes.sleep_s:g} s"
+    local = walls["executor=local"]
+    for label, wall in walls.items():
+        bench.add("warmup", f"{label} ({shape})", f"{wall:.2f} s")
+    for label, wall in walls.items():
+        if label == "executor=local":
+            continue
+        saving = local - wall
+        processes = label.startswith("executor=processes")
+        bench.add(
+            "warmup",
+            f"saving, local - {label.split(',')[0].removeprefix('executor=')}",
+            f"{saving:.2f} s",
+            "≥ 10 s" if processes else "",
+            saving >= 10 if processes else None,
+        )
+
+
+def throughput(bench: Bench) -> None:
+    """The tutorial's own job, done both ways, end to end: the hand-written loop pays no plots and no tree
+    bookkeeping, runtree pays its imports and plots; plots off separates the two."""
+    sizes = bench.sizes
+
+    def runtree(*extra: str) -> Callable[[str, str], list[str]]:
+        return lambda uri, tag: bench.pipeline(
+            "+sweep=tutorial",
+            f"stages.tuning.subvariants.n={sizes.subvariants}",
+            f"tracking_uri={uri}",
+            f"experiment={tag}",
+            *extra,
+            tag=tag,
+        )
+
+    shape = f"{sizes.variants} × {sizes.subvariants}"
+    on = Contender(f"runtree +sweep=tutorial, plots on ({shape})", runtree())
+    off = Contender(f"runtree +sweep=tutorial, plots=false ({shape})", runtree("plots=false"))
+    loop = Contender(
+        f"tutorial loop as written ({shape})",
+        lambda uri, tag: [PY, "-c", SEED_LOOP, uri, tag, str(sizes.variants), str(sizes.subvariants)],
+    )
+    walls = {label: median_wall(s) for label, s in bench.alternate("throughput", [on, off, loop]).items()}
+    for label, wall in walls.items():
+        bench.add("throughput", label, f"{wall:.2f} s")
+    speedup = walls[loop.label] / walls[on.label]
+    bench.add("throughput", "loop ÷ runtree (plots on)", f"{speedup:.2f}×", "≥ 1.5×", speedup >= 1.5)
+    bench.add("throughput", "loop ÷ runtree (plots=false)", f"{walls[loop.label] / walls[off.label]:.2f}×")
+    share = (walls[on.label] - walls[off.label]) / walls[off.label]
+    bench.add("throughput", "plots' share, (on - off) / off", f"{share:.1%}", "≤ 10%", share <= 0.10)
+
+
+def scale(bench: Bench) -> None:
+    """Cost per run and memory per leaf must stay flat as a sweep grows tenfold; then the two commands that read
+    a whole big tree back (resume with nothing to do, `runtree tree`) must stay interactive."""
+    small, large = bench.sizes.scale
+
+    def size(leaves: int) -> Contender:
+        return Contender(
+            f"{leaves:,} leaves",
+            lambda uri, tag: bench.pipeline(
+                f"+sweep=scale{leaves}", f"tracking_uri={uri}", f"experiment={tag}", "plots=false", tag=tag
+            ),
+        )
+
+    samples = bench.alternate("scale", [size(small), size(large)], rss=True)
+    per_run: dict[int, float] = {}
+    peak_kb: dict[int, float] = {}
+    for leaves in (small, large):
+        runs = 1 + leaves // 10 + leaves  # the stage run, its variant runs, the leaves
+        wall = median_wall(samples[f"{leaves:,} leaves"])
+        per_run[leaves] = wall / runs * 1000
+        peak_kb[leaves] = statistics.median(s.rss_kb or 0 for s in samples[f"{leaves:,} leaves"])
+        summary = f"{wall:.1f} s, {per_run[leaves]:.2f} ms/run, {peak_kb[leaves] / 1024:.0f} MB"
+        bench.add("scale", f"{leaves:,} leaves ({runs:,} runs), plots=false", summary)
+    growth = per_run[large] / per_run[small]
+    bench.add("scale", f"ms/run {large:,} ÷ {small:,}", f"{growth:.2f}×", "≤ 1.2×", growth <= 1.2)
+    slope = (peak_kb[large] - peak_kb[small]) / (large - small)
+    bench.add("scale", "peak RSS slope", f"{slope:.2f} KB/leaf", "≤ 2 KB/leaf", slope <= 2)
+
+    big = samples[f"{large:,} leaves"][-1]
+    runtree = Path(PY).with_name("runtree")
+    tree = [str(runtree) if runtree.exists() else "runtree", "tree", "--tracking-uri", big.uri]
+    readers = [
+        Contender(
+            f"resume=last, nothing to do ({large:,} leaves)",
+            lambda uri, tag: bench.pipeline(
+                f"+sweep=scale{large}",
+                f"tracking_uri={uri}",
+                f"experiment={big.experiment}",
+                "plots=false",
+                "resume=last",
+                tag=tag,
+            ),
+        ),
+        Contender(f"runtree tree ({large:,} leaves)", lambda uri, tag: [*tree, "--experiment", big.experiment]),
+    ]
+    for label, runs in bench.alternate("scale-read", readers, store=lambda tag: big.uri, rss=True).items():
+        wall, mb = median_wall(runs), median_rss_mb(runs)
+        bench.add("scale", f"{label}, wall", f"{wall:.2f} s", "≤ 10 s", wall <= 10)
+        bench.add("scale", f"{label}, peak RSS", f"{mb:.0f} MB", "≤ 500 MB", mb <= 500)
+
+
+def server(bench: Bench) -> None:
+    """Against a server every round trip costs milliseconds, so whether runtree overlaps them shows; ms/run comes
+    from the store's own timestamps (start-up counts for nobody), the wall from the whole command beside it."""
+    sizes = bench.sizes
+    shape = f"{sizes.variants} × {sizes.server_subvariants}"
+    runtree = Contender(
+        f"runtree +sweep=tutorial ({shape})",
+        lambda uri, tag: bench.pipeline(
+            "+sweep=tutorial",
+            f"stages.tuning.subvariants.n={sizes.server_subvariants}",
+            f"tracking_uri={uri}",
+            f"experiment={tag}",
+            tag=tag,
+        ),
+    )
+    loop = Contender(
+        f"tutorial loop as written ({shape})",
+        lambda uri, tag: [PY, "-c", SEED_LOOP, uri, tag, str(sizes.variants), str(sizes.server_subvariants)],
+    )
+    root = bench.root / "server"
+    root.mkdir()
+    # The default form users run (uvicorn's 4 workers), as tracking_overhead.py measures it; stopped however the
+    # section ends, so no server outlives the benchmark.
+    mlflow_server = LocalMlflowServer(root, workers=None, env=env()).start()
+    try:
+        samples = bench.alternate("server", [runtree, loop], store=lambda tag: mlflow_server.url)
+        per_run = {
+            label: statistics.median(ms_per_run(s.uri, s.experiment)[0] for s in runs)
+            for label, runs in samples.items()
+        }
+    finally:
+        mlflow_server.stop()
+    for label, runs in samples.items():
+        bench.add("server", label, f"{per_run[label]:.1f} ms/run, {median_wall(runs):.2f} s wall")
+    speedup = per_run[loop.label] / per_run[runtree.label]
+    bench.add("server", "loop ÷ runtree, per run", f"{speedup:.1f}×", "≥ 10×", speedup >= 10)
+    bench.add(
+        "server",
+        "loop ÷ runtree, wall",
+        f"{median_wall(samples[loop.label]) / median_wall(samples[runtree.label]):.2f}×",
+    )
+
+
+def table(bench: Bench, argv: Sequence[str], quick: bool) -> str:
+    """Markdown to paste into the README: the command that produced it first, so the numbers can be redone."""
+    lines = [
+        f"`{shlex.join(['python', *argv])}`",
+        "",
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, mlflow {version('mlflow')}; "
+        f"medians of {bench.repeats}, contenders alternated"
+        + (" (quick sizes: only size-independent targets apply)" if quick else ""),
+        "",
+        "| section | measurement | value | target | met |",
+        "|---|---|---:|---:|:---:|",
+    ]
+    for row in bench.rows:
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        lines.append(f"| {row.section} | {row.what} | {row.value} | {row.target} | {met} |")
+    return "\n".join(lines)
+
+
+RUNNERS: dict[str, Callable[[Bench], None]] = {
+    "fixed": fixed,
+    "warmup": warmup,
+    "throughput": throughput,
+    "scale": scale,
+    "server": server,
+}
+
+
+def sections(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contender, alternated; medians are shown")
+    parser.add_argument(
+        "--only",
+        type=sections,
+        default=list(DEFAULT_SECTIONS),
+        help=f"comma-separated sections of {','.join(SECTIONS)} (default: {','.join(DEFAULT_SECTIONS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="shrink every size: a smoke run, not a measurement")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (stores, logs) afterwards")
+    args = parser.parse_args()
+    if not TIME.exists() and "scale" in args.only:
+        parser.error(f"the scale section reads peak RSS from {TIME} (GNU time), which is missing")
+
+    bench = Bench(Path(tempfile.mkdtemp(prefix="runtree-whole-")), QUICK if args.quick else FULL, args.repeats)
+    try:
+        bench.setup()
+        for name in args.only:
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            RUNNERS[name](bench)
+    finally:
+        if args.keep:
+            print(f"scratch kept in {bench.root}", file=sys.stderr)
+        else:
+            shutil.rmtree(bench.root, ignore_errors=True)
+    print(table(bench, sys.argv, args.quick))
+
+
+if __name__ == "__main__":
+    main()
