@@ -65,6 +65,7 @@ class MemoryStore:
         tags: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str | bytes] | None = None,
         clear_tags: Iterable[str] = (),
+        ended_at: float | None = None,
     ) -> None:
         with self._lock:
             stored = self.runs[run.run_id]

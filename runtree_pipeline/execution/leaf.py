@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtree_pipeline.tracking.records import RunRef
@@ -32,6 +33,9 @@ class LeafOutcome:
     outputs: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
+    ended_at: float | None = None
+    """When the target returned or raised (seconds since the epoch, on the worker's clock): the run's recorded end,
+    however much later the driver gets to write it."""
 
     @property
     def ok(self) -> bool:
@@ -49,8 +53,9 @@ def execute(task: LeafTask) -> LeafOutcome:
         with active_run(task.run):
             returned = target(**task.kwargs)
     except Exception as e:  # noqa: BLE001 - a failing target fails its own run only
-        return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-    return split_returned(returned, objective=task.objective)
+        return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=time.time())
+    ended_at = time.time()
+    return replace(split_returned(returned, objective=task.objective), ended_at=ended_at)
 
 
 def split_returned(returned: Any, *, objective: str | None) -> LeafOutcome:

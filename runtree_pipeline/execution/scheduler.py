@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from runtree_pipeline.errors import Interrupted, StageInputError, TrackingFailed
 from runtree_pipeline.execution.executors import Executor, LocalExecutor
 from runtree_pipeline.execution.keys import content_key
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask
+from runtree_pipeline.execution.painter import Painter
 from runtree_pipeline.execution.samplers import new_sampler
 from runtree_pipeline.execution.tree import (
     LeafJob,
@@ -56,6 +58,9 @@ from runtree_pipeline.tracking.store import RunStore
 log = logging.getLogger(__name__)
 
 
+AHEAD_SECONDS = 0.1
+
+
 class Runner:
     """One execution of a plan against a store, on an executor; `run()` is the only entry point."""
 
@@ -75,6 +80,8 @@ class Runner:
         self.progress = progress or Progress()
         self.command = command
         self.plots = plots
+        pictured = len(plan.order) > 1 or any(s.sweeps and s.objective.metric for s in plan.stages.values())
+        self._painter = Painter() if plots and pictured else None
         self.pipeline_id = str(plan.resume) if plan.resume and plan.resume != "last" else uuid.uuid4().hex[:12]
         self.previous = RunIndex()
         self._invocation: dict[str, str] = {}
@@ -97,10 +104,13 @@ class Runner:
                 self._load_previous()
                 self._invocation = invocation_tags(self.command)
                 self.executor.start(tracking_uri=self.store.uri)
+                if self._painter is not None and any(
+                    s.levels and s.objective.metric for s in self.plan.stages.values()
+                ):
+                    self._painter.start()
                 self._loop()
                 self.store.flush()
-                if self.plots:
-                    self._draw()
+                self._draw()
             except BaseException as e:
                 failed = True
                 # A library interrupted mid-way may turn the KeyboardInterrupt into an error of its own.
@@ -122,6 +132,8 @@ class Runner:
                 # After a success every run is ended: a signal during the shutdown is still reported, not dropped.
                 with shielded(discard=failed):
                     self.executor.close()
+                    if self._painter is not None:
+                        self._painter.close()
                     self.progress.close()
         return PipelineResult(
             pipeline_id=self.pipeline_id,
@@ -148,6 +160,8 @@ class Runner:
             for future in done:
                 leaf = self._running.pop(future)
                 slot, outcome = leaf.slot.result(), future.result()
+                if outcome.ended_at is not None and leaf.submitted_at is not None:
+                    leaf.stage.leaf_seconds = outcome.ended_at - leaf.submitted_at
                 if outcome.error:
                     log.warning("run %s failed: %s", leaf.name, outcome.error)
                 leaf_write(leaf, slot, outcome).to(self.store, slot.ref)
@@ -188,6 +202,7 @@ class Runner:
             return
         if leaf.parent is not None:
             self._reopen(leaf.parent)
+        leaf.submitted_at = time.time()
         task = LeafTask(
             target=leaf.stage.spec.target,
             kwargs=leaf.params,
@@ -397,6 +412,8 @@ class Runner:
             parent.changed,
             parent.slot.ref.artifact_uri,
         )
+        if self._painter is not None:
+            self._painter.parent(node, objective)
         up = parent.up
         if up is None:
             self._stage_ended(parent.stage, node)
@@ -450,10 +467,17 @@ class Runner:
         return schema.point_tag(point.params, index=point.index, asked_after=parent.sampler.asked_after(point))
 
     def _create_ahead(self, parent: OpenParent) -> None:
-        """Against a server, create the next runs while this one works; never for a sampler that learns."""
-        if parent.sampler.learns or parent.levels[1:]:
+        """Against a server, create the next runs while this one works; never for a sampler that learns.
+
+        A run's recorded start is when it was created, so only short leaves get runs ahead, and only as many as
+        start at most `AHEAD_SECONDS` early: enough to hide the round trips behind leaves of a few milliseconds,
+        invisible in their durations. Longer leaves would gain nothing from it.
+        """
+        seconds = parent.stage.leaf_seconds
+        if parent.sampler.learns or parent.levels[1:] or seconds is None or seconds >= AHEAD_SECONDS:
             return
-        while len(parent.ahead) < self.store.prefetch and (point := parent.sampler.ask()) is not None:
+        depth = min(self.store.prefetch, max(1, int(AHEAD_SECONDS / max(seconds, 0.001))))
+        while len(parent.ahead) < depth and (point := parent.sampler.ask()) is not None:
             parent.open_children += 1
             parent.ahead.append(self._new_leaf(parent, point))
 
@@ -508,10 +532,16 @@ class Runner:
         return killed
 
     def _draw(self) -> None:
-        """Pictures for the MLflow UI on every parent that changed, and the DAG on every stage run."""
-        from runtree_pipeline.reports.plots import pipeline_pictures
-
-        for node, files in pipeline_pictures(self.plan, self._results):
+        """Store the pictures: each parent's were drawn as it closed, the DAG (which shows how every stage ended)
+        is drawn now."""
+        if self._painter is None:
+            return
+        edges = [(dep, s.name) for s in self.plan.stages.values() for dep in s.depends_on]
+        status = {name: result.status for name, result in self._results.items()}
+        for name, result in self._results.items():
+            if result.node is not None:
+                self._painter.dag(result.node, edges, self.plan.order, highlight=name, status=status)
+        for node, files in self._painter.pictures():
             try:
                 self.store.attach(self._ref(node), files)
             except TrackingFailed as e:

@@ -7,6 +7,7 @@ leaf and a finished parent write to the store (the tag format itself lives in `t
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
@@ -44,6 +45,8 @@ class StageRun:
     own_tags: dict[str, Any]
     artifacts: dict[str, str]
     stopped_by: LeafResult | None = None
+    leaf_seconds: float | None = None
+    """How long the latest leaf took from submit to its end: runs are created ahead only for short leaves."""
 
 
 @dataclass(eq=False)
@@ -54,6 +57,7 @@ class LeafJob:
     name: str
     params: dict[str, Any]
     slot: Future[Slot]
+    submitted_at: float | None = None
 
 
 @dataclass(eq=False)
@@ -91,6 +95,7 @@ class Write:
     tags: Mapping[str, Any]
     artifacts: Mapping[str, str] | None = None
     clear_tags: Iterable[str] = ()
+    ended_at: float | None = None
 
     def to(self, store: RunStore, ref: RunRef) -> None:
         store.finish(
@@ -101,6 +106,7 @@ class Write:
             tags=self.tags,
             artifacts=self.artifacts,
             clear_tags=self.clear_tags,
+            ended_at=self.ended_at,
         )
 
 
@@ -128,6 +134,7 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         tags=tags,
         artifacts=files,
         clear_tags=(schema.ERROR,) if outcome.ok and slot.origin is Origin.REDONE else (),
+        ended_at=outcome.ended_at,
     )
 
 
@@ -204,4 +211,5 @@ def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
         tags=tags,
         artifacts=stage.artifacts if is_root else None,
         clear_tags=clear,
+        ended_at=time.time(),
     )

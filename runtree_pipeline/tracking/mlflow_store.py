@@ -287,13 +287,15 @@ class MlflowStore:
         tags: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str | bytes] | None = None,
         clear_tags: Iterable[str] = (),
+        ended_at: float | None = None,
     ) -> None:
         """One batch for everything the run learned, its artifacts, then the end: nothing is left RUNNING.
 
         Against a server this happens on an I/O thread, so its round trips overlap with the next run's work;
-        `flush` waits for it and raises what failed.
+        `flush` waits for it and raises what failed. The end time is fixed here, not when the call goes out.
         """
-        args = (run, status, params, metrics, tags, artifacts, tuple(clear_tags))
+        end_ms = int((ended_at if ended_at is not None else time.time()) * 1000)
+        args = (run, status, params, metrics, tags, artifacts, tuple(clear_tags), end_ms)
         if self._io is None:
             self._finish(*args)
             return
@@ -312,12 +314,12 @@ class MlflowStore:
         tags: Mapping[str, Any] | None,
         artifacts: Mapping[str, str | bytes] | None,
         clear_tags: tuple[str, ...],
+        end_ms: int,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        now = int(time.time() * 1000)
         batch_params = [Param(k, REDACTED if is_secret(k) else _text(v)) for k, v in (params or {}).items()]
-        batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        batch_metrics = [Metric(k, float(v), end_ms, 0) for k, v in (metrics or {}).items()]
         batch_tags = [RunTag(k, v) for k, v in _texts(tags or {}).items()]
         if batch_params or batch_metrics or batch_tags:
             retrying(
@@ -332,7 +334,7 @@ class MlflowStore:
             retrying(f"clear tag {key} of run {run.name}", self._delete_tag, run.run_id, key)
         if artifacts:
             retrying(f"store artifacts of run {run.name}", _write_artifacts, run.artifact_uri, artifacts, self.uri)
-        retrying(f"end run {run.name}", self._end, run.run_id, status)
+        retrying(f"end run {run.name}", self._end, run.run_id, status, end_ms)
 
     def _delete_tag(self, run_id: str, key: str) -> None:
         """Deleting a tag the run does not have is what we wanted, not a failure."""
@@ -344,9 +346,9 @@ class MlflowStore:
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
 
-    def _end(self, run_id: str, status: str) -> None:
+    def _end(self, run_id: str, status: str, end_ms: int | None = None) -> None:
         """End and forget in one shielded step: ending a FINISHED run again as KILLED would make resume redo it."""
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=status, end_time=end_ms)
         with self._lock:
             self._open.pop(run_id, None)
 

@@ -36,8 +36,10 @@ class RunStore(Protocol):
         tags: Mapping[str, Any] | None = None,
         artifacts: Mapping[str, str | bytes] | None = None,
         clear_tags: Iterable[str] = (),
+        ended_at: float | None = None,
     ) -> None:
-        """Everything a run learned, then its end; may complete in the background."""
+        """Everything a run learned, then its end; may complete in the background. `ended_at` (seconds since the
+        epoch; now if None) is the recorded end and the metrics' timestamp, whenever the write goes out."""
 
     def annotate(self, run: RunRef, tags: Mapping[str, Any]) -> None:
         """Tags on a run that is otherwise done."""

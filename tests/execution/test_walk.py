@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -54,8 +55,8 @@ def _call(task: LeafTask) -> LeafOutcome:
     try:
         returned = get_object(task.target)(**task.kwargs)
     except Exception as e:  # noqa: BLE001 - a failing target fails its leaf, as in `execute`
-        return LeafOutcome(error=f"{type(e).__name__}: {e}")
-    return split_returned(returned, objective=task.objective)
+        return LeafOutcome(error=f"{type(e).__name__}: {e}", ended_at=time.time())
+    return replace(split_returned(returned, objective=task.objective), ended_at=time.time())
 
 
 class Direct(Executor):
@@ -144,6 +145,21 @@ def test_on_failure_stop_removes_the_runs_created_ahead_instead_of_killing_them(
     assert store.writes["discard"] == 4
     assert all(r.params for r in visible if r.name.count("/") == 2), "every leaf shown has run"
     assert by_name(store)["fit"].tags["runtree.error"] == "stopped after fit/flat/x=1 failed (on_failure=stop)"
+
+
+def slow_bowl(*, x: float, y: float = 0.0) -> dict:
+    time.sleep(0.12)
+    return bowl(x=x, y=y)
+
+
+def test_leaves_too_long_to_hide_a_round_trip_get_no_runs_created_ahead():
+    """A run's recorded start is its creation: a leaf of 0.12 s must not start its run while another works."""
+    BROKEN.add(1.0)
+    cfg = config("slow_bowl", subvariants={"params": {"x": "range(0, 8)"}}, on_failure="stop")
+    result, store = run(cfg, store=MemoryStore(prefetch=4))
+    assert result.stages["fit"].status == "FAILED"
+    assert store.writes["discard"] == 0
+    assert sorted(r.name for r in store.records() if r.name.count("/") == 2) == ["fit/flat/x=0", "fit/flat/x=1"]
 
 
 def test_resume_redoes_a_failed_leaf_in_its_own_run_and_reuses_the_rest():
