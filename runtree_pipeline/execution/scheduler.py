@@ -202,7 +202,11 @@ class Runner:
             return
         if leaf.parent is not None:
             self._reopen(leaf.parent)
-        leaf.submitted_at = time.time()
+        leaf.submitted_at = now = time.time()
+        stage = leaf.stage
+        if stage.last_submit is not None:
+            stage.submit_interval = now - stage.last_submit
+        stage.last_submit = now
         task = LeafTask(
             target=leaf.stage.spec.target,
             kwargs=leaf.params,
@@ -473,10 +477,11 @@ class Runner:
         start at most `AHEAD_SECONDS` early: enough to hide the round trips behind leaves of a few milliseconds,
         invisible in their durations. Longer leaves would gain nothing from it.
         """
-        seconds = parent.stage.leaf_seconds
+        stage = parent.stage
+        seconds, interval = stage.leaf_seconds, stage.submit_interval
         if parent.sampler.learns or parent.levels[1:] or seconds is None or seconds >= AHEAD_SECONDS:
             return
-        depth = min(self.store.prefetch, max(1, int(AHEAD_SECONDS / max(seconds, 0.001))))
+        depth = min(self.store.prefetch, int(AHEAD_SECONDS / max(seconds, interval or 0.0, 0.001)))
         while len(parent.ahead) < depth and (point := parent.sampler.ask()) is not None:
             parent.open_children += 1
             parent.ahead.append(self._new_leaf(parent, point))

@@ -47,6 +47,9 @@ class StageRun:
     stopped_by: LeafResult | None = None
     leaf_seconds: float | None = None
     """How long the latest leaf took from submit to its end: runs are created ahead only for short leaves."""
+    last_submit: float | None = None
+    submit_interval: float | None = None
+    """Time between the stage's latest two submits: a run created k leaves ahead starts about k of these early."""
 
 
 @dataclass(eq=False)
