@@ -1,22 +1,29 @@
 """Pictures drawn in a helper process while the tree is still being recorded.
 
 Importing matplotlib and drawing two PNGs per parent used to happen after the last run, on the driver's critical
-path (about a second per 40 parents, plus half a second of imports). One spawned process draws each parent's
+path (about a second per 40 parents, plus half a second of imports). One helper process draws each parent's
 pictures as soon as the parent closes, on a core the driver does not use; the driver only stores what comes back.
+
+The helper is a plain `python -m runtree_pipeline.execution.painter`, fed pickled calls on its stdin, not a
+multiprocessing worker: those import the caller's main module again, which re-runs a user's script that calls
+`run_pipeline` without an `if __name__ == "__main__"` guard. It exits when its stdin closes, so a driver killed
+outright (`kill -9`) leaves no painter behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import logging
-import multiprocessing
-import os
+import pickle
+import queue
+import subprocess
+import sys
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import IO, Any
 
 from runtree_pipeline.interrupts import sigint_blocked
 from runtree_pipeline.plan.objective import Objective
@@ -29,12 +36,15 @@ class Painter:
     """Draws off the critical path; a picture that fails, or a painter that dies, costs a warning, never a run."""
 
     def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._broken = False
+        self._calls: dict[int, Future[Any]] = {}
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._pending: list[tuple[NodeResult, Future[dict[str, bytes]]]] = []
 
     def start(self) -> None:
         """Start the process and import matplotlib there now, while the driver still has runs to record."""
-        if self._pool is None:
+        if self._process is None:
             self._submit(None, _warm)
 
     def parent(self, node: NodeResult, objective: Objective) -> None:
@@ -72,47 +82,106 @@ class Painter:
 
     def close(self) -> None:
         """Stop drawing at once: after an interrupt nobody waits for pictures."""
-        pool, self._pool = self._pool, None
-        if pool is None:
+        process, self._process = self._process, None
+        if process is None:
             return
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            with contextlib.suppress(Exception):
-                process.terminate()
-                process.join(5)
+        self._outbox.put(None)
+        with contextlib.suppress(Exception):
+            process.kill()
+            process.wait(5)
+        for future in self._calls.values():
+            _settle(future, RuntimeError("the painter was stopped"))
 
-    def _submit(self, node: NodeResult | None, draw: Any, *args: Any, **kwargs: Any) -> None:
-        if self._pool is None:
-            # The process starts at the first submit, with Ctrl-C blocked as for the leaf workers: a terminal's
-            # Ctrl-C reaches the whole group, and the driver alone decides what an interrupt does.
-            with sigint_blocked():
-                self._pool = ProcessPoolExecutor(
-                    1,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_orphan_exits,
-                    initargs=(os.getpid(),),
-                )
-                future = self._pool.submit(draw, *args, **kwargs)
-        else:
-            future = self._pool.submit(draw, *args, **kwargs)
+    def _submit(self, node: NodeResult | None, draw: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if not self._broken and self._process is not None and self._process.poll() is not None:
+            self._give_up("the painter process ended")
+        if self._broken:
+            return
+        future: Future[Any] = Future()
+        try:
+            if self._process is None:
+                self._launch()
+            call = len(self._calls)
+            self._calls[call] = future
+            self._outbox.put((call, draw.__module__, draw.__qualname__, args, kwargs))
+        except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
+            self._give_up(f"the painter failed ({e})")
+            return
         if node is not None:
             self._pending.append((node, future))
 
+    def _give_up(self, why: str) -> None:
+        if not self._broken:
+            self._broken = True
+            log.warning("plots are off for the rest of this pipeline: %s", why)
 
-def _orphan_exits(driver: int) -> None:
-    """A driver killed outright (`kill -9`) cannot stop its painter, and the painter would wait for work forever,
-    holding the driver's stdout and stderr open: it leaves on its own once its parent is gone."""
+    def _launch(self) -> None:
+        # Ctrl-C blocked as for the leaf workers: a terminal's Ctrl-C reaches the whole group, and the driver alone
+        # decides what an interrupt does.
+        with sigint_blocked():
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        for target, pipe in ((self._write, self._process.stdin), (self._read, self._process.stdout)):
+            threading.Thread(target=target, args=(pipe,), name="runtree-painter", daemon=True).start()
 
-    def watch() -> None:
-        while os.getppid() == driver:
-            time.sleep(0.5)
-        os._exit(0)
+    def _write(self, pipe: IO[bytes]) -> None:
+        """Calls go out from here, so a painter that is behind never blocks the driver on a full pipe."""
+        with contextlib.suppress(OSError, ValueError):
+            while (call := self._outbox.get()) is not None:
+                pickle.dump(call, pipe)
+                pipe.flush()
 
-    threading.Thread(target=watch, name="runtree-orphan-watch", daemon=True).start()
+    def _read(self, pipe: IO[bytes]) -> None:
+        """Completes each call's future as its answer comes back; whatever is left fails once the painter is gone."""
+        with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
+            while True:
+                call, ok, value = pickle.load(pipe)
+                future = self._calls.get(call)
+                if future is not None:
+                    if ok:
+                        _settle(future, value)
+                    else:
+                        _settle(future, RuntimeError(value))
+        if self._process is not None:
+            self._give_up("the painter process ended")
+        for future in list(self._calls.values()):
+            _settle(future, RuntimeError("the painter process ended"))
+
+
+def _settle(future: Future[Any], value: Any) -> None:
+    with contextlib.suppress(Exception):
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
 
 
 def _warm() -> None:
     from runtree_pipeline.reports.plots import _pyplot
 
     _pyplot()
+
+
+def _serve(calls: IO[bytes], answers: IO[bytes]) -> None:
+    """The painter's loop: one pickled call in, one pickled answer out, until the driver closes the pipe."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            call, module, name, args, kwargs = pickle.load(calls)
+        except EOFError:
+            return
+        try:
+            draw = getattr(importlib.import_module(module), name)
+            answer = (call, True, draw(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - reported to the driver, which logs it
+            answer = (call, False, f"{type(e).__name__}: {e}")
+        pickle.dump(answer, answers)
+        answers.flush()
+
+
+if __name__ == "__main__":
+    answers, sys.stdout = sys.stdout.buffer, sys.stderr  # a stray print must not corrupt the answers
+    _serve(sys.stdin.buffer, answers)

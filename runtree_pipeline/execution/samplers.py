@@ -142,7 +142,10 @@ class OptunaSampler(Sampler):
         drawn after them differ from those the uninterrupted sweep would have drawn.
         """
         n = self._spec.n or 0
-        if any(p.index is None or p.asked_after is None for p in history):
+        told = [p.told + 1 for p in history if p.told is not None]
+        if self._spec.seed is None or any(p.index is None or p.asked_after is None for p in history):
+            # Without a seed nothing replays; a store from before asks were recorded cannot.
+            self._tells = max([self._tells, *told])
             self._enqueue([p.params for p in history][:n])
             return
         asks = sorted((p for p in history if p.index < n), key=lambda p: p.index)
@@ -167,7 +170,7 @@ class OptunaSampler(Sampler):
                 e,
             )
             self._enqueue([p.params for p in asks[len(self._replayed) :]])
-            self._tells = max([self._tells, *(p.told + 1 for p in asks if p.told is not None)])
+        self._tells = max([self._tells, *told])
 
     def _point(self, trial: Any, *, asked_after: int) -> Point:
         params = {}

@@ -130,11 +130,11 @@ class Runner:
                 raise
             finally:
                 # After a success every run is ended: a signal during the shutdown is still reported, not dropped.
-                with shielded(discard=failed):
-                    self.executor.close()
+                with shielded(discard=failed), contextlib.ExitStack() as closing:
+                    closing.callback(self.progress.close)
                     if self._painter is not None:
-                        self._painter.close()
-                    self.progress.close()
+                        closing.callback(self._painter.close)
+                    self.executor.close()
         return PipelineResult(
             pipeline_id=self.pipeline_id,
             experiment=self.plan.experiment,

@@ -137,7 +137,7 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         tags=tags,
         artifacts=files,
         clear_tags=(schema.ERROR,) if outcome.ok and slot.origin is Origin.REDONE else (),
-        ended_at=outcome.ended_at,
+        ended_at=_on_driver_clock(outcome.ended_at, slot.ref.start_time),
     )
 
 
@@ -216,3 +216,11 @@ def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
         clear_tags=clear,
         ended_at=time.time(),
     )
+
+
+def _on_driver_clock(ended_at: float | None, start_ms: int | None) -> float | None:
+    """A worker's end time, kept between the run's start and now: a worker on another machine has its own clock."""
+    if ended_at is None:
+        return None
+    ended_at = min(ended_at, time.time())
+    return max(ended_at, start_ms / 1000) if start_ms is not None else ended_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from runtree_pipeline.execution.painter import Painter
@@ -24,17 +25,27 @@ def node(name: str, xs=(0.0, 1.0, 2.0), *, changed: bool = True) -> NodeResult:
     return NodeResult(f"run-{name}", name, "variant", leaves, leaves[0], (), changed, f"file:///nowhere/{name}")
 
 
-def workers() -> set[int]:
-    """This process's spawned workers (not, say, multiprocessing's resource tracker or a test's server)."""
-    pid = os.getpid()
-    found = set()
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.add(int(child))
-        except OSError:
-            continue
-    return found
+def painters(painter: Painter) -> set[int]:
+    """The painter's process."""
+    process = painter._process
+    return {process.pid} if process is not None else set()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"
+
+
+def gone(pids: set[int], within: float = 10) -> bool:
+    deadline = time.monotonic() + within
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_each_parent_and_the_dag_come_back_as_pngs_under_their_artifact_paths():
@@ -56,43 +67,43 @@ def test_each_parent_and_the_dag_come_back_as_pngs_under_their_artifact_paths():
 def test_nothing_is_drawn_and_no_process_started_for_what_has_no_picture():
     """A parent reused unchanged, a pipeline with one stage (its DAG is one box) and an objective-less stage."""
     painter = Painter()
-    before = workers()
     painter.parent(node("same", changed=False), LOSS)
     painter.parent(node("blind"), Objective(None, "min"))
     painter.dag(node("only"), [], ["only"], highlight="only", status={"only": "FINISHED"})
     assert list(painter.pictures()) == []
-    assert workers() == before
+    assert painter._process is None
 
 
 def test_a_painter_that_dies_costs_a_warning_and_leaves_no_process(caplog):
     painter = Painter()
-    before = workers()
     painter.parent(node("first"), LOSS)
     assert list(painter.pictures())
-    (worker,) = workers() - before
+    (worker,) = painters(painter)
     os.kill(worker, signal.SIGKILL)
-    painter.parent(node("second"), LOSS)
+    assert gone({worker})
     with caplog.at_level(logging.WARNING, logger="runtree_pipeline.execution.painter"):
+        painter.parent(node("second"), LOSS)
+        painter.parent(node("third"), LOSS)
         assert list(painter.pictures()) == []
-    assert "could not draw plots for second" in caplog.text
+    assert "could not draw plots for second" in caplog.text or "plots are off" in caplog.text
     painter.close()
-    assert workers() - before == set()
+    assert gone({worker})
 
 
 def test_close_stops_a_painter_that_is_still_drawing():
     painter = Painter()
-    before = workers()
     for i in range(20):
         painter.parent(node(f"p{i}", xs=tuple(float(x) for x in range(200))), LOSS)
+    pids = painters(painter)
+    assert pids
     painter.close()
-    assert workers() - before == set()
+    assert gone(pids)
 
 
 def test_a_painter_whose_driver_was_killed_outright_exits_on_its_own(tmp_path):
     """`kill -9` gives the driver no chance to stop its painter; an orphan would hold the terminal's pipes open."""
     import subprocess
     import sys
-    import time
 
     script = (
         "import os, sys, time\n"
@@ -100,21 +111,38 @@ def test_a_painter_whose_driver_was_killed_outright_exits_on_its_own(tmp_path):
         "painter = Painter()\n"
         "painter.start()\n"
         "list(painter.pictures())\n"
-        "print(painter._pool._processes and list(painter._pool._processes)[0], flush=True)\n"
+        "print(painter._process.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
     driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     painter = int(driver.stdout.readline())
     driver.kill()
     driver.wait()
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{painter}").exists() and b"Z" not in _state(painter):
-        assert time.monotonic() < deadline, "the painter outlived its driver by 10 s"
-        time.sleep(0.1)
+    assert gone({painter}), "the painter outlived its driver by 10 s"
 
 
-def _state(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().split(b")")[-1].split()[:1][0]
-    except (OSError, IndexError):
-        return b"Z"
+def test_a_script_without_a_main_guard_gets_its_pictures_and_runs_once(tmp_path):
+    """The painter must not run the user's script again as its own main (what a spawned process does)."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from tests.conftest import all_runs, cli_env
+
+    (tmp_path / "calls.txt").touch()
+    (tmp_path / "script.py").write_text(
+        "from runtree_pipeline import run_pipeline\n"
+        "open('calls.txt', 'a').write('ran\\n')\n"
+        "run_pipeline({'tracking_uri': 'sqlite:///store.db', 'experiment': 'guardless',\n"
+        "              'objective': {'metric': 'loss'}, 'stages': {'fit': {'_target_': 'tests.targets.sleepy',\n"
+        "              'params': {'sleep': 0.1}, 'subvariants': {'params': {'x': 'range(0, 6)'}}}}})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "script.py"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "calls.txt").read_text() == "ran\n"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
+    (stage,) = [r for r in all_runs(client, "guardless") if r.data.tags["runtree.level"] == "stage"]
+    assert {f.path for f in client.list_artifacts(stage.info.run_id, "plots")} >= {OBJECTIVE_PLOT, PARALLEL_PLOT}
