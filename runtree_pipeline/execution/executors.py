@@ -16,12 +16,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
-from runtree_pipeline.futures import run_now
+from runtree_pipeline.futures import run_now, settle
 from runtree_pipeline.interrupts import shielded, sigint_blocked
 
 STOPPED = "Cancelled: the pipeline was stopped before this leaf finished"
@@ -79,7 +79,7 @@ class Executor:
                 self._closed = True
         self._shutdown()
         for future in list(getattr(self, "_inflight", ())):
-            _settle(future, LeafOutcome(error=STOPPED))
+            settle(future, LeafOutcome(error=STOPPED))
         self._started = False
 
     def _shutdown(self) -> None:
@@ -318,19 +318,13 @@ def _outcome_of(future: Future, describe: Callable[[BaseException], str]) -> Fut
 
     def done(f: Future) -> None:
         if f.cancelled():
-            _settle(out, LeafOutcome(error=STOPPED))
+            settle(out, LeafOutcome(error=STOPPED))
             return
         error = f.exception()
-        _settle(out, f.result() if error is None else LeafOutcome(error=describe(error)))
+        settle(out, f.result() if error is None else LeafOutcome(error=describe(error)))
 
     future.add_done_callback(done)
     return out
-
-
-def _settle(future: Future[LeafOutcome], outcome: LeafOutcome) -> None:
-    """Complete a future unless the worker or `close` got there first."""
-    with contextlib.suppress(InvalidStateError):
-        future.set_result(outcome)
 
 
 def _describe_pebble_error(error: BaseException) -> str:

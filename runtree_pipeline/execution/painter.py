@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import IO, Any
 
+from runtree_pipeline.futures import settle
 from runtree_pipeline.interrupts import sigint_blocked
 from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.results import NodeResult
@@ -90,7 +91,7 @@ class Painter:
             process.kill()
             process.wait(5)
         for future in self._calls.values():
-            _settle(future, RuntimeError("the painter was stopped"))
+            settle(future, RuntimeError("the painter was stopped"))
 
     def _submit(self, node: NodeResult | None, draw: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         if not self._broken and self._process is not None and self._process.poll() is not None:
@@ -140,21 +141,13 @@ class Painter:
                 future = self._calls.get(call)
                 if future is not None:
                     if ok:
-                        _settle(future, value)
+                        settle(future, value)
                     else:
-                        _settle(future, RuntimeError(value))
+                        settle(future, RuntimeError(value))
         if self._process is not None:
             self._give_up("the painter process ended")
         for future in list(self._calls.values()):
-            _settle(future, RuntimeError("the painter process ended"))
-
-
-def _settle(future: Future[Any], value: Any) -> None:
-    with contextlib.suppress(Exception):
-        if isinstance(value, BaseException):
-            future.set_exception(value)
-        else:
-            future.set_result(value)
+            settle(future, RuntimeError("the painter process ended"))
 
 
 def _warm() -> None:

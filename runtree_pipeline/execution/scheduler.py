@@ -104,9 +104,7 @@ class Runner:
                 self._load_previous()
                 self._invocation = invocation_tags(self.command)
                 self.executor.start(tracking_uri=self.store.uri)
-                if self._painter is not None and any(
-                    s.levels and s.objective.metric for s in self.plan.stages.values()
-                ):
+                if self._painter is not None:
                     self._painter.start()
                 self._loop()
                 self.store.flush()
