@@ -11,7 +11,7 @@ import heapq
 import inspect
 import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING, Any
@@ -22,13 +22,46 @@ from runtree_pipeline.errors import ConfigError, ConfigErrors, first_line
 from runtree_pipeline.plan import references
 from runtree_pipeline.plan.objective import MODES, Objective
 from runtree_pipeline.plan.params import flatten, merge
-from runtree_pipeline.plan.sweeps import SweepSpec, parse_sweep
+from runtree_pipeline.plan.sweeps import (
+    Point,
+    SweepSpec,
+    format_seconds,
+    import_object,
+    parse_sweep,
+    positive_number,
+)
 
 if TYPE_CHECKING:
     import networkx as nx
 
-STAGE_KEYS = ("_target_", "params", "depends_on", "variants", "subvariants", "objective", "tags", "on_failure")
+STAGE_KEYS = (
+    "_target_",
+    "params",
+    "depends_on",
+    "variants",
+    "subvariants",
+    "objective",
+    "tags",
+    "on_failure",
+    "limits",
+)
 ON_FAILURE = ("continue", "stop")
+LIMIT_KEYS = ("timeout_s", "retries")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long one leaf call may take and how often a failed one is tried again, so one hung or flaky trial
+    costs a bounded share of a search."""
+
+    timeout_s: float | None = None
+    retries: int = 0
+
+    def describe(self) -> str:
+        parts = [f"timeout {format_seconds(self.timeout_s)} s"] if self.timeout_s is not None else []
+        if self.retries:
+            parts.append(f"{self.retries} {'retry' if self.retries == 1 else 'retries'}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -43,6 +76,7 @@ class StageSpec:
     tags: Mapping[str, str] = field(default_factory=dict)
     on_failure: str = "continue"
     references: tuple[references.Reference, ...] = ()
+    limits: Limits = Limits()
 
     @property
     def levels(self) -> tuple[SweepSpec, ...]:
@@ -52,23 +86,38 @@ class StageSpec:
     def sweeps(self) -> bool:
         return bool(self.levels)
 
+    def below(self, point: Point) -> tuple[SweepSpec, ...]:
+        """The levels under one point of the stage's first level: its own space, or the stage's remaining ones."""
+        return self.levels[1:] if point.below is None else point.below
+
     def run_counts(self) -> tuple[int, int]:
-        """(variant runs, sub-variant runs) this stage creates."""
-        v = self.variants.size() if self.variants else 0
-        s = self.subvariants.size() if self.subvariants else 0
-        return v, s * max(v, 1) if self.subvariants else 0
+        """(variant runs, sub-variant runs) this stage creates, each variant counted with its own space."""
+        if self.variants is None:
+            return 0, self.subvariants.size() if self.subvariants else 0
+        v = self.variants.size()
+        if not self.variants.points:  # random/tpe: every variant gets the stage's subvariants
+            return v, self.subvariants.size() * v if self.subvariants else 0
+        return v, sum(below[0].size() for below in map(self.below, self.variants.points) if below)
 
     def leaf_count(self) -> int:
         v, s = self.run_counts()
-        return s or v or 1
+        if self.variants is None or not self.variants.points:
+            return s or v or 1
+        return sum(below[0].size() if below else 1 for below in map(self.below, self.variants.points))
 
     def param_keys(self) -> set[str]:
         keys = set(flatten(dict(self.params)))
-        for level in self.levels:
+        for level in self.all_levels:
             keys.update(level.keys)
             for point in level.points:
                 keys.update(flatten(merge({}, point.params)))
         return keys
+
+    @property
+    def all_levels(self) -> tuple[SweepSpec, ...]:
+        """The stage's levels and every variant's own space: what a question about any level of it must look at."""
+        own = tuple(level for p in (self.variants.points if self.variants else ()) for level in p.below or ())
+        return self.levels + own
 
 
 @dataclass(frozen=True)
@@ -103,14 +152,26 @@ class Plan:
             v, s = stage.run_counts()
             total += 1 + v + s
             after = f" after {', '.join(stage.depends_on)}" if stage.depends_on else ""
-            sweep = []
-            for level in stage.levels:
-                how = level.sampler if level.dimensions else "points"
-                sweep.append(f"{level.level}s: {level.size()} ({how})")
+            sweep = [_describe_level(level) for level in stage.levels]
+            for point in stage.variants.points if stage.variants else ():
+                if point.below is not None:
+                    own = _describe_level(point.below[0]) if point.below else "no subvariants"
+                    sweep.append(f"variant '{point.name}': {own}")
             detail = "; ".join(sweep) if sweep else "single run"
+            if stage.limits != Limits():
+                detail += f"; limits {stage.limits.describe()}"
             lines.append(f"  {name}{after}: {stage.target} — {detail} → {v} variant run(s), {s} sub-variant run(s)")
         lines.append(f"total: {total} MLflow run(s); dry run, nothing was recorded")
         return "\n".join(lines)
+
+
+def _describe_level(level: SweepSpec) -> str:
+    how = level.sampler if level.dimensions else "points"
+    size = f"{level.size()} ({how})"
+    if level.time_budget_s is not None:
+        size = f"up to {size} or {format_seconds(level.time_budget_s)} s"
+    pruner = level.pruner if isinstance(level.pruner, str) or level.pruner is None else level.pruner["_target_"]
+    return f"{level.level}s: {size}" + (f", pruner {pruner}" if pruner else "")
 
 
 def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str = "runtree") -> Plan:
@@ -129,11 +190,14 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
     stages: dict[str, StageSpec] = {}
     broken: set[str] = set()
     for name in map(str, stages_cfg):
+        before = len(errors)
         try:
             stages[name] = _stage(name, stages_cfg[name], objective, errors)
         except ConfigError as e:
             errors.append(e)
             broken.add(name)
+        if any((e.key or "").split(".")[0] in ("variants", "subvariants") for e in errors[before:]):
+            broken.add(name)  # its swept params are unknown: a reference to them is not an error of its own
 
     deps: dict[str, list[str]] = {name: [] for name in stages}
     for stage in stages.values():
@@ -238,6 +302,7 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
         errors.append(
             ConfigError(f"must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}", stage=name, key="on_failure")
         )
+    limits = _limits(raw.get("limits"), name, errors)
     spec = StageSpec(
         name=name,
         target=str(target_path),
@@ -249,7 +314,16 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
         tags=_tags(raw.get("tags"), name, "tags", errors),
         on_failure=on_failure,
         references=tuple(refs),
+        limits=limits,
     )
+    if spec.variants and spec.variants.pruner is not None and spec.subvariants:
+        errors.append(
+            ConfigError(
+                "the pruner goes on the leaf level, subvariants: a variant here is a parent, not a trial it can stop",
+                stage=name,
+                key="variants.pruner",
+            )
+        )
     if spec.sweeps and not objective.metric:
         errors.append(
             ConfigError(
@@ -262,44 +336,18 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
 
 
 def _import(path: str, stage: str) -> Any:
-    from hydra.utils import get_object
-
-    try:
-        target = get_object(path)
-    except Exception as e:  # noqa: BLE001 - importing user code can raise anything
-        raise ConfigError(f"cannot import '{path}': {_import_failure(e)}", stage=stage, key="_target_") from None
-    if not callable(target):
-        raise ConfigError(f"'{path}' is not callable", stage=stage, key="_target_")
-    return target
-
-
-def _import_failure(error: BaseException) -> str:
-    """The real reason a target did not import. Hydra wraps it in an ImportError whose first line is only
-    "Error loading 'PATH':", with the original exception as its cause; an error raised by the user's module while
-    it imports is named by its type, since its message alone may not say it came from an import."""
-    cause = error.__cause__
-    if cause is None:
-        return first_line(error)
-    if isinstance(cause, ModuleNotFoundError) and cause.name and "is not a package" in str(cause):
-        module, _, name = cause.name.rpartition(".")  # `module.nope`, tried as a submodule once getattr failed
-        return f"module '{module}' has no attribute '{name}'"
-    if isinstance(cause, (ImportError, AttributeError)):
-        return first_line(cause)
-    return f"{type(cause).__name__}: {first_line(cause)}"
+    return import_object(path, stage=stage, key="_target_")
 
 
 def _check_signature(spec: StageSpec, target: Any, errors: list[ConfigError]) -> None:
-    """Bind every distinct combination of param names the stage will pass, as a call would."""
+    """Bind every distinct combination of param names the stage will pass, as a call would; a variant with its own
+    space passes that space's params, not the stage's subvariants'."""
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
         return
-    options = [[{}]] + [
-        [merge({}, p.params) for p in level.points] if level.points else [merge({}, {k: None for k in level.keys})]
-        for level in spec.levels
-    ]
     seen = set()
-    for combo in itertools.product(*options):
+    for variant, combo in _combos(spec):
         kwargs = merge(dict(spec.params), *combo)
         names = tuple(sorted(kwargs))
         if names in seen:
@@ -308,14 +356,32 @@ def _check_signature(spec: StageSpec, target: Any, errors: list[ConfigError]) ->
         try:
             signature.bind(**kwargs)
         except TypeError as e:
+            where = f" in variant '{variant.name}'" if variant is not None and variant.below is not None else ""
             errors.append(
                 ConfigError(
-                    f"{spec.target}{signature} cannot take params ({', '.join(names)}): {e}",
+                    f"{spec.target}{signature} cannot take params ({', '.join(names)}){where}: {e}",
                     stage=spec.name,
                     key="params",
                 )
             )
             return
+
+
+def _combos(spec: StageSpec) -> Iterator[tuple[Point | None, tuple[dict[str, Any], ...]]]:
+    """Each variant point with every choice of params under it; a sampled level stands for all its draws."""
+
+    def options(level: SweepSpec) -> list[dict[str, Any]]:
+        if level.points:
+            return [merge({}, p.params) for p in level.points]
+        return [merge({}, {k: None for k in level.keys})]
+
+    if spec.variants is None or not spec.variants.points:
+        for combo in itertools.product(*map(options, spec.levels)):
+            yield None, combo
+        return
+    for point in spec.variants.points:
+        for combo in itertools.product(*map(options, spec.below(point))):
+            yield point, (merge({}, point.params), *combo)
 
 
 def _order(deps: Mapping[str, Iterable[str]]) -> tuple[str, ...]:
@@ -407,6 +473,34 @@ def _objective(raw: Any, default: Objective | None, errors: list[ConfigError], s
     return Objective(metric=str(metric) if metric else None, mode=mode)
 
 
+def _limits(raw: Any, stage: str, errors: list[ConfigError]) -> Limits:
+    if raw is None:
+        return Limits()
+    if not isinstance(raw, Mapping):
+        errors.append(ConfigError("must be a mapping like {timeout_s: 600, retries: 1}", stage=stage, key="limits"))
+        return Limits()
+    for key in sorted(set(map(str, raw)) - set(LIMIT_KEYS)):
+        errors.append(
+            ConfigError(
+                f"unknown key{_hint(key, LIMIT_KEYS)} (allowed: {', '.join(LIMIT_KEYS)})",
+                stage=stage,
+                key=f"limits.{key}",
+            )
+        )
+    timeout, retries = raw.get("timeout_s"), raw.get("retries")
+    if timeout is not None and not positive_number(timeout):
+        errors.append(
+            ConfigError(f"must be a positive number of seconds, got {timeout!r}", stage=stage, key="limits.timeout_s")
+        )
+        timeout = None
+    if retries is not None and not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+        errors.append(
+            ConfigError(f"must be a non-negative integer, got {retries!r}", stage=stage, key="limits.retries")
+        )
+        retries = None
+    return Limits(timeout_s=float(timeout) if timeout is not None else None, retries=retries or 0)
+
+
 def _tags(raw: Any, stage: str | None, key: str, errors: list[ConfigError]) -> dict[str, str]:
     if raw is None:
         return {}
@@ -418,7 +512,7 @@ def _tags(raw: Any, stage: str | None, key: str, errors: list[ConfigError]) -> d
 
 def _stage_config(spec: StageSpec) -> dict[str, Any]:
     """What the stage run stores as its resolved config artifact."""
-    return {
+    config = {
         "_target_": spec.target,
         "depends_on": list(spec.depends_on),
         "params": spec.params,
@@ -426,6 +520,9 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
         "tags": dict(spec.tags),
         "on_failure": spec.on_failure,
     }
+    if spec.limits != Limits():
+        config["limits"] = {"timeout_s": spec.limits.timeout_s, "retries": spec.limits.retries}
+    return config
 
 
 def _hint(word: str, options: Any) -> str:

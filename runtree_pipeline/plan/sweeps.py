@@ -2,11 +2,16 @@
 
 Hydra's own override parser reads the grammar, so `choice`, `range`, `interval` and `tag(log, ...)` mean exactly
 what they mean on Hydra's command line.
+
+A named variant point may carry `_subvariants_`, its own sub-variant space (or null: that variant is a leaf), for
+searches whose variants are different models with different knobs.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +20,9 @@ from runtree_pipeline.errors import ConfigError, first_line
 from runtree_pipeline.plan.params import flatten
 
 SAMPLERS = ("grid", "random", "tpe")
-SWEEP_KEYS = ("points", "params", "sampler", "n", "seed", "tags")
+PRUNERS = ("median", "percentile", "hyperband", "successive_halving")
+SWEEP_KEYS = ("points", "params", "sampler", "n", "seed", "tags", "pruner", "time_budget_s")
+OWN_SPACE = "_subvariants_"
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,15 @@ class Dimension:
 
 @dataclass(frozen=True)
 class Point:
-    """One child of a parent run: a name unique among its siblings and the params it adds (dotted keys)."""
+    """One child of a parent run: a name unique among its siblings and the params it adds (dotted keys).
+
+    `below` is a variant's own sub-variant space: None keeps the stage's remaining levels, `()` makes it a leaf.
+    """
 
     name: str
     params: Mapping[str, Any]
     index: int = 0
+    below: tuple[SweepSpec, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class SweepSpec:
     n: int | None = None
     seed: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    pruner: str | Mapping[str, Any] | None = None
+    time_budget_s: float | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -99,9 +112,44 @@ class UniqueNames:
         return name if count == 1 else f"{name} #{count}"
 
 
-def parse_sweep(raw: Any, *, stage: str, level: str) -> SweepSpec:
-    """Validate one `variants`/`subvariants` block; raise ConfigError naming the stage and key."""
-    where = level + "s"
+def format_seconds(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def import_object(path: str, *, stage: str | None, key: str) -> Any:
+    """The callable at a dotted path, imported as Hydra's instantiate will; ConfigError saying why not."""
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(path)
+    except Exception as e:  # noqa: BLE001 - importing user code can raise anything
+        raise ConfigError(f"cannot import '{path}': {_import_failure(e)}", stage=stage, key=key) from None
+    if not callable(target):
+        raise ConfigError(f"'{path}' is not callable", stage=stage, key=key)
+    return target
+
+
+def _import_failure(error: BaseException) -> str:
+    """The real reason a target did not import. Hydra wraps it in an ImportError whose first line is only
+    "Error loading 'PATH':", with the original exception as its cause; an error raised by the user's module while
+    it imports is named by its type, since its message alone may not say it came from an import."""
+    cause = error.__cause__
+    if cause is None:
+        return first_line(error)
+    if isinstance(cause, ModuleNotFoundError) and cause.name and "is not a package" in str(cause):
+        module, _, name = cause.name.rpartition(".")  # `module.nope`, tried as a submodule once getattr failed
+        return f"module '{module}' has no attribute '{name}'"
+    if isinstance(cause, (ImportError, AttributeError)):
+        return first_line(cause)
+    return f"{type(cause).__name__}: {first_line(cause)}"
+
+
+def parse_sweep(raw: Any, *, stage: str, level: str, key: str | None = None) -> SweepSpec:
+    """Validate one `variants`/`subvariants` block; raise ConfigError naming the stage and key.
+
+    `key` is where the block sits in the stage's config when that is not `<level>s` (a variant's own space).
+    """
+    where = key or level + "s"
     if not isinstance(raw, Mapping):
         raise ConfigError("must be a mapping with `points` or `params`", stage=stage, key=where)
     unknown = sorted(set(raw) - set(SWEEP_KEYS))
@@ -118,12 +166,18 @@ def parse_sweep(raw: Any, *, stage: str, level: str) -> SweepSpec:
     if not isinstance(raw_tags, Mapping):
         raise ConfigError("must be a mapping of tag names to values", stage=stage, key=f"{where}.tags")
     tags = {str(k): str(v) for k, v in raw_tags.items()}
+    common = {
+        "tags": tags,
+        "pruner": _pruner(raw.get("pruner"), stage, where),
+        "time_budget_s": _time_budget(raw.get("time_budget_s"), stage, where),
+    }
     if has_points:
         if raw.get("sampler") not in (None, "grid"):
             raise ConfigError(
                 "`sampler` applies to `params`, not to explicit `points`", stage=stage, key=f"{where}.sampler"
             )
-        return SweepSpec(level=level, sampler="grid", points=_explicit_points(raw["points"], stage, where), tags=tags)
+        points = _explicit_points(raw["points"], stage, where, own_spaces=level == "variant")
+        return SweepSpec(level=level, sampler="grid", points=points, **common)
 
     sampler = raw.get("sampler") or "grid"
     if sampler not in SAMPLERS:
@@ -147,26 +201,96 @@ def parse_sweep(raw: Any, *, stage: str, level: str) -> SweepSpec:
                 for combo in itertools.product(*(d.values() for d in dimensions))
             )
         )
-        return SweepSpec(level=level, sampler="grid", points=points, dimensions=dimensions, tags=tags)
+        return SweepSpec(level=level, sampler="grid", points=points, dimensions=dimensions, **common)
 
     n, seed = raw.get("n"), raw.get("seed")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigError(f"sampler {sampler} needs a positive integer n, got {n!r}", stage=stage, key=f"{where}.n")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ConfigError(f"seed must be an integer, got {seed!r}", stage=stage, key=f"{where}.seed")
-    return SweepSpec(level=level, sampler=sampler, dimensions=dimensions, n=n, seed=seed, tags=tags)
+    return SweepSpec(level=level, sampler=sampler, dimensions=dimensions, n=n, seed=seed, **common)
 
 
-def _explicit_points(raw: Any, stage: str, where: str) -> tuple[Point, ...]:
+def _pruner(raw: Any, stage: str, where: str) -> str | dict[str, Any] | None:
+    if raw is None or raw == "none":
+        return None
+    if isinstance(raw, str) and raw in PRUNERS:
+        return raw
+    if isinstance(raw, Mapping) and "_target_" in raw:
+        path, key = raw["_target_"], f"{where}.pruner._target_"
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"must be a dotted path to a pruner class, got {path!r}", stage=stage, key=key)
+        _check_call(import_object(path, stage=stage, key=key), path, raw, stage=stage, key=f"{where}.pruner")
+        return {str(k): v for k, v in raw.items()}
+    raise ConfigError(
+        f"unknown pruner {raw!r} (choose one of: none, {', '.join(PRUNERS)}, or a mapping with `_target_`)",
+        stage=stage,
+        key=f"{where}.pruner",
+    )
+
+
+def _check_call(target: Any, path: str, raw: Mapping[str, Any], *, stage: str, key: str) -> None:
+    """Bind the pruner's arguments now, so a misspelt one fails the plan rather than the first trial. Hydra's
+    other special keys (`_args_`, `_partial_`, ...) change how it calls; then the call is left to Hydra."""
+    if any(k != "_target_" and k.startswith("_") and k.endswith("_") for k in raw):
+        return
+    kwargs = {str(k): v for k, v in raw.items() if k != "_target_"}
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(
+            f"{path}{signature} cannot take ({', '.join(sorted(kwargs))}): {e}", stage=stage, key=key
+        ) from None
+
+
+def _time_budget(raw: Any, stage: str, where: str) -> float | None:
+    if raw is None:
+        return None
+    if not positive_number(raw):
+        raise ConfigError(
+            f"must be a positive number of seconds, got {raw!r}", stage=stage, key=f"{where}.time_budget_s"
+        )
+    return float(raw)
+
+
+def positive_number(value: Any) -> bool:
+    """A count of seconds: int or float but not bool (YAML's `yes`), finite and above zero."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _explicit_points(raw: Any, stage: str, where: str, *, own_spaces: bool) -> tuple[Point, ...]:
     if not isinstance(raw, Mapping) or not raw:
         raise ConfigError("must map point names to param mappings", stage=stage, key=f"{where}.points")
     points = []
     for i, (name, params) in enumerate(raw.items()):
         params = {} if params is None else params
+        at = f"{where}.points.{name}"
         if not isinstance(params, Mapping):
-            raise ConfigError(f"must be a mapping of params, got {params!r}", stage=stage, key=f"{where}.points.{name}")
-        points.append(Point(name=str(name), params={str(k): v for k, v in params.items()}, index=i))
+            raise ConfigError(f"must be a mapping of params, got {params!r}", stage=stage, key=at)
+        params = {str(k): v for k, v in params.items()}
+        below = None
+        if own_spaces and OWN_SPACE in params:
+            space = params.pop(OWN_SPACE)
+            key = f"{at}.{OWN_SPACE}"
+            below = () if space is None else (parse_sweep(space, stage=stage, level="subvariant", key=key),)
+        _no_own_space(flatten(params), stage, at)
+        points.append(Point(name=str(name), params=params, index=i, below=below))
     return tuple(points)
+
+
+def _no_own_space(params: Mapping[str, Any], stage: str, where: str) -> None:
+    for key in params:
+        parts = key.split(".")
+        if OWN_SPACE in parts:
+            raise ConfigError(
+                f"`{OWN_SPACE}` is not a param: only a named point of `variants.points` can carry it, at its top",
+                stage=stage,
+                key=f"{where}.{'.'.join(parts[: parts.index(OWN_SPACE) + 1])}",
+            )
 
 
 def _dimensions(raw: Any, stage: str, where: str) -> tuple[Dimension, ...]:
@@ -177,7 +301,9 @@ def _dimensions(raw: Any, stage: str, where: str) -> tuple[Dimension, ...]:
         raise ConfigError("must map param names to values or sweeps", stage=stage, key=f"{where}.params")
     parser = OverridesParser.create()
     dims = []
-    for key, value in flatten(raw).items():
+    flat = flatten(raw)
+    _no_own_space(flat, stage, f"{where}.params")
+    for key, value in flat.items():
         if not isinstance(value, str):
             dims.append(Dimension(key=key, fixed=value))
             continue

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors
 from runtree_pipeline.plan.references import Reference
-from runtree_pipeline.plan.stages import build_plan
+from runtree_pipeline.plan.stages import STAGE_KEYS, Limits, build_plan
 
 QUAD = "tests.targets.quad"
 DATA = "tests.targets.with_outputs"
@@ -318,6 +318,155 @@ ONE_ERROR = [
     pytest.param({"a": quad(tags=["t"])}, "a", "tags", r"must be a mapping of tag names", id="tags-not-mapping"),
     pytest.param({"a": quad(params=[1])}, "a", "params", r"must be a mapping$", id="params-not-mapping"),
     pytest.param({}, None, "stages", r"no stages declared", id="no-stages"),
+    pytest.param(
+        {"a": quad(limits=5)},
+        "a",
+        "limits",
+        r"must be a mapping like \{timeout_s: 600, retries: 1\}$",
+        id="limits-int",
+    ),
+    pytest.param(
+        {"a": quad(limits={"timeout": 5})},
+        "a",
+        "limits.timeout",
+        r"unknown key \(did you mean 'timeout_s'\?\) \(allowed: timeout_s, retries\)$",
+        id="limits-unknown-key",
+    ),
+    pytest.param(
+        {"a": quad(limits={"timeout_s": 0})},
+        "a",
+        "limits.timeout_s",
+        r"must be a positive number of seconds, got 0$",
+        id="timeout-zero",
+    ),
+    pytest.param(
+        {"a": quad(limits={"timeout_s": -1.5})}, "a", "limits.timeout_s", r"got -1\.5$", id="timeout-negative"
+    ),
+    pytest.param({"a": quad(limits={"timeout_s": True})}, "a", "limits.timeout_s", r"got True$", id="timeout-bool"),
+    pytest.param({"a": quad(limits={"timeout_s": "1m"})}, "a", "limits.timeout_s", r"got '1m'$", id="timeout-string"),
+    pytest.param(
+        {"a": quad(limits={"retries": -1})},
+        "a",
+        "limits.retries",
+        r"must be a non-negative integer, got -1$",
+        id="retries-negative",
+    ),
+    pytest.param({"a": quad(limits={"retries": True})}, "a", "limits.retries", r"got True$", id="retries-bool"),
+    pytest.param({"a": quad(limits={"retries": 1.5})}, "a", "limits.retries", r"got 1\.5$", id="retries-float"),
+    pytest.param(
+        {
+            "a": quad(
+                objective=METRIC,
+                variants={"points": {"p": {}}, "pruner": "median"},
+                subvariants={"params": {"y": "choice(1, 2)"}},
+            )
+        },
+        "a",
+        "variants.pruner",
+        r"the pruner goes on the leaf level, subvariants: ",
+        id="pruner-on-parent-level",
+    ),
+    pytest.param(
+        {
+            "a": quad(
+                objective=METRIC,
+                variants={"sampler": "random", "n": 2, "params": {"y": "interval(0, 1)"}, "pruner": "hyperband"},
+                subvariants={"params": {"offset": "choice(1, 2)"}},
+            )
+        },
+        "a",
+        "variants.pruner",
+        r"the pruner goes on the leaf level, subvariants",
+        id="pruner-on-random-parent-level",
+    ),
+    pytest.param(
+        {"a": quad(variants={"params": {"y": "choice(1, 2)"}, "pruner": "median"})},
+        "a",
+        "objective.metric",
+        r"a stage that sweeps needs objective\.metric",
+        id="pruner-without-metric",
+    ),
+    pytest.param(
+        {
+            "a": quad(
+                objective=METRIC, subvariants={**{"params": {"y": "choice(1, 2)"}}, "pruner": {"_target_": "nope.P"}}
+            )
+        },
+        "a",
+        "subvariants.pruner._target_",
+        r"cannot import 'nope\.P': No module named 'nope'$",
+        id="pruner-import",
+    ),
+    pytest.param(
+        {
+            "search": quad(
+                objective=METRIC, variants={"points": {"mlp": {"_subvariants_": {"params": {"hidden": "choice(1,2"}}}}}
+            )
+        },
+        "search",
+        "variants.points.mlp._subvariants_.params.hidden",
+        r"malformed sweep 'choice\(1,2'",
+        id="own-space-malformed",
+    ),
+    pytest.param(
+        {
+            "a": quad(
+                objective=METRIC, variants={"points": {"p": {}}}, subvariants={"points": {"q": {"_subvariants_": None}}}
+            )
+        },
+        "a",
+        "subvariants.points.q._subvariants_",
+        r"is not a param: only a named point of `variants\.points` can carry it",
+        id="own-space-in-subvariants",
+    ),
+    pytest.param(
+        {"a": quad(objective=METRIC, variants={"params": {"y": "choice(1, 2)", "_subvariants_": None}})},
+        "a",
+        "variants.params._subvariants_",
+        r"is not a param",
+        id="own-space-in-grid-params",
+    ),
+    pytest.param(
+        {
+            "a": quad(
+                params={},
+                objective=METRIC,
+                variants={"points": {"mlp": {"x": 1, "_subvariants_": {"params": {"z": "choice(1, 2)"}}}}},
+            )
+        },
+        "a",
+        "params",
+        r"tests\.targets\.quad\(.*\) -> 'dict' cannot take params \(x, z\) in variant 'mlp': "
+        r"got an unexpected keyword argument 'z'$",
+        id="own-space-kwarg",
+    ),
+    pytest.param(
+        {
+            "a": quad(
+                params={},
+                objective=METRIC,
+                variants={"points": {"mlp": {"_subvariants_": {"params": {"y": "choice(1, 2)"}}}}},
+            )
+        },
+        "a",
+        "params",
+        r"cannot take params \(y\) in variant 'mlp': missing a required argument: 'x'$",
+        id="own-space-missing",
+    ),
+    pytest.param(
+        {
+            "a": quad(
+                params={},
+                objective=METRIC,
+                variants={"points": {"big": {"x": 1}, "lin": {"_subvariants_": None}}},
+                subvariants={"params": {"x": "choice(1, 2)"}},
+            )
+        },
+        "a",
+        "params",
+        r"cannot take params \(\) in variant 'lin': missing a required argument: 'x'$",
+        id="leaf-variant-misses-stage-subvariants",
+    ),
 ]
 
 
@@ -525,3 +674,203 @@ def test_broken_stage_does_not_make_dependents_report_unknown_stage():
 def test_no_stages_still_reports_other_problems():
     errors = errors_of({}, objective={"mode": "best"})
     assert [(e.stage, e.key) for e in errors] == [(None, "objective.mode"), (None, "stages")]
+
+
+OWN_SPACE = {"sampler": "random", "n": 5, "params": {"y": "interval(0, 1)"}, "pruner": "median", "time_budget_s": 60}
+
+
+def own_spaces(**extra):
+    """Three variants: one with its own random space, one leaf, one under the stage's grid of offsets."""
+    return quad(
+        params={},
+        objective=METRIC,
+        variants={
+            "points": {
+                "mlp": {"x": 1, "_subvariants_": OWN_SPACE},
+                "lin": {"x": 2, "_subvariants_": None},
+                "base": {"x": 3},
+            }
+        },
+        subvariants={"params": {"offset": "choice(0, 1)"}},
+        **extra,
+    )
+
+
+def test_per_variant_spaces_are_counted_per_variant():
+    stage = plan_of({"search": own_spaces()}).stages["search"]
+    assert stage.run_counts() == (3, 5 + 0 + 2)
+    assert stage.leaf_count() == 5 + 1 + 2
+    mlp, lin, base = stage.variants.points
+    assert stage.below(mlp) == mlp.below and mlp.below[0].n == 5
+    assert stage.below(lin) == ()
+    assert stage.below(base) == (stage.subvariants,)
+
+
+def test_subvariants_key_is_never_a_param():
+    stage = plan_of({"search": own_spaces()}).stages["search"]
+    assert [dict(p.params) for p in stage.variants.points] == [{"x": 1}, {"x": 2}, {"x": 3}]
+    assert "_subvariants_" not in stage.variants.keys
+    assert not any("_subvariants_" in key for key in stage.param_keys())
+
+
+def test_param_keys_include_own_spaces():
+    assert plan_of({"search": own_spaces()}).stages["search"].param_keys() == {"x", "y", "offset"}
+
+
+def test_reference_to_a_param_only_an_own_space_has():
+    plan = plan_of({"a": own_spaces(), "b": quad(depends_on="a", params={"x": "${best:a.params.y}"})})
+    assert plan.stages["b"].references[0].key == "y"
+
+
+def test_own_spaces_without_stage_subvariants():
+    plan = plan_of(
+        {
+            "search": quad(
+                params={},
+                objective=METRIC,
+                variants={
+                    "points": {
+                        "deep": {"_subvariants_": {"params": {"x": "choice(1, 2, 3)", "y": "choice(0, 1)"}}},
+                        "fixed": {"x": 0},
+                    },
+                    "pruner": "median",
+                },
+            )
+        }
+    )
+    stage = plan.stages["search"]
+    assert stage.subvariants is None
+    assert stage.variants.pruner == "median"
+    assert stage.run_counts() == (2, 6)
+    assert stage.leaf_count() == 7
+    assert "variants: 2 (points), pruner median; variant 'deep': subvariants: 6 (grid) →" in plan.describe()
+    assert "total: 9 MLflow run(s)" in plan.describe()
+
+
+def test_own_space_supplies_a_required_param_the_stage_lacks():
+    stage = plan_of(
+        {
+            "a": quad(
+                params={},
+                objective=METRIC,
+                variants={"points": {"p": {"_subvariants_": {"points": {"q": {"x": 1, "y": 2}}}}, "r": {"x": 3}}},
+            )
+        }
+    ).stages["a"]
+    assert stage.run_counts() == (2, 1)
+
+
+def test_variant_pruner_is_allowed_with_some_own_spaces():
+    stage = plan_of(
+        {
+            "a": quad(
+                objective=METRIC,
+                variants={
+                    "points": {"p": {"_subvariants_": {"params": {"y": "choice(1, 2)"}}}, "q": {}},
+                    "pruner": "median",
+                },
+            )
+        }
+    ).stages["a"]
+    assert stage.variants.pruner == "median"
+
+
+def test_pruner_on_subvariants_and_time_budget_on_any_level():
+    stage = plan_of(
+        {
+            "a": quad(
+                objective=METRIC,
+                variants={"points": {"p": {}}, "time_budget_s": 7200},
+                subvariants={**OWN_SPACE, "pruner": {"_target_": "tests.targets.with_outputs", "seed": 2}},
+            )
+        }
+    ).stages["a"]
+    assert (stage.variants.time_budget_s, stage.variants.pruner) == (7200.0, None)
+    assert stage.subvariants.pruner == {"_target_": "tests.targets.with_outputs", "seed": 2}
+
+
+def test_describe_shows_budgets_pruners_own_spaces_and_limits():
+    plan = plan_of({"search": own_spaces(limits={"timeout_s": 600, "retries": 1}), "prep": data()})
+    assert plan.describe().splitlines() == [
+        "pipeline 'x': 2 stage(s) in execution order",
+        "  prep: tests.targets.with_outputs — single run → 0 variant run(s), 0 sub-variant run(s)",
+        "  search: tests.targets.quad — variants: 3 (points); subvariants: 2 (grid);"
+        " variant 'mlp': subvariants: up to 5 (random) or 60 s, pruner median; variant 'lin': no subvariants;"
+        " limits timeout 600 s, 1 retry → 3 variant run(s), 7 sub-variant run(s)",
+        "total: 12 MLflow run(s); dry run, nothing was recorded",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("limits", "shown"),
+    [
+        pytest.param({"timeout_s": 2.5}, "; limits timeout 2.5 s →", id="timeout"),
+        pytest.param({"retries": 3}, "; limits 3 retries →", id="retries"),
+        pytest.param({"timeout_s": 36000, "retries": 1}, "; limits timeout 36000 s, 1 retry →", id="both"),
+    ],
+)
+def test_describe_limits_of_a_single_run(limits, shown):
+    assert f"single run{shown}" in plan_of({"a": quad(limits=limits)}).describe()
+
+
+def test_describe_pruner_in_instantiate_form_shows_its_target():
+    plan = plan_of(
+        {
+            "a": quad(
+                objective=METRIC,
+                subvariants={
+                    "sampler": "tpe",
+                    "n": 500,
+                    "params": {"y": "interval(0, 1)"},
+                    "time_budget_s": 3600,
+                    "pruner": {"_target_": "tests.targets.with_outputs"},
+                },
+            )
+        }
+    )
+    assert "— subvariants: up to 500 (tpe) or 3600 s, pruner tests.targets.with_outputs →" in plan.describe()
+
+
+def test_describe_is_unchanged_without_new_features():
+    plan = plan_of(
+        {
+            "train": quad(
+                params={},
+                variants={"points": {"a": {"x": 1}, "b": {"x": 2}}},
+                subvariants={"sampler": "random", "n": 6, "seed": 0, "params": {"y": "interval(0, 1)"}},
+            )
+        },
+        objective=METRIC,
+    )
+    assert plan.describe().splitlines()[1] == (
+        "  train: tests.targets.quad — variants: 2 (points); subvariants: 6 (random)"
+        " → 2 variant run(s), 12 sub-variant run(s)"
+    )
+
+
+def test_limits_parse():
+    plan = plan_of({"a": quad(limits={"timeout_s": 600, "retries": 1}), "b": quad(), "c": quad(limits={"retries": 0})})
+    assert "limits" in STAGE_KEYS
+    assert plan.stages["a"].limits == Limits(timeout_s=600.0, retries=1)
+    assert plan.stages["b"].limits == Limits() == Limits(timeout_s=None, retries=0)
+    assert plan.stages["c"].limits == Limits()
+    assert plan.stages["a"].limits.timeout_s == 600.0 and isinstance(plan.stages["a"].limits.timeout_s, float)
+
+
+def test_limits_are_stored_only_when_set():
+    plan = plan_of({"a": quad(limits={"timeout_s": 600}), "b": quad(), "c": quad(limits={"retries": 0})})
+    assert plan.config["stages"]["a"]["limits"] == {"timeout_s": 600.0, "retries": 0}
+    assert plan.config["stages"]["b"] == {
+        "_target_": QUAD,
+        "depends_on": [],
+        "params": {"x": 1.0},
+        "objective": {"metric": None, "mode": "min"},
+        "tags": {},
+        "on_failure": "continue",
+    }
+    assert "limits" not in plan.config["stages"]["c"]
+
+
+def test_several_limit_problems_are_reported_together():
+    errors = errors_of({"a": quad(limits={"timeout_s": 0, "retries": -1, "retry": 2})})
+    assert [e.key for e in errors] == ["limits.retries", "limits.retry", "limits.timeout_s"]
