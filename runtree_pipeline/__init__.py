@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runtree_pipeline.api import run_pipeline, run_plan
-    from runtree_pipeline.errors import ConfigError, ConfigErrors, Interrupted
+    from runtree_pipeline.errors import ConfigError, ConfigErrors, Interrupted, Pruned
+    from runtree_pipeline.execution.reporting import report
     from runtree_pipeline.plan.stages import Plan, StageSpec, build_plan
     from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult
 
@@ -21,6 +22,8 @@ _EXPORTS = {
     "ConfigError": "errors",
     "ConfigErrors": "errors",
     "Interrupted": "errors",
+    "Pruned": "errors",
+    "report": "execution.reporting",
     "Plan": "plan.stages",
     "StageSpec": "plan.stages",
     "build_plan": "plan.stages",
@@ -38,9 +41,11 @@ __all__ = [
     "NodeResult",
     "PipelineResult",
     "Plan",
+    "Pruned",
     "StageResult",
     "StageSpec",
     "build_plan",
+    "report",
     "run_pipeline",
     "run_plan",
 ]

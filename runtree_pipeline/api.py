@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runtree_pipeline.errors import ConfigErrors
-from runtree_pipeline.execution.executors import Executor
+from runtree_pipeline.execution.executors import Executor, LocalExecutor
 from runtree_pipeline.plan.stages import Plan, build_plan
 from runtree_pipeline.reports.progress import Progress
 from runtree_pipeline.results import PipelineResult
@@ -49,22 +49,20 @@ def run_plan(
     from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri, quiet_mlflow_env
 
     quiet_mlflow_env()
-    if executor is not None:
-        uri = plan.tracking_uri or default_uri()
-        problems = executor.check(tracking_uri=uri)
-        if problems:
-            raise ConfigErrors(problems)
+    executor = executor or LocalExecutor()
+    uri = plan.tracking_uri or default_uri()
+    problems = executor.check(tracking_uri=uri, plan=plan)
+    if problems:
+        raise ConfigErrors(problems)
     store = None
     try:
-        if executor is not None:
-            executor.start(tracking_uri=uri)
+        executor.start(tracking_uri=uri)
         store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)
         runner = Runner(plan, store=store, executor=executor, progress=progress, command=command, plots=plots)
         return runner.run()
     except BaseException:
-        if executor is not None:
-            with shielded(discard=True):
-                executor.close()
+        with shielded(discard=True):
+            executor.close()
         raise
     finally:
         if store is not None:

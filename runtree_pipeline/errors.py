@@ -92,6 +92,19 @@ class TrackingFailed(RuntreeError):
     exit_code = 4
 
 
+class Pruned(Exception):  # noqa: N818 - named for what happened to the leaf, as Optuna's TrialPruned is
+    """Raised by `report` inside a leaf its level's pruner stopped: let it propagate, and the leaf's run ends
+    KILLED as pruned at `step` (a target that catches it and returns finishes normally instead).
+
+    An `Exception`, so a target's own `except Exception` cleanup still runs, and not a `RuntreeError`: it is a
+    decision, not a problem for the user to fix.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        super().__init__(f"pruned at step {step}")
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: open runs were ended KILLED and the execution can be finished with `resume`.
 

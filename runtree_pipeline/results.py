@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import pandas
 
 
-LEAF_COUNTS: tuple[str, ...] = (*(origin.value for origin in Origin), "failed")
-"""The keys of `NodeResult.counts`, in the order reports show them: each `Origin`, then "failed"."""
+LEAF_COUNTS: tuple[str, ...] = (*(origin.value for origin in Origin), "failed", "pruned")
+"""The keys of `NodeResult.counts`, in the order reports show them: each `Origin`, then "failed" and "pruned"."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,16 @@ class LeafResult:
     origin: str = Origin.EXECUTED
     """How this execution got the result: "executed" (a new run), "redone" (an earlier run that had failed or
     been cut off, run again in place) or "reused" (an earlier FINISHED run with the same content key, not run)."""
+    pruned_at: int | None = None
+    """The step at which its level's pruner stopped it (the run is then KILLED): neither a failure nor a best."""
+
+    @property
+    def pruned(self) -> bool:
+        return self.pruned_at is not None
+
+    @property
+    def failed(self) -> bool:
+        return self.status != Status.FINISHED and not self.pruned
 
 
 @dataclass(frozen=True)
@@ -49,18 +59,24 @@ class NodeResult:
 
     @property
     def failed(self) -> int:
-        return sum(leaf.status != Status.FINISHED for leaf in self.leaves)
+        return sum(leaf.failed for leaf in self.leaves)
+
+    @property
+    def pruned(self) -> int:
+        return sum(leaf.pruned for leaf in self.leaves)
 
     def counts(self) -> dict[str, int]:
         """What this execution did with the leaves, so a resume can be told apart from a fresh run.
 
         `executed`, `reused` and `redone` partition the leaves; `failed` counts those that did not finish and
-        overlaps the first and third (a redo that fails again is both redone and failed; reused leaves never fail).
+        overlaps the first and third (a redo that fails again is both redone and failed; reused leaves never fail);
+        `pruned` counts those a pruner stopped, in this execution or (reused) an earlier one.
         """
         counts = dict.fromkeys(LEAF_COUNTS, 0)
         for leaf in self.leaves:
             counts[leaf.origin] += 1
         counts["failed"] = self.failed
+        counts["pruned"] = self.pruned
         return counts
 
 

@@ -142,3 +142,32 @@ def stops_pipeline(*, x: float, log_file: str, at: float, after: int, driver: in
 def bowl_at(*, x: float, centre: float) -> dict:
     """A bowl whose minimum each parent can move: siblings with different centres learn different things."""
     return {"loss": (x - centre) ** 2}
+
+
+def diverging(*, x: float, epochs: int = 5, log_file: str | None = None, stop_at: int = -1) -> dict:
+    """Reports `val_loss` each epoch: points below 3 improve (the higher x, the better), points from 3 on diverge
+    from epoch 2, so a pruner's decisions are known in advance. With `log_file`, each call is counted there, and the
+    call after `stop_at` counted ones is a Ctrl-C, once (`stops_once` in the tpe resume tests does the same)."""
+    from runtree_pipeline import report
+
+    if log_file is not None:
+        log = Path(log_file)
+        marker = log.with_suffix(".stopped")
+        if len(log.read_text().splitlines() if log.exists() else []) == stop_at and not marker.exists():
+            marker.touch()
+            raise KeyboardInterrupt
+        with log.open("a") as fh:
+            fh.write(f"{x!r}\n")
+    loss = 0.0
+    for epoch in range(epochs):
+        loss = 1 / (epoch + 1) - 0.01 * x + (x * epoch if x >= 3 and epoch >= 2 else 0.0)
+        report(epoch, val_loss=loss, train_loss=loss / 2)
+    return {"val_loss": loss}
+
+
+def naps(*, x: float, nap_on: tuple = (), seconds: float = 60.0, sleep: float = 0.0) -> dict:
+    """Hangs (sleeps `seconds`) at the points in `nap_on`, as a trial stuck on I/O would; sleeps `sleep` otherwise."""
+    import time
+
+    time.sleep(seconds if x in nap_on else sleep)
+    return {"loss": (x - 1) ** 2}

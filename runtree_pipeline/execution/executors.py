@@ -23,6 +23,7 @@ from runtree_pipeline.errors import ConfigError, ConfigErrors
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
 from runtree_pipeline.futures import run_now, settle
 from runtree_pipeline.interrupts import shielded, sigint_blocked
+from runtree_pipeline.plan.stages import Plan
 
 STOPPED = "Cancelled: the pipeline was stopped before this leaf finished"
 
@@ -32,12 +33,31 @@ class Executor:
     starts at once and no leaf run sits RUNNING in a queue."""
 
     workers: int = 1
+    stops_leaves = True
+    """Whether a leaf that overruns `limits.timeout_s` can be stopped without harm to the pipeline."""
+    report_host = "127.0.0.1"
+    """The address a leaf's `report` reaches the driver on: loopback, unless workers run on other machines."""
     _started = False
 
-    def check(self, *, tracking_uri: str) -> list[ConfigError]:
-        """Why this executor cannot work with this tracking store, asked before the store is opened: a refused
-        combination must leave no store file or experiment behind, and must not wait for workers to start."""
-        return []
+    def check(self, *, tracking_uri: str, plan: Plan | None = None) -> list[ConfigError]:
+        """Why this executor cannot work with this tracking store or plan, asked before the store is opened: a
+        refused combination must leave no store file or experiment behind, and must not wait for workers to start."""
+        if plan is None or self.stops_leaves:
+            return []
+        return [
+            ConfigError(
+                f"executor={self.name} runs leaves inside the pipeline's own process, where one that overruns cannot "
+                "be stopped safely: use executor=processes (or ray)",
+                stage=stage.name,
+                key="limits.timeout_s",
+            )
+            for stage in plan.stages.values()
+            if stage.limits.timeout_s is not None
+        ]
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.removesuffix("Executor").lower()
 
     def start(self, *, tracking_uri: str) -> None:
         """Acquire workers; raise ConfigErrors if this executor cannot work with this tracking store.
@@ -92,6 +112,8 @@ class LocalExecutor(Executor):
     Targets log through MLflow's process-wide tracking URI; it points at the pipeline's store while the pipeline
     runs and is put back afterwards, so the calling process (a notebook, a test) keeps its own setting.
     """
+
+    stops_leaves = False
 
     def _start(self, *, tracking_uri: str) -> None:
         from runtree_pipeline.tracking.active import use_tracking_uri
@@ -153,7 +175,8 @@ class ProcessExecutor(Executor):
             self._launcher.join()  # workers are asked for, not warm: the task then waits for the first free one
         if self._launch_error is not None:
             raise self._launch_error
-        return _outcome_of(self._pool.schedule(execute, args=(task,)), _describe_pebble_error)
+        future = self._pool.schedule(execute, args=(task,), timeout=task.timeout_s)
+        return _outcome_of(future, lambda error: _describe_pebble_error(error, task))
 
     def _shutdown(self) -> None:
         if self._pool is not None:
@@ -254,9 +277,10 @@ class RayExecutor(Executor):
         self._remote: Any = None
         self._started_ray = False
         self._tasks: set[Any] = set()
+        self._timed_out: set[Any] = set()
 
-    def check(self, *, tracking_uri: str) -> list[ConfigError]:
-        problems: list[ConfigError] = []
+    def check(self, *, tracking_uri: str, plan: Plan | None = None) -> list[ConfigError]:
+        problems = super().check(tracking_uri=tracking_uri, plan=plan)
         if self.address != "local" and not tracking_uri.startswith(("http://", "https://")):
             problems.append(
                 ConfigError(
@@ -285,6 +309,8 @@ class RayExecutor(Executor):
                 log_to_driver=True,
                 configure_logging=False,
             )
+        if self.address != "local":
+            self.report_host = ray.util.get_node_ip_address()
         cpus = ray.cluster_resources().get("CPU", 1)
         self.workers = int(self.requested_workers or max(1, cpus // max(self.num_cpus, 1e-9)))
         self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(execute)
@@ -293,8 +319,31 @@ class RayExecutor(Executor):
         ref = self._remote.remote(task)
         self._tasks.add(ref)
         future = ref.future()
-        future.add_done_callback(lambda _: self._tasks.discard(ref))
-        return _outcome_of(future, _describe_ray_error)
+        timer = None
+        if task.timeout_s is not None:
+            timer = threading.Timer(task.timeout_s, self._time_out, args=(ref,))
+            timer.daemon = True
+            timer.start()
+
+        def ended(_: Future) -> None:
+            self._tasks.discard(ref)
+            if timer is not None:
+                timer.cancel()
+
+        future.add_done_callback(ended)
+        return _outcome_of(
+            future,
+            lambda error: _timeout(task) if ref in self._timed_out else _describe_ray_error(error),
+        )
+
+    def _time_out(self, ref: Any) -> None:
+        """Force-cancelling kills the worker running the task: a target stuck in C code cannot ignore it."""
+        import ray
+
+        if ref in self._tasks:
+            self._timed_out.add(ref)
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
 
     def _shutdown(self) -> None:
         """Leaves still running are cancelled: on a runtime we did not start, shutting down would not stop them,
@@ -327,9 +376,15 @@ def _outcome_of(future: Future, describe: Callable[[BaseException], str]) -> Fut
     return out
 
 
-def _describe_pebble_error(error: BaseException) -> str:
+def _timeout(task: LeafTask) -> str:
+    return f"Timeout: the leaf ran longer than limits.timeout_s={task.timeout_s:g} s and its worker was stopped"
+
+
+def _describe_pebble_error(error: BaseException, task: LeafTask) -> str:
     from pebble import ProcessExpired
 
+    if isinstance(error, TimeoutError):
+        return _timeout(task)
     if isinstance(error, ProcessExpired):
         return f"WorkerDied: the worker process exited with code {error.exitcode} while running this leaf"
     return f"{type(error).__name__}: {error}"

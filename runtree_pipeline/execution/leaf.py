@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from runtree_pipeline.errors import Pruned
+from runtree_pipeline.execution.reporting import Desk, in_leaf
 from runtree_pipeline.tracking.records import RunRef
 
 
@@ -25,6 +27,10 @@ class LeafTask:
     kwargs: Mapping[str, Any]
     run: RunRef
     objective: str | None = None
+    desk: Desk | None = None
+    """Where `report` asks whether to stop: set when the leaf's level has a pruner."""
+    timeout_s: float | None = None
+    """The stage's `limits.timeout_s`: the executor stops the leaf's worker past it."""
 
 
 @dataclass(frozen=True)
@@ -36,10 +42,14 @@ class LeafOutcome:
     ended_at: float | None = None
     """When the target returned or raised (seconds since the epoch, on the worker's clock): the run's recorded end,
     however much later the driver gets to write it."""
+    pruned_at: int | None = None
+    """The step at which the target let `Pruned` propagate: stopped by its pruner, neither failed nor finished."""
+    logged: tuple[str, ...] = ()
+    """Returned metrics whose value `report` logged last already: the run's latest value, not to be logged again."""
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and self.pruned_at is None
 
 
 def execute(task: LeafTask) -> LeafOutcome:
@@ -50,12 +60,16 @@ def execute(task: LeafTask) -> LeafOutcome:
 
     try:
         target = get_object(task.target)
-        with active_run(task.run):
+        with active_run(task.run), in_leaf(task.run, task.desk) as reported:
             returned = target(**task.kwargs)
+    except Pruned as e:
+        return LeafOutcome(pruned_at=e.step, ended_at=time.time())
     except Exception as e:  # noqa: BLE001 - a failing target fails its own run only
         return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=time.time())
     ended_at = time.time()
-    return replace(split_returned(returned, objective=task.objective), ended_at=ended_at)
+    outcome = split_returned(returned, objective=task.objective)
+    logged = tuple(k for k, v in outcome.metrics.items() if reported.get(k) == v)
+    return replace(outcome, ended_at=ended_at, logged=logged)
 
 
 def split_returned(returned: Any, *, objective: str | None) -> LeafOutcome:

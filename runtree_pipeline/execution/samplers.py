@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,11 +19,93 @@ from runtree_pipeline.tracking.index import PreviousPoint
 log = logging.getLogger(__name__)
 
 
+PRUNERS = {
+    "median": "optuna.pruners.MedianPruner",
+    "percentile": "optuna.pruners.PercentilePruner",
+    "hyperband": "optuna.pruners.HyperbandPruner",
+    "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
+}
+"""The pruners a level names in one word, with Optuna's defaults (a percentile pruner keeps the best 75%); any
+other is given the Hydra way, `{_target_: ..., ...}`."""
+
+
 def new_sampler(spec: SweepSpec, *, direction: str) -> Sampler:
-    """A fresh sampler for one parent; every parent gets its own so that tpe learns per parent."""
+    """A fresh sampler for one parent; every parent gets its own so that tpe learns, and a pruner compares, per
+    parent."""
     if spec.sampler in ("random", "tpe"):
         return OptunaSampler(spec, direction=direction)
-    return FixedSampler(spec.points)
+    if spec.pruner is None:
+        return FixedSampler(spec.points)
+    return FixedSampler(spec.points, trials=_Trials(_study(spec, direction=direction, sampler=None)))
+
+
+def _study(spec: SweepSpec, *, direction: str, sampler: Any) -> Any:
+    import optuna
+    from hydra.utils import instantiate
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = spec.pruner
+    if isinstance(pruner, str):
+        pruner = {"_target_": PRUNERS[pruner], **({"percentile": 25.0} if pruner == "percentile" else {})}
+    return optuna.create_study(
+        sampler=sampler,
+        pruner=instantiate(dict(pruner)) if pruner is not None else optuna.pruners.NopPruner(),
+        direction="minimize" if direction == "min" else "maximize",
+    )
+
+
+class _Trials:
+    """One parent's open Optuna trials by point index: where a leaf's reports meet its level's pruner.
+
+    Reports arrive on the report desk's threads while the scheduling loop asks and tells, hence the lock.
+    """
+
+    def __init__(self, study: Any) -> None:
+        self.study = study
+        self.lock = threading.RLock()
+        self._open: dict[int, Any] = {}
+        self._reported: dict[int, dict[int, float]] = {}
+
+    def open(self, index: int, trial: Any) -> None:
+        with self.lock:
+            self._open[index] = trial
+            self._reported[index] = {}
+
+    def has(self, index: int) -> bool:
+        return index in self._open
+
+    def report(self, index: int, step: int, value: float) -> bool:
+        with self.lock:
+            trial = self._open.get(index)
+            if trial is None or step in self._reported[index]:
+                return False
+            trial.report(value, step)
+            self._reported[index][step] = value
+            return trial.should_prune()
+
+    def reported(self, index: int) -> dict[int, float]:
+        with self.lock:
+            return dict(self._reported.get(index, {}))
+
+    def close(
+        self, index: int, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
+    ) -> None:
+        """Tell the study how the point ended; `reported` is a history recorded by an earlier execution, told to
+        the study first when this one saw none (a reused leaf), so its pruner compares as it did then."""
+        import optuna
+
+        with self.lock:
+            trial = self._open.pop(index)
+            if reported and not self._reported.get(index):
+                for step, intermediate in sorted(reported.items()):
+                    trial.report(intermediate, step)
+            self._reported.pop(index, None)
+            if pruned:
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif value is None or not math.isfinite(value):
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study.tell(trial, value)
 
 
 class Sampler:
@@ -41,8 +124,24 @@ class Sampler:
         """No point is left to ask: a parent whose children have all ended is then complete."""
         raise NotImplementedError
 
-    def tell(self, point: Point, value: float | None) -> None:
-        """Report a point's objective value (None when it failed); samplers that do not learn ignore it."""
+    def tell(
+        self, point: Point, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
+    ) -> None:
+        """Report a point's objective value (None when it failed), whether it was pruned, and for a point reused from
+        an earlier execution the intermediate values it reported then; samplers that do not learn or prune ignore
+        it."""
+
+    @property
+    def prunes(self) -> bool:
+        return False
+
+    def should_prune(self, point: Point, step: int, value: float) -> bool:
+        """A leaf's objective at `step`, reported while it runs: whether its level's pruner stops it now."""
+        return False
+
+    def reported(self, point: Point) -> dict[int, float]:
+        """The objective values `point` reported so far, by step, for its run to keep until a resume."""
+        return {}
 
     def replay(self, history: Sequence[PreviousPoint]) -> None:
         """On resume, ask these points (a previous execution's) first; only samplers that learn need it."""
@@ -60,15 +159,38 @@ class Sampler:
 
 
 class FixedSampler(Sampler):
-    def __init__(self, points: tuple[Point, ...]) -> None:
+    """Grid and explicit points, in order; with a pruner, each point is also a trial of a study that only prunes."""
+
+    def __init__(self, points: tuple[Point, ...], *, trials: _Trials | None = None) -> None:
         self._points = points
         self._next = 0
+        self._trials = trials
 
     def ask(self) -> Point | None:
         if self.exhausted:
             return None
         self._next += 1
-        return self._points[self._next - 1]
+        point = self._points[self._next - 1]
+        if self._trials is not None:
+            with self._trials.lock:
+                self._trials.open(point.index, self._trials.study.ask())
+        return point
+
+    def tell(
+        self, point: Point, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
+    ) -> None:
+        if self._trials is not None:
+            self._trials.close(point.index, value, pruned=pruned, reported=reported)
+
+    @property
+    def prunes(self) -> bool:
+        return self._trials is not None
+
+    def should_prune(self, point: Point, step: int, value: float) -> bool:
+        return self._trials is not None and self._trials.report(point.index, step, value)
+
+    def reported(self, point: Point) -> dict[int, float]:
+        return self._trials.reported(point.index) if self._trials is not None else {}
 
     @property
     def exhausted(self) -> bool:
@@ -90,18 +212,17 @@ class OptunaSampler(Sampler):
     def __init__(self, spec: SweepSpec, *, direction: str) -> None:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         if spec.sampler == "tpe":
             sampler = optuna.samplers.TPESampler(seed=spec.seed)
         else:
             sampler = optuna.samplers.RandomSampler(seed=spec.seed)
-        self._study = optuna.create_study(sampler=sampler, direction="minimize" if direction == "min" else "maximize")
+        self._study = _study(spec, direction=direction, sampler=sampler)
+        self._trials = _Trials(self._study)
         self._spec = spec
         self.learns = spec.sampler == "tpe"
         swept = [d for d in spec.dimensions if d.is_sweep]
         self._choices = {d.key: _choices(d) for d in swept}
         self._distributions = {d.key: _distribution(d, self._choices[d.key]) for d in swept}
-        self._trials: dict[int, Any] = {}
         self._names = UniqueNames()
         self._asked = 0
         self._tells = 0
@@ -118,7 +239,18 @@ class OptunaSampler(Sampler):
             return self._replayed.popleft()
         if self.exhausted:
             return None
-        return self._point(self._study.ask(self._distributions), asked_after=self._tells)
+        with self._trials.lock:
+            return self._point(self._study.ask(self._distributions), asked_after=self._tells)
+
+    @property
+    def prunes(self) -> bool:
+        return self._spec.pruner is not None
+
+    def should_prune(self, point: Point, step: int, value: float) -> bool:
+        return self.prunes and self._trials.report(point.index, step, value)
+
+    def reported(self, point: Point) -> dict[int, float]:
+        return self._trials.reported(point.index)
 
     def asked_after(self, point: Point) -> int | None:
         return self._asked_after.get(point.index) if self.learns else None
@@ -126,11 +258,13 @@ class OptunaSampler(Sampler):
     def tell_position(self, point: Point) -> int | None:
         return None if not self.learns or point.index in self._told else self._tells
 
-    def tell(self, point: Point, value: float | None) -> None:
+    def tell(
+        self, point: Point, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
+    ) -> None:
         """A point a replay told already keeps that value: the study must stay the one the previous execution had."""
         if point.index in self._told:
             return
-        self._tell(point.index, value)
+        self._trials.close(point.index, value, pruned=pruned, reported=reported)
         self._tells += 1
 
     def replay(self, history: Sequence[PreviousPoint]) -> None:
@@ -156,7 +290,8 @@ class OptunaSampler(Sampler):
             for previous in asks:
                 while tells and tells[0].told < previous.asked_after:
                     self._replay_tell(tells.popleft())
-                trial = self._study.ask(self._distributions)
+                with self._trials.lock:
+                    trial = self._study.ask(self._distributions)
                 if trial.params != self._raw(previous.params):
                     raise _Diverged(f"ask {previous.index} drew {trial.params}, recorded {dict(previous.params)}")
                 self._replayed.append(self._point(trial, asked_after=previous.asked_after))
@@ -183,7 +318,7 @@ class OptunaSampler(Sampler):
             params[dim.key] = choices[raw] if choices is not None else raw
         index = self._asked
         self._asked += 1
-        self._trials[index] = trial
+        self._trials.open(index, trial)
         self._asked_after[index] = asked_after
         return Point(
             name=self._names.unique(point_name(swept(params, self._spec.dimensions))), params=params, index=index
@@ -191,20 +326,11 @@ class OptunaSampler(Sampler):
 
     def _replay_tell(self, previous: PreviousPoint) -> None:
         index = previous.index
-        if index not in self._trials:
+        if not self._trials.has(index):
             raise _Diverged(f"point {index} was told before it was asked")
-        self._tell(index, previous.value)
+        self._trials.close(index, previous.value, pruned=previous.pruned, reported=previous.reported)
         self._told.add(index)
         self._tells = max(self._tells, previous.told + 1)
-
-    def _tell(self, index: int, value: float | None) -> None:
-        import optuna
-
-        trial = self._trials.pop(index)
-        if value is None or not math.isfinite(value):
-            self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            self._study.tell(trial, value)
 
     def _raw(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Recorded params as Optuna holds them (a choice as its index), or None if they lie outside this space."""

@@ -28,7 +28,8 @@ from runtree_pipeline.execution.executors import Executor, LocalExecutor
 from runtree_pipeline.execution.keys import content_key
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask
 from runtree_pipeline.execution.painter import Painter
-from runtree_pipeline.execution.samplers import new_sampler
+from runtree_pipeline.execution.reporting import ReportDesk
+from runtree_pipeline.execution.samplers import Sampler, new_sampler
 from runtree_pipeline.execution.tree import (
     LeafJob,
     OpenParent,
@@ -49,7 +50,7 @@ from runtree_pipeline.reports.progress import Progress
 from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
 from runtree_pipeline.states import Level, Origin, Status
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.index import RunIndex
+from runtree_pipeline.tracking.index import RunIndex, is_kept
 from runtree_pipeline.tracking.provenance import invocation_tags
 from runtree_pipeline.tracking.records import RunRecord, RunRef
 from runtree_pipeline.tracking.redact import redact
@@ -91,6 +92,8 @@ class Runner:
         self._position = {name: i for i, name in enumerate(plan.order)}
         self._solo: deque[LeafJob] = deque()
         self._running: dict[Future[LeafOutcome], LeafJob] = {}
+        self._desk: ReportDesk | None = None
+        self._reporting: dict[str, tuple[Sampler, Point]] = {}
 
     def run(self) -> PipelineResult:
         """Everything from reading a previous execution to the last picture happens where a signal is handled.
@@ -106,6 +109,8 @@ class Runner:
                 self.executor.start(tracking_uri=self.store.uri)
                 if self._painter is not None:
                     self._painter.start()
+                if _prunes(self.plan):
+                    self._desk = ReportDesk(self._should_prune, host=self.executor.report_host)
                 self._loop()
                 self.store.flush()
                 self._draw()
@@ -132,6 +137,8 @@ class Runner:
                     closing.callback(self.progress.close)
                     if self._painter is not None:
                         closing.callback(self._painter.close)
+                    if self._desk is not None:
+                        closing.callback(self._desk.close)
                     self.executor.close()
         return PipelineResult(
             pipeline_id=self.pipeline_id,
@@ -160,6 +167,9 @@ class Runner:
                 slot, outcome = leaf.slot.result(), future.result()
                 if outcome.ended_at is not None and leaf.submitted_at is not None:
                     leaf.stage.leaf_seconds = outcome.ended_at - leaf.submitted_at
+                if self._retried(leaf, slot, outcome):
+                    continue
+                self._reporting.pop(slot.ref.run_id, None)
                 if outcome.error:
                     log.warning("run %s failed: %s", leaf.name, outcome.error)
                 leaf_write(leaf, slot, outcome).to(self.store, slot.ref)
@@ -180,12 +190,15 @@ class Runner:
                 leaf = parent.ahead.popleft()
                 self._create_ahead(parent)
                 return leaf
-            point = parent.sampler.ask()
+            point = self._ask(parent)
             if point is None:
+                if parent.done:  # a time budget is found spent only when asked, maybe with no child open
+                    self._close_parent(parent)
+                    return self._next_leaf()
                 continue
-            parent.open_children += 1
-            if parent.levels[1:]:
-                self._open_parent(parent, point)
+            below = _below(parent, point)
+            if below:
+                self._open_parent(parent, point, below)
                 return self._next_leaf()
             leaf = self._new_leaf(parent, point)
             self._create_ahead(parent)
@@ -196,7 +209,8 @@ class Runner:
         slot = leaf.slot.result()
         if slot.origin is Origin.REUSED:
             assert slot.record is not None
-            self._leaf_ended(leaf, reused_result(leaf, slot.record, self.store.outputs_of(slot.record)))
+            result = reused_result(leaf, slot.record, self.store.outputs_of(slot.record))
+            self._leaf_ended(leaf, result, reported=schema.reported_of(slot.record.tags))
             return
         if leaf.parent is not None:
             self._reopen(leaf.parent)
@@ -205,18 +219,49 @@ class Runner:
         if stage.last_submit is not None:
             stage.submit_interval = now - stage.last_submit
         stage.last_submit = now
+        metric = leaf.stage.spec.objective.metric
+        desk = None
+        if leaf.parent is not None and leaf.point is not None and leaf.parent.sampler.prunes and self._desk and metric:
+            desk = self._desk.desk(metric)
+            self._reporting[slot.ref.run_id] = (leaf.parent.sampler, leaf.point)
         task = LeafTask(
             target=leaf.stage.spec.target,
             kwargs=leaf.params,
             run=slot.ref,
-            objective=leaf.stage.spec.objective.metric if leaf.parent is not None else None,
+            objective=metric if leaf.parent is not None else None,
+            desk=desk,
+            timeout_s=leaf.stage.spec.limits.timeout_s,
         )
         self._running[self.executor.submit(task)] = leaf
 
-    def _leaf_ended(self, leaf: LeafJob, result: LeafResult) -> None:
+    def _retried(self, leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> bool:
+        """`limits.retries`: a leaf that failed (raised, lost its worker, timed out) runs again in the same run, its
+        failure kept as an artifact of that run; a pruned leaf is a decision, never retried."""
+        leaf.attempts += 1
+        retries = leaf.stage.spec.limits.retries
+        if outcome.error is None or leaf.attempts > retries or leaf.stage.stopped_by is not None:
+            return False
+        log.warning(
+            "run %s failed (attempt %d of %d), trying again: %s", leaf.name, leaf.attempts, 1 + retries, outcome.error
+        )
+        text = outcome.traceback or outcome.error
+        self.store.attach(slot.ref, {f"attempts/{leaf.attempts}/{schema.TRACEBACK_ARTIFACT}": text})
+        self._submit(leaf)
+        return True
+
+    def _should_prune(self, run_id: str, step: int, value: float) -> bool:
+        """Asked on the report desk's threads: a run that already ended, or is not a pruned level's, goes on."""
+        entry = self._reporting.get(run_id)
+        return entry is not None and entry[0].should_prune(entry[1], step, value)
+
+    def _leaf_ended(self, leaf: LeafJob, result: LeafResult, *, reported: Mapping[int, float] | None = None) -> None:
         stage = leaf.stage
         self.progress.leaf_done(
-            stage.spec.name, objective=result.objective, failed=result.status != Status.FINISHED, origin=result.origin
+            stage.spec.name,
+            objective=result.objective,
+            failed=result.failed,
+            origin=result.origin,
+            pruned=result.pruned,
         )
         if result.error and stage.spec.on_failure == "stop" and stage.stopped_by is None:
             stage.stopped_by = result
@@ -237,7 +282,7 @@ class Runner:
             self._stage_ended(stage, node)
             return
         parent.leaves.append(result)
-        parent.sampler.tell(leaf.point, result.objective)
+        parent.sampler.tell(leaf.point, result.objective, pruned=result.pruned, reported=reported)
         parent.open_children -= 1
         if parent.done:
             self._close_parent(parent)
@@ -335,7 +380,7 @@ class Runner:
 
     def _existing_slot(self, found: RunRecord, key: str) -> Slot:
         ref = found.ref(self.store.uri)
-        if found.status == Status.FINISHED:
+        if is_kept(found):
             return Slot(ref, key, Origin.REUSED, found)
         self.store.reopen(ref)
         return Slot(ref, key, Origin.REDONE, found)
@@ -375,9 +420,12 @@ class Runner:
             sampler.replay(self.previous.points_under(slot.ref.run_id))
         child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: stage.slot.ref.run_id}
         changed = slot.origin is not Origin.REUSED
-        return OpenParent(stage, up, point, slot, name, level, params, levels, child_tags, sampler, changed)
+        parent = OpenParent(stage, up, point, slot, name, level, params, levels, child_tags, sampler, changed)
+        if slot.record is not None and spec.time_budget_s is not None:
+            parent.draw_limit = schema.points_drawn(slot.record.tags)
+        return parent
 
-    def _open_parent(self, parent: OpenParent, point: Point) -> None:
+    def _open_parent(self, parent: OpenParent, point: Point, below: tuple[SweepSpec, ...]) -> None:
         name, params, key = self._child_identity(parent, point)
         slot = self._child_slot(parent, name, key, point).result()
         child = self._parent(
@@ -388,7 +436,7 @@ class Runner:
             name,
             parent.levels[0].level,
             params,
-            parent.levels[1:],
+            below,
             parent.child_tags,
         )
         if child.changed:
@@ -463,7 +511,7 @@ class Runner:
         """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with
         where it was asked, as the replay must ask and tell in the original order (its tell is recorded when it
         ends, see `tree.told`)."""
-        replays = any(level.sampler == "tpe" for level in parent.stage.spec.levels)
+        replays = any(level.sampler == "tpe" for level in parent.stage.spec.all_levels)
         if not replays:
             return {}
         return schema.point_tag(point.params, index=point.index, asked_after=parent.sampler.asked_after(point))
@@ -477,12 +525,30 @@ class Runner:
         """
         stage = parent.stage
         seconds, interval = stage.leaf_seconds, stage.submit_interval
-        if parent.sampler.learns or parent.levels[1:] or seconds is None or seconds >= AHEAD_SECONDS:
+        leaves_only = not parent.levels[1:] and not any(p.below for p in parent.levels[0].points)
+        if parent.sampler.learns or not leaves_only or seconds is None or seconds >= AHEAD_SECONDS:
             return
         depth = min(self.store.prefetch, int(AHEAD_SECONDS / max(seconds, interval or 0.0, 0.001)))
-        while len(parent.ahead) < depth and (point := parent.sampler.ask()) is not None:
-            parent.open_children += 1
+        while len(parent.ahead) < depth and (point := self._ask(parent)) is not None:
             parent.ahead.append(self._new_leaf(parent, point))
+
+    def _ask(self, parent: OpenParent) -> Point | None:
+        """The parent's next point, unless its drawing is over: its sampler is exhausted, its level's time budget
+        is spent, or a resume found the budget spent before and redraws only the points drawn then."""
+        if parent.drawing_over:
+            return None
+        budget = parent.levels[0].time_budget_s
+        if budget is not None and parent.first_asked is not None and time.monotonic() - parent.first_asked >= budget:
+            parent.budget_spent = True
+            self.store.annotate(parent.slot.ref, schema.budget_tags(drawn=parent.drawn))
+            return None
+        point = parent.sampler.ask()
+        if point is not None:
+            parent.drawn += 1
+            parent.open_children += 1
+            if parent.first_asked is None:
+                parent.first_asked = time.monotonic()
+        return point
 
     def _drop_ahead(self, stage: StageRun) -> None:
         """`on_failure: stop`: runs created ahead that will now never run are removed, not left KILLED."""
@@ -555,11 +621,24 @@ class Runner:
 
 
 def _resolve_points(level: SweepSpec, lookup_fn: Callable[[Reference], Any]) -> SweepSpec:
-    """Explicit points may hold `${best:...}` too; resolve them once the upstream results exist."""
+    """Explicit points may hold `${best:...}` too, a variant's own space included; resolve them once the upstream
+    results exist."""
     if not level.points:
         return level
-    points = tuple(replace(p, params=substitute(dict(p.params), lookup_fn)) for p in level.points)
+    points = tuple(
+        replace(
+            p,
+            params=substitute(dict(p.params), lookup_fn),
+            below=None if p.below is None else tuple(_resolve_points(own, lookup_fn) for own in p.below),
+        )
+        for p in level.points
+    )
     return replace(level, points=points)
+
+
+def _below(parent: OpenParent, point: Point) -> tuple[SweepSpec, ...]:
+    """The levels under a child: a variant's own space, else the parent's remaining levels (none: a leaf)."""
+    return parent.levels[1:] if point.below is None else point.below
 
 
 def _chain(future: Future[Any], then: Callable[[Any], Any]) -> Future[Any]:
@@ -574,3 +653,8 @@ def _chain(future: Future[Any], then: Callable[[Any], Any]) -> Future[Any]:
 
     future.add_done_callback(done)
     return chained
+
+
+def _prunes(plan: Plan) -> bool:
+    """Whether any level of the plan has a pruner, a variant's own space included: only then is a desk opened."""
+    return any(level.pruner is not None for stage in plan.stages.values() for level in stage.all_levels)

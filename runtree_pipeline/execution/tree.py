@@ -61,6 +61,7 @@ class LeafJob:
     params: dict[str, Any]
     slot: Future[Slot]
     submitted_at: float | None = None
+    attempts: int = 0
 
 
 @dataclass(eq=False)
@@ -82,10 +83,20 @@ class OpenParent:
     open_children: int = 0
     leaves: list[LeafResult] = field(default_factory=list)
     children: list[NodeResult] = field(default_factory=list)
+    drawn: int = 0
+    first_asked: float | None = None
+    budget_spent: bool = False
+    draw_limit: int | None = None
+    """On resume, the points drawn before a time budget ran out: as many are drawn again, and no more."""
+
+    @property
+    def drawing_over(self) -> bool:
+        limited = self.draw_limit is not None and self.drawn >= self.draw_limit
+        return self.sampler.exhausted or self.budget_spent or limited
 
     @property
     def done(self) -> bool:
-        return (self.sampler.exhausted or self.stage.stopped_by is not None) and self.open_children == 0
+        return (self.drawing_over or self.stage.stopped_by is not None) and self.open_children == 0
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,7 @@ class Write:
 
 def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
     """A leaf's params, the metrics its target returned, its outputs and its error; a stage without sweeps also
-    carries the stage's own tags and config."""
+    carries the stage's own tags and config. A pruned leaf ends KILLED, its reported metrics left as they are."""
     stage = leaf.stage
     tags: dict[str, Any] = schema.leaf_tags(returned=outcome.metrics, outputs=outcome.outputs)
     files: dict[str, str] = {}
@@ -124,21 +135,33 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         files.update(stage.artifacts)
     else:
         tags.update(told(leaf.parent, leaf.point, objective_value(outcome, stage.spec.objective.metric)))
+        if leaf.parent.sampler.prunes and leaf.point is not None:
+            tags.update(schema.reported_tag(leaf.parent.sampler.reported(leaf.point)))
     if outcome.outputs:
         files[schema.OUTPUTS_ARTIFACT] = json.dumps(redact(dict(outcome.outputs)), indent=2, sort_keys=True)
+    if outcome.pruned_at is not None:
+        tags.update(schema.pruned_tags(outcome.pruned_at))
+    if stage.spec.limits.retries:
+        tags[schema.ATTEMPTS] = max(leaf.attempts, 1)
     if outcome.error:
         tags[schema.ERROR] = outcome.error
         if outcome.traceback:
             files[schema.TRACEBACK_ARTIFACT] = outcome.traceback
     return Write(
-        status=Status.FINISHED if outcome.ok else Status.FAILED,
+        status=_status(outcome),
         params=flatten(dict(leaf.params)),
-        metrics=outcome.metrics,
+        metrics={k: v for k, v in outcome.metrics.items() if k not in outcome.logged},
         tags=tags,
         artifacts=files,
-        clear_tags=(schema.ERROR,) if outcome.ok and slot.origin is Origin.REDONE else (),
+        clear_tags=(schema.ERROR,) if outcome.error is None and slot.origin is Origin.REDONE else (),
         ended_at=_on_driver_clock(outcome.ended_at, slot.ref.start_time),
     )
+
+
+def _status(outcome: LeafOutcome) -> Status:
+    if outcome.pruned_at is not None:
+        return Status.KILLED
+    return Status.FINISHED if outcome.ok else Status.FAILED
 
 
 def told(parent: OpenParent | None, point: Point | None, value: float | None) -> dict[str, str]:
@@ -158,45 +181,53 @@ def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
         params=leaf.params,
         metrics=outcome.metrics,
         outputs=outcome.outputs,
-        status=Status.FINISHED if outcome.ok else Status.FAILED,
+        status=_status(outcome),
         error=outcome.error,
         objective=objective_value(outcome, leaf.stage.spec.objective.metric),
         origin=slot.origin,
+        pruned_at=outcome.pruned_at,
     )
 
 
 def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) -> LeafResult:
-    """A leaf FINISHED by an earlier execution with the same content key: its returned metrics, not run again."""
+    """A leaf FINISHED (or pruned) by an earlier execution with the same content key: its returned metrics, not run
+    again."""
     metrics = {k: record.metrics[k] for k in schema.returned_of(record.tags) if k in record.metrics}
-    outcome = LeafOutcome(metrics=metrics, outputs=outputs)
+    outcome = LeafOutcome(metrics=metrics, outputs=outputs, pruned_at=schema.pruned_at(record.tags))
     return LeafResult(
         run_id=record.run_id,
         name=leaf.name,
         params=leaf.params,
         metrics=metrics,
         outputs=outcome.outputs,
-        status=Status.FINISHED,
+        status=_status(outcome),
         objective=objective_value(outcome, leaf.stage.spec.objective.metric),
         origin=Origin.REUSED,
+        pruned_at=outcome.pruned_at,
     )
 
 
 def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
     """How a parent's children went, and its best leaf's params and metrics (`best.*`, `best_*`)."""
     stage = parent.stage
-    nested = bool(parent.levels[1:])
-    failed_leaves = sum(leaf.status != Status.FINISHED for leaf in parent.leaves)
+    failed_leaves = sum(leaf.failed for leaf in parent.leaves)
+    # Children are parents (each with its leaves) or leaves: with per-variant spaces, both under one stage.
+    direct = len(parent.leaves) - sum(len(node.leaves) for node in parent.children)
+    direct_failed = failed_leaves - sum(node.failed for node in parent.children)
     is_root = parent.up is None
     tags: dict[str, Any] = {
         **(stage.own_tags if is_root else told(parent.up, parent.point, best.objective if best else None)),
         **schema.parent_tags(
-            children=len(parent.children) if nested else len(parent.leaves),
-            failed_children=sum(node.best is None for node in parent.children) if nested else failed_leaves,
+            children=len(parent.children) + direct,
+            failed_children=sum(node.best is None for node in parent.children) + direct_failed,
             failed_leaves=failed_leaves,
             best_run_id=best.run_id if best else None,
             best_params=flatten(dict(best.params)) if best else {},
+            pruned_leaves=sum(leaf.pruned for leaf in parent.leaves),
         ),
     }
+    if parent.budget_spent or parent.draw_limit is not None:
+        tags.update(schema.budget_tags(drawn=parent.drawn))
     metrics: dict[str, float] = {}
     clear: tuple[str, ...] = ()
     if best is not None:

@@ -32,6 +32,7 @@ class _Stage:
     resumed: bool = False
     done: int = 0
     failed: int = 0
+    pruned: int = 0
     reused: int = 0
     redone: int = 0
     best: float | None = None
@@ -43,9 +44,10 @@ class _Stage:
     def metric(self) -> str | None:
         return self.objective.metric
 
-    def update(self, value: float | None, failed: bool, origin: str) -> None:
+    def update(self, value: float | None, failed: bool, origin: str, pruned: bool) -> None:
         self.done += 1
         self.failed += failed
+        self.pruned += pruned
         self.reused += origin == Origin.REUSED
         self.redone += origin == Origin.REDONE
         if value is not None and math.isfinite(value):
@@ -56,6 +58,8 @@ class _Stage:
         parts = [f"{self.done}/{self.total} leaves" + self.how()]
         if self.failed:
             parts.append(f"{self.failed} failed")
+        if self.pruned:
+            parts.append(f"{self.pruned} pruned")
         if self.best is not None and self.metric:
             parts.append(f"best {self.metric}={format_value(self.best)}")
         elapsed = time.monotonic() - self.started
@@ -98,12 +102,21 @@ class Progress:
             self._stages[name] = stage
             self._started(name, stage)
 
-    def leaf_done(self, name: str, *, objective: float | None, failed: bool, origin: str = Origin.EXECUTED) -> None:
-        """`objective` is the leaf's value; `origin` is LeafResult.origin (an `Origin`: executed, redone or reused)."""
+    def leaf_done(
+        self,
+        name: str,
+        *,
+        objective: float | None,
+        failed: bool,
+        origin: str = Origin.EXECUTED,
+        pruned: bool = False,
+    ) -> None:
+        """`objective` is the leaf's value; `origin` is LeafResult.origin (an `Origin`: executed, redone or reused);
+        a pruned leaf is neither failed nor a candidate for best."""
         with self._lock:
             stage = self._stages.get(name)
             if stage is not None:
-                stage.update(objective, failed, origin)
+                stage.update(objective, failed, origin, pruned)
                 self._updated(name, stage)
 
     def stage_finished(self, name: str, *, status: str) -> None:
@@ -170,6 +183,8 @@ class BarProgress(Progress):
             postfix[Origin.REDONE.value] = stage.redone
         if stage.failed:
             postfix["failed"] = stage.failed
+        if stage.pruned:
+            postfix["pruned"] = stage.pruned
         if stage.best is not None and stage.metric:
             postfix[f"best {stage.metric}"] = format_value(stage.best)
         stage.bar.set_postfix(postfix, refresh=False)

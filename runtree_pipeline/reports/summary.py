@@ -23,7 +23,7 @@ def render(result: PipelineResult, plan: Plan, *, where: str) -> str:
     ]
     for name, stage in facts["stages"].items():
         objective = plan.stages[name].objective
-        counts = " ".join(f"{key}={stage[key]}" for key in LEAF_COUNTS)
+        counts = " ".join(f"{key}={stage[key]}" for key in LEAF_COUNTS if key != "pruned" or stage[key])
         runs = f"{stage['runs']:>4} run" + ("s" if stage["runs"] != 1 else " ")
         lines.append(f"  {name:<12} {stage['status']:<8} {runs}  {counts}")
         indent = f"  {'':<12} "

@@ -19,6 +19,7 @@ from runtree_pipeline.tracking.redact import REDACTED
 
 BEST = "★"
 FAILED = "✗"
+PRUNED = "✂"
 
 
 def render_tree(tree: RunIndex, *, limit: int = 8, experiment: str | None = None) -> str:
@@ -52,8 +53,10 @@ def _children(
         )
         _children(tree, kid, objective, prefix=prefix + ("    " if last else "│   "), limit=limit, lines=lines)
     if hidden:
-        failed = sum(r.status != Status.FINISHED for r in hidden)
-        lines.append(prefix + f"└── … {len(hidden)} more" + (f" ({failed} not finished)" if failed else ""))
+        pruned = sum(schema.pruned_at(r.tags) is not None for r in hidden)
+        failed = sum(r.status != Status.FINISHED for r in hidden) - pruned
+        said = [f"{n} {word}" for n, word in ((failed, "not finished"), (pruned, "pruned")) if n]
+        lines.append(prefix + f"└── … {len(hidden)} more" + (f" ({', '.join(said)})" if said else ""))
 
 
 def _ranked(runs: Sequence[RunRecord], objective: Objective) -> list[RunRecord]:
@@ -82,8 +85,11 @@ def _line(
     if parent is not None and name.startswith(f"{parent.name}/"):
         name = name[len(parent.name) + 1 :]
     parts = [f"{BEST} {name}" if is_best else name]
+    pruned_at = schema.pruned_at(tags)
     if run.status == "FINISHED":
         parts.append("FINISHED")
+    elif pruned_at is not None:
+        parts.append(f"{PRUNED} PRUNED at step {pruned_at}")
     else:
         parts.append(f"{FAILED} {run.status}")
     value = _objective_value(run, metric)

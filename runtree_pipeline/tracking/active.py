@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from runtree_pipeline.tracking.records import RunRef
 
@@ -74,3 +74,15 @@ def use_tracking_uri(uri: str) -> Callable[[], None]:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
     return restore
+
+
+def log_step(ref: RunRef, step: int, metrics: Mapping[str, float]) -> None:
+    """Metrics at one step of a leaf, in one call: what `report` logs, so the UI charts each epoch."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    MlflowClient(ref.tracking_uri).log_batch(ref.run_id, metrics=batch, synchronous=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtree_pipeline.states import Status
@@ -30,6 +30,9 @@ class PreviousPoint:
     asked_after: int | None = None
     told: int | None = None
     value: float | None = None
+    pruned: bool = False
+    reported: Mapping[int, float] = field(default_factory=dict)
+    """The objective's intermediate values it reported, for a pruner to be told them again."""
 
 
 class RunIndex:
@@ -51,7 +54,7 @@ class RunIndex:
                 continue
             slot = (run.parent_id, key)
             previous = self._by_key.get(slot)
-            if previous is None or (previous.status != Status.FINISHED and run.status == Status.FINISHED):
+            if previous is None or (not is_kept(previous) and is_kept(run)):
                 self._by_key[slot] = run
 
     # ---- what resume asks ----
@@ -80,7 +83,9 @@ class RunIndex:
                 continue
             index, asked_after = schema.asked_of(run.tags) or (None, None)
             told, value = schema.told_of(run.tags) or (None, None)
-            points.append(PreviousPoint(params, index, asked_after, told, value))
+            pruned = schema.pruned_at(run.tags) is not None
+            reported = schema.reported_of(run.tags)
+            points.append(PreviousPoint(params, index, asked_after, told, value, pruned, reported))
         return points
 
     # ---- what the views ask: superseded stage runs left out ----
@@ -103,3 +108,8 @@ class RunIndex:
     def pipeline_id(self) -> str | None:
         stages = self.stages
         return stages[0].tags.get(schema.PIPELINE_ID) if stages else None
+
+
+def is_kept(run: RunRecord) -> bool:
+    """What a resume keeps rather than redoes: a run that finished, or one its pruner stopped."""
+    return run.status == Status.FINISHED or schema.pruned_at(run.tags) is not None

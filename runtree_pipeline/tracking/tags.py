@@ -35,6 +35,13 @@ RETURNED = "runtree.metrics"
 OUTPUTS = "runtree.outputs"
 OUTPUTS_IN_ARTIFACT = "runtree.outputs_in_artifact"
 SUPERSEDED_BY = "runtree.superseded_by"
+PRUNED = "runtree.pruned"
+PRUNED_AT = "runtree.pruned_at_step"
+PRUNED_CHILDREN = "runtree.pruned_children"
+REPORTED = "runtree.reported"
+ATTEMPTS = "runtree.attempts"
+BUDGET_EXHAUSTED = "runtree.budget_exhausted"
+POINTS_DRAWN = "runtree.points_drawn"
 BEST_PARAM = "best."
 BEST_METRIC = "best_"
 
@@ -98,10 +105,41 @@ def leaf_tags(*, returned: Iterable[str], outputs: Mapping[str, Any]) -> dict[st
     return tags
 
 
+def pruned_tags(step: int) -> dict[str, str]:
+    return {PRUNED: "true", PRUNED_AT: str(step)}
+
+
+def reported_tag(values: Mapping[int, float]) -> dict[str, str]:
+    """The objective's intermediate values a leaf reported, `[[step, value], ...]`, kept so that a resume can tell
+    its parent's pruner the same history (reading every leaf's metric history back would be a call per leaf).
+
+    Past the tag's size, the earliest steps are dropped: a resumed pruner then sees a shorter history for that leaf.
+    """
+    pairs = [[step, value if math.isfinite(value) else None] for step, value in sorted(values.items())]
+    text = json.dumps(pairs, separators=(",", ":"))
+    while len(text) > _MAX_TAG and pairs:
+        pairs = pairs[len(pairs) // 8 + 1 :]
+        text = json.dumps(pairs, separators=(",", ":"))
+    return {REPORTED: text}
+
+
+def budget_tags(*, drawn: int) -> dict[str, str]:
+    """A parent whose time budget ran out, and how many points it had drawn: a resume draws those again, no more."""
+    return {BUDGET_EXHAUSTED: "true", POINTS_DRAWN: str(drawn)}
+
+
 def parent_tags(
-    *, children: int, failed_children: int, failed_leaves: int, best_run_id: str | None, best_params: Mapping[str, Any]
+    *,
+    children: int,
+    failed_children: int,
+    failed_leaves: int,
+    best_run_id: str | None,
+    best_params: Mapping[str, Any],
+    pruned_leaves: int = 0,
 ) -> dict[str, Any]:
     tags: dict[str, Any] = {CHILDREN: children, FAILED_CHILDREN: failed_children, FAILED_LEAVES: failed_leaves}
+    if pruned_leaves:
+        tags[PRUNED_CHILDREN] = pruned_leaves
     if best_run_id is not None:
         tags[BEST_RUN_ID] = best_run_id
         tags.update({BEST_PARAM + k: v for k, v in best_params.items()})
@@ -144,6 +182,35 @@ def told_of(tags: Mapping[str, str]) -> tuple[int, float | None] | None:
         return None
     value = record.get("value")
     return record["position"], float(value) if isinstance(value, (int, float)) else None
+
+
+def pruned_at(tags: Mapping[str, str]) -> int | None:
+    """The step a pruner stopped this leaf at; None for a leaf that was not pruned."""
+    if tags.get(PRUNED) != "true":
+        return None
+    try:
+        return int(tags.get(PRUNED_AT, "0"))
+    except ValueError:
+        return 0
+
+
+def points_drawn(tags: Mapping[str, str]) -> int | None:
+    """How many points a parent had drawn when its time budget ran out; None while it had not."""
+    if tags.get(BUDGET_EXHAUSTED) != "true":
+        return None
+    try:
+        return int(tags.get(POINTS_DRAWN, ""))
+    except ValueError:
+        return None
+
+
+def reported_of(tags: Mapping[str, str]) -> dict[int, float]:
+    """A leaf's reported objective history, {step: value}; empty when none was kept or the tag is damaged."""
+    try:
+        pairs = json.loads(tags.get(REPORTED, "[]"))
+        return {int(step): float("nan") if value is None else float(value) for step, value in pairs}
+    except (ValueError, TypeError):
+        return {}
 
 
 def returned_of(tags: Mapping[str, str]) -> list[str]:

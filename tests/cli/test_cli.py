@@ -89,7 +89,7 @@ def test_dry_run_prints_plan_and_touches_no_store(run_cli, tmp_path):
     lines = proc.stdout.splitlines()
     order = [line.split()[0].rstrip(":") for line in lines if line.startswith("  ")]
     assert order == ["data", "search", "final"]
-    assert "2 variant run(s), 16 sub-variant run(s)" in proc.stdout
+    assert "2 variant run(s), 14 sub-variant run(s)" in proc.stdout  # small: 8, wide: its own 6
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "mlruns").exists()
 
@@ -213,7 +213,8 @@ def test_failing_stage_exits_1_and_says_which(run_cli, user_conf, store):
 
 
 SMALLER = {
-    "cnn": "stages: {search: {params: {epochs: 1}, subvariants: {n: 2}}, final: {params: {epochs: 3}}}",
+    "cnn": "stages: {search: {params: {epochs: 1}, subvariants: {n: 2}, "
+    "variants: {points: {wide: {_subvariants_: {n: 2}}}}}, final: {params: {epochs: 3}}}",
     "tutorial": "stages: {tuning: {subvariants: {n: 2}}}",
 }
 
@@ -247,7 +248,9 @@ def test_cnn_and_tutorial_in_one_multirun_keep_their_files_in_the_working_direct
     assert final["epochs"] == "3"
     assert 0 < stages["final"].data.metrics["val_loss"] < 1.0
     assert stages["final"].data.metrics["val_accuracy"] > 0.9
-    assert len(client.get_metric_history(stages["final"].info.run_id, "epoch_val_loss")) == 3
+    history = client.get_metric_history(stages["final"].info.run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert history[-1].value == stages["final"].data.metrics["val_loss"]
 
 
 # ---- invalid input: exit 2, one line, nothing recorded ---------------------------------------------------------

@@ -335,6 +335,66 @@ class ExecutorContract:
         assert result.stages["tune"].best.metrics["loss"] == best
         assert next(r for r in runs if r.info.run_name == "tune").data.metrics["best_loss"] == best
 
+    def test_a_pruner_stops_a_leaf_from_its_reports_wherever_it_runs(self, make_executor, store, client):
+        """`report` reaches the driver's pruner from a thread, a worker process or a Ray task alike. A threshold
+        pruner decides on a leaf's own values only, so its decisions do not depend on which leaf finished first."""
+        config = {
+            "tracking_uri": store,
+            "experiment": "pruned",
+            "objective": {"metric": "val_loss"},
+            "stages": {
+                "fit": {
+                    "_target_": "tests.targets.diverging",
+                    "subvariants": {
+                        "params": {"x": "range(0, 6)"},
+                        "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "upper": 5.0},
+                    },
+                }
+            },
+        }
+        result = run(config, make_executor())
+        assert result.ok and result.stages["fit"].best.params["x"] == 2
+        assert result.stages["fit"].counts["pruned"] == 3 and result.stages["fit"].counts["failed"] == 0
+        leaves = {r.data.params["x"]: r for r in all_runs(client, "pruned") if r.data.tags["runtree.level"] != "stage"}
+        assert {x: r.info.status for x, r in leaves.items()} == {
+            **dict.fromkeys("012", "FINISHED"),
+            **dict.fromkeys("345", "KILLED"),
+        }
+        for x in "345":
+            assert leaves[x].data.tags["runtree.pruned"] == "true"
+            assert leaves[x].data.tags["runtree.pruned_at_step"] == "2"
+            history = client.get_metric_history(leaves[x].info.run_id, "val_loss")
+            assert [m.step for m in history] == [0, 1, 2]
+
+    def test_a_leaf_past_its_timeout_fails_alone_where_it_can_be_stopped(self, make_executor, store, client):
+        """An executor that can stop a leaf stops a hung one at `limits.timeout_s` and goes on; one that cannot
+        (leaves in the driver's own process) refuses the limit before anything is recorded."""
+        config = {
+            "tracking_uri": store,
+            "experiment": "hung",
+            "objective": {"metric": "loss"},
+            "stages": {
+                "fit": {
+                    "_target_": "tests.targets.naps",
+                    "params": {"nap_on": [2], "seconds": 120},
+                    "limits": {"timeout_s": 3},
+                    "subvariants": {"params": {"x": "range(0, 4)"}},
+                }
+            },
+        }
+        executor = make_executor()
+        if not executor.stops_leaves:
+            with pytest.raises(ConfigErrors, match="key 'limits.timeout_s': executor=local runs leaves inside"):
+                run(config, executor)
+            return
+        started = time.monotonic()
+        result = run(config, executor)
+        assert time.monotonic() - started < 60
+        statuses = {r.info.run_name: r.info.status for r in all_runs(client, "hung")}
+        assert statuses == {"fit": "FINISHED", **{f"fit/x={x}": "FINISHED" for x in (0, 1, 3)}, "fit/x=2": "FAILED"}
+        errors = {leaf.name: leaf.error for leaf in result.stages["fit"].node.leaves}
+        assert errors["fit/x=2"].startswith("Timeout: the leaf ran longer than limits.timeout_s=3 s")
+
     def test_a_worker_that_dies_is_a_failed_leaf_not_a_hung_pipeline(self, make_executor, store, client):
         if self.runs_leaves_in_driver:
             pytest.skip("leaves run in the driver process: a target that kills its process ends the pipeline")

@@ -118,7 +118,7 @@ def test_a_three_level_tree_with_the_best_on_every_parent():
     assert stage.metrics["best_loss"] == -2.0
     assert stage.tags["runtree.children"] == "2" and flat.tags["runtree.children"] == "4"
     assert {r.tags["runtree.root_run_id"] for r in runs.values()} == {stage.run_id}
-    assert result.stages["fit"].counts == {"executed": 8, "reused": 0, "redone": 0, "failed": 0}
+    assert result.stages["fit"].counts == {"executed": 8, "reused": 0, "redone": 0, "failed": 0, "pruned": 0}
 
 
 def test_children_ending_out_of_order_close_each_parent_once_within_the_worker_bound():
@@ -165,12 +165,12 @@ def test_leaves_too_long_to_hide_a_round_trip_get_no_runs_created_ahead():
 def test_resume_redoes_a_failed_leaf_in_its_own_run_and_reuses_the_rest():
     BROKEN.add(2.0)
     first, store = run(config())
-    assert first.stages["fit"].counts == {"executed": 8, "reused": 0, "redone": 0, "failed": 2}
+    assert first.stages["fit"].counts == {"executed": 8, "reused": 0, "redone": 0, "failed": 2, "pruned": 0}
     failed_id = by_name(store)["fit/deep/x=2"].run_id
     BROKEN.clear()
     second, store = run(config(), store=store, resume="last")
     assert second.pipeline_id == first.pipeline_id
-    assert second.stages["fit"].counts == {"executed": 0, "reused": 6, "redone": 2, "failed": 0}
+    assert second.stages["fit"].counts == {"executed": 0, "reused": 6, "redone": 2, "failed": 0, "pruned": 0}
     runs = by_name(store)
     assert len(runs) == 1 + 2 + 8
     assert runs["fit/deep/x=2"].run_id == failed_id
@@ -183,7 +183,7 @@ def test_a_resume_with_nothing_left_to_do_writes_nothing():
     before = dict(store.writes)
     second, store = run(config(), store=store, resume=first.pipeline_id)
     assert dict(store.writes) == before
-    assert second.stages["fit"].counts == {"executed": 0, "reused": 8, "redone": 0, "failed": 0}
+    assert second.stages["fit"].counts == {"executed": 0, "reused": 8, "redone": 0, "failed": 0, "pruned": 0}
     assert second.stages["fit"].best.run_id == first.stages["fit"].best.run_id
 
 

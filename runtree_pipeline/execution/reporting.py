@@ -1,0 +1,172 @@
+"""`report(step, **metrics)` inside a leaf, and the channel that takes a pruning question back to the driver.
+
+A level's pruner compares a leaf with its siblings, so it lives with their study in the driver. A leaf reaches it
+through one authenticated loopback socket (`multiprocessing.connection`), the same way from a thread of the driver,
+a pool worker or a Ray task on this machine: one short round trip per report, only when the level prunes and the
+objective is among the metrics. Without a pruner `report` only logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import numbers
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Client, Connection, Listener
+from typing import Any
+
+from runtree_pipeline.errors import Pruned
+from runtree_pipeline.tracking.records import RunRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Desk:
+    """Where a leaf asks whether to stop, and what it asks about: picklable, carried by the leaf's task."""
+
+    address: tuple[str, int]
+    authkey: bytes
+    metric: str
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    run: RunRef
+    desk: Desk | None
+    last: dict[str, float] = field(default_factory=dict)
+    """Each metric's latest reported value: a returned metric equal to it is logged already."""
+
+
+_current: contextvars.ContextVar[_Leaf | None] = contextvars.ContextVar("runtree_leaf", default=None)
+_connections: dict[tuple[tuple[str, int], bytes], Connection] = {}
+_connections_lock = threading.Lock()
+
+
+def report(step: int, **metrics: float) -> None:
+    """Log `metrics` at `step` on the calling leaf's run; raise `Pruned` when the leaf's pruner says stop.
+
+    Call it once per epoch (or evaluation) from a target the pipeline runs. The pruner is asked only when the leaf's
+    level has one and the stage's objective metric is among `metrics`; otherwise nothing is ever raised.
+    """
+    leaf = _current.get()
+    if leaf is None:
+        raise RuntimeError(
+            "runtree_pipeline.report() was called outside a leaf: call it from a target that a pipeline runs"
+        )
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise TypeError(f"report(): step must be a non-negative int, got {step!r}")
+    bad = [k for k, v in metrics.items() if not isinstance(v, numbers.Real) or isinstance(v, bool)]
+    if bad:
+        raise TypeError(f"report(): metric(s) {', '.join(bad)} must be numbers")
+    if metrics:
+        from runtree_pipeline.tracking.active import log_step
+
+        log_step(leaf.run, step, metrics)
+        leaf.last.update({k: float(v) for k, v in metrics.items()})
+    desk = leaf.desk
+    if desk is not None and desk.metric in metrics and _ask(desk, leaf.run.run_id, step, float(metrics[desk.metric])):
+        raise Pruned(step)
+
+
+@contextlib.contextmanager
+def in_leaf(run: RunRef, desk: Desk | None) -> Iterator[dict[str, float]]:
+    """While a leaf's target runs: `report` logs to `run` and asks `desk`; yields the latest reported values, so a
+    returned metric that only repeats the last report is not logged a second time (a stray point on the chart)."""
+    leaf = _Leaf(run, desk)
+    token = _current.set(leaf)
+    try:
+        yield leaf.last
+    finally:
+        _current.reset(token)
+
+
+def _ask(desk: Desk, run_id: str, step: int, value: float) -> bool:
+    """One round trip on this process's connection to the desk, opened on first use (a lost one is opened again
+    once: a worker outlives nothing, but the driver's own thread can meet a desk of an earlier pipeline)."""
+    key = (desk.address, desk.authkey)
+    with _connections_lock:
+        for attempt in (1, 2):
+            connection = _connections.get(key)
+            try:
+                if connection is None:
+                    connection = _connections[key] = Client(desk.address, authkey=desk.authkey)
+                connection.send((run_id, step, value))
+                return bool(connection.recv())
+            except (OSError, EOFError):
+                _connections.pop(key, None)
+                if attempt == 2:
+                    log.warning("could not reach the pipeline's pruner: this leaf goes on unpruned")
+    return False
+
+
+class ReportDesk:
+    """The driver's end: answers each leaf's question with `decide(run_id, step, value)`, on threads of its own
+    (one per connected worker), so a leaf's question never waits for the scheduling loop."""
+
+    def __init__(self, decide: Callable[[str, int, float], bool], *, host: str = "127.0.0.1") -> None:
+        self._decide = decide
+        self._authkey = os.urandom(16)
+        self._listener = Listener((host, 0), authkey=self._authkey)
+        self.address: tuple[str, int] = self._listener.address
+        self._closed = False
+        self._connections: list[Connection] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="runtree-reports", daemon=True)
+        self._thread.start()
+
+    def desk(self, metric: str) -> Desk:
+        """What a leaf of a level that prunes on `metric` carries in its task."""
+        return Desk(self.address, self._authkey, metric)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection = self._listener.accept()
+            except Exception:  # noqa: BLE001 - a failed handshake or a closed listener
+                if self._closed:
+                    return
+                continue
+            with self._lock:
+                if self._closed:
+                    connection.close()
+                    return
+                self._connections.append(connection)
+            threading.Thread(target=self._serve, args=(connection,), name="runtree-report", daemon=True).start()
+
+    def _serve(self, connection: Connection) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            while True:
+                run_id, step, value = connection.recv()
+                connection.send(self._answer(run_id, step, value))
+
+    def _answer(self, run_id: str, step: int, value: Any) -> bool:
+        if not isinstance(value, float):
+            return False
+        try:
+            return bool(self._decide(run_id, step, value))
+        except Exception:  # noqa: BLE001 - a pruner's bug must not fail the leaf that asked
+            log.exception("the pruner failed to decide on run %s at step %s; the leaf goes on", run_id, step)
+            return False
+
+    def close(self) -> None:
+        """Stop answering: the accepting thread is woken by one last connection of our own, then every
+        connection is closed, which ends the threads serving them."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            connections, self._connections = self._connections, []
+        with contextlib.suppress(OSError, EOFError):
+            Client(self.address, authkey=self._authkey).close()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        with _connections_lock:
+            own = _connections.pop((self.address, self._authkey), None)
+        for connection in [*connections, *([own] if own is not None else [])]:
+            with contextlib.suppress(OSError):
+                connection.close()
