@@ -27,6 +27,7 @@ from runtree_pipeline.tracking.records import RunRecord, RunRef
 from runtree_pipeline.tracking.redact import REDACTED, is_secret, redact
 from runtree_pipeline.tracking.retry import retrying
 from runtree_pipeline.tracking.sqlite import create_sqlite_store, sqlite_path, use_wal
+from runtree_pipeline.tracking.sqlite_read import SqliteRunReader
 
 IO_THREADS = 8
 
@@ -109,13 +110,18 @@ def _check_reachable(uri: str) -> None:
 
 
 class TrackingReader:
-    """Reads run trees back (resume's lookups, the `runtree` command) with paginated searches and retries."""
+    """Reads run trees back (resume's lookups, the `runtree` command) with paginated searches and retries.
+
+    Whole trees from a sqlite store are read with plain SQL instead (`sqlite_read`): MLflow's ORM made reading
+    a 20,000-leaf tree take seconds and hundreds of MB. Servers, other stores and any surprise use `search_runs`.
+    """
 
     def __init__(self, *, uri: str | None, experiment: str | None = None, create: bool = False) -> None:
         quiet_mlflow_env()
         self.uri = uri or default_uri()
         self.experiment = experiment
         path = sqlite_path(self.uri)
+        self._sql = SqliteRunReader(path) if path is not None else None
         if create:
             create_sqlite_store(self.uri)
         elif path is not None and not path.exists():
@@ -153,12 +159,12 @@ class TrackingReader:
         raise TrackingUnavailable(f"experiment '{name}' could not be created or found")
 
     def pipeline_runs(self, pipeline_id: str) -> list[RunRecord]:
-        """Every run of one pipeline execution: one paginated search, never a query per run."""
-        return self._search(filter_eq(schema.PIPELINE_ID, pipeline_id))
+        """Every run of one pipeline execution: a few queries in all, never one per run."""
+        return self._tagged(schema.PIPELINE_ID, pipeline_id)
 
     def stage_runs(self) -> list[RunRecord]:
         """Every stage run: one per stage per pipeline execution, the roots of the trees."""
-        return self._search(filter_eq(schema.LEVEL, Level.STAGE))
+        return self._tagged(schema.LEVEL, Level.STAGE)
 
     def experiment_names(self) -> dict[str, str]:
         """Experiment id → name, for showing runs from several experiments."""
@@ -175,6 +181,15 @@ class TrackingReader:
             max_results=1,
         )
         return runs[0].data.tags.get(schema.PIPELINE_ID) if runs else None
+
+    def _tagged(self, key: str, value: str) -> list[RunRecord]:
+        """The runs whose tag `key` is exactly `value`, as `search_runs` finds them."""
+        filter_string = filter_eq(key, value)
+        if self._sql is not None:
+            runs = self._sql.runs_tagged(self.experiment_ids, key, value)
+            if runs is not None:
+                return runs
+        return self._search(filter_string)
 
     def _search(self, filter_string: str) -> list[RunRecord]:
         runs: list[RunRecord] = []
