@@ -147,17 +147,11 @@ def bowl_at(*, x: float, centre: float) -> dict:
 def diverging(*, x: float, epochs: int = 5, log_file: str | None = None, stop_at: int = -1) -> dict:
     """Reports `val_loss` each epoch: points below 3 improve (the higher x, the better), points from 3 on diverge
     from epoch 2, so a pruner's decisions are known in advance. With `log_file`, each call is counted there, and the
-    call after `stop_at` counted ones is a Ctrl-C, once (`stops_once` in the tpe resume tests does the same)."""
+    call after `stop_at` counted ones is a Ctrl-C, once."""
     from runtree_pipeline import report
 
     if log_file is not None:
-        log = Path(log_file)
-        marker = log.with_suffix(".stopped")
-        if len(log.read_text().splitlines() if log.exists() else []) == stop_at and not marker.exists():
-            marker.touch()
-            raise KeyboardInterrupt
-        with log.open("a") as fh:
-            fh.write(f"{x!r}\n")
+        count_or_stop(log_file, stop_at, f"{x!r}")
     loss = 0.0
     for epoch in range(epochs):
         loss = 1 / (epoch + 1) - 0.01 * x + (x * epoch if x >= 3 and epoch >= 2 else 0.0)
@@ -171,3 +165,15 @@ def naps(*, x: float, nap_on: tuple = (), seconds: float = 60.0, sleep: float = 
 
     time.sleep(seconds if x in nap_on else sleep)
     return {"loss": (x - 1) ** 2}
+
+
+def count_or_stop(log_file: str, stop_at: int, line: str) -> None:
+    """Appends `line` to `log_file`, so a test can count calls; the call after `stop_at` counted ones is a Ctrl-C
+    instead, once: a pipeline interrupted at a known point, in process, for resume tests."""
+    log = Path(log_file)
+    marker = log.with_suffix(".stopped")
+    if len(log.read_text().splitlines() if log.exists() else []) == stop_at and not marker.exists():
+        marker.touch()
+        raise KeyboardInterrupt
+    with log.open("a") as fh:
+        fh.write(line + "\n")

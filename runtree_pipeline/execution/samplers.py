@@ -36,7 +36,7 @@ def new_sampler(spec: SweepSpec, *, direction: str) -> Sampler:
         return OptunaSampler(spec, direction=direction)
     if spec.pruner is None:
         return FixedSampler(spec.points)
-    return FixedSampler(spec.points, trials=_Trials(_study(spec, direction=direction, sampler=None)))
+    return FixedSampler(spec.points, trials=_Trials(_study(spec, direction=direction, sampler="none")))
 
 
 def _study(spec: SweepSpec, *, direction: str, sampler: Any) -> Any:
@@ -47,6 +47,8 @@ def _study(spec: SweepSpec, *, direction: str, sampler: Any) -> Any:
     pruner = spec.pruner
     if isinstance(pruner, str):
         pruner = {"_target_": PRUNERS[pruner], **({"percentile": 25.0} if pruner == "percentile" else {})}
+    if sampler == "none":  # grid or explicit points: the study only prunes, and asks for no params
+        sampler = optuna.samplers.RandomSampler(seed=0)
     return optuna.create_study(
         sampler=sampler,
         pruner=instantiate(dict(pruner)) if pruner is not None else optuna.pruners.NopPruner(),

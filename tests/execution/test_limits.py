@@ -147,7 +147,7 @@ def test_a_timeout_on_the_local_executor_is_refused_before_anything_is_recorded(
 # ---- time budgets -------------------------------------------------------------------------------------------------
 
 
-def budgeted(store: str, experiment: str) -> dict:
+def budgeted(store: str, experiment: str, budget: float = 1.0) -> dict:
     return pipeline(
         store,
         experiment,
@@ -158,18 +158,26 @@ def budgeted(store: str, experiment: str) -> dict:
                 "sampler": "random",
                 "n": 500,
                 "seed": 0,
-                "time_budget_s": 1.0,
+                "time_budget_s": budget,
                 "params": {"x": "interval(-3, 3)"},
             },
         },
     )
 
 
-def test_a_time_budget_stops_drawing_points_and_the_best_is_among_those_drawn(store, client):
-    result = run_plan(build_plan(budgeted(store, "budget")), plots=False)
+@pytest.mark.parametrize(
+    ("make", "budget"),
+    [
+        pytest.param(LocalExecutor, 1.0, id="local"),
+        # The clock starts at the first point, which waits for the workers to start: seconds on 2 cores.
+        pytest.param(lambda: ProcessExecutor(workers=2), 6.0, id="processes"),
+    ],
+)
+def test_a_time_budget_stops_drawing_points_and_the_best_is_among_those_drawn(store, client, make, budget):
+    result = run_plan(build_plan(budgeted(store, "budget", budget)), executor=make(), plots=False)
 
     runs = leaves(client, "budget")
-    assert 5 <= len(runs) < 100
+    assert 5 <= len(runs) < 500  # n is 500: the budget stopped the drawing
     (stage,) = [r for r in all_runs(client, "budget") if r.data.tags["runtree.level"] == "stage"]
     assert stage.data.tags["runtree.budget_exhausted"] == "true"
     assert stage.data.tags["runtree.points_drawn"] == str(len(runs)) == stage.data.tags["runtree.children"]
@@ -191,7 +199,8 @@ def test_a_resume_draws_the_points_drawn_before_the_budget_ran_out_and_no_more(s
 # ---- per-variant spaces -------------------------------------------------------------------------------------------
 
 
-def test_each_variant_searches_its_own_space_and_one_is_a_leaf(store, client):
+@pytest.mark.parametrize("make", EXECUTORS)
+def test_each_variant_searches_its_own_space_and_one_is_a_leaf(store, client, make):
     stage = {
         "_target_": "tests.targets.quad",
         "variants": {
@@ -208,7 +217,7 @@ def test_each_variant_searches_its_own_space_and_one_is_a_leaf(store, client):
     }
     plan = build_plan(pipeline(store, "spaces", stage))
     assert plan.stages["fit"].leaf_count() == 4 + 2 + 1
-    result = run_plan(plan, plots=False)
+    result = run_plan(plan, executor=make(), plots=False)
 
     runs = {r.info.run_name: r for r in all_runs(client, "spaces")}
     names = {name for name in runs if name.count("/") == 2}

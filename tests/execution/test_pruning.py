@@ -16,6 +16,7 @@ from runtree_pipeline.reports.views import render_tree
 from runtree_pipeline.tracking.index import RunIndex
 from runtree_pipeline.tracking.mlflow_store import TrackingReader
 from tests.conftest import all_runs
+from tests.targets import count_or_stop
 
 MEDIAN = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2}
 
@@ -157,13 +158,7 @@ def bowl_with_curve(*, x: float, epochs: int = 4) -> dict:
 
 
 def stops_once(*, x: float, log_file: str, stop_at: int) -> dict:
-    log = Path(log_file)
-    marker = log.with_suffix(".stopped")
-    if len(log.read_text().splitlines() if log.exists() else []) == stop_at and not marker.exists():
-        marker.touch()
-        raise KeyboardInterrupt
-    with log.open("a") as fh:
-        fh.write(f"{x!r}\n")
+    count_or_stop(log_file, stop_at, f"{x!r}")
     return bowl_with_curve(x=x)
 
 

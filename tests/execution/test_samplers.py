@@ -12,7 +12,6 @@ import random
 import statistics
 import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,7 @@ from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, new
 from runtree_pipeline.plan.sweeps import parse_sweep, point_name
 from runtree_pipeline.tracking.index import PreviousPoint
 from tests.conftest import all_runs
-from tests.targets import bowl_at
+from tests.targets import bowl_at, count_or_stop
 
 
 def variants(raw, level="variant"):
@@ -477,13 +476,7 @@ def test_a_pipeline_asks_and_tells_every_parent_its_own_sampler(store, client, s
 
 def stops_once(*, x: float, centre: float, log_file: str, stop_at: int) -> dict:
     """`bowl_at` logging each call, except that the call after `stop_at` logged ones is a Ctrl-C, once."""
-    log = Path(log_file)
-    marker = log.with_suffix(".stopped")
-    if len(log.read_text().splitlines() if log.exists() else []) == stop_at and not marker.exists():
-        marker.touch()
-        raise KeyboardInterrupt
-    with log.open("a") as fh:
-        fh.write(f"{centre!r},{x!r}\n")
+    count_or_stop(log_file, stop_at, f"{centre!r},{x!r}")
     return bowl_at(x=x, centre=centre)
 
 
