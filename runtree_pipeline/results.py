@@ -34,6 +34,8 @@ class LeafResult:
     been cut off, run again in place) or "reused" (an earlier FINISHED run with the same content key, not run)."""
     pruned_at: int | None = None
     """The step at which its level's pruner stopped it (the run is then KILLED): neither a failure nor a best."""
+    artifacts: tuple[str, ...] = ()
+    """The outputs that are artifacts of its run (`${best:STAGE.artifacts.KEY}`): their values are `runs:/` URIs."""
 
     @property
     def pruned(self) -> bool:

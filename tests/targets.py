@@ -177,3 +177,39 @@ def count_or_stop(log_file: str, stop_at: int, line: str) -> None:
         raise KeyboardInterrupt
     with log.open("a") as fh:
         fh.write(line + "\n")
+
+
+def makes_files(*, rows: int = 3, workdir: str = ".") -> dict:
+    """Returns a directory and a file as paths: both become artifacts of its run, consumed downstream."""
+    base = Path(workdir) / f"made-{rows}"
+    (base / "data" / "part").mkdir(parents=True, exist_ok=True)
+    (base / "data" / "rows.txt").write_text("\n".join(str(i) for i in range(rows)))
+    (base / "data" / "part" / "extra.txt").write_text("extra")
+    (base / "model.bin").write_bytes(bytes(range(rows)))
+    return {"loss": float(rows), "data": base / "data", "model": base / "model.bin", "note": "paths above"}
+
+
+def reads_files(*, data, model, x: float = 0.0) -> dict:
+    """Gets local paths, not URIs: counts the rows it was given."""
+    if not isinstance(data, Path) or not isinstance(model, Path):
+        raise TypeError(f"expected local paths, got {type(data).__name__} and {type(model).__name__}")
+    rows = len((data / "rows.txt").read_text().splitlines())
+    assert (data / "part" / "extra.txt").read_text() == "extra"
+    return {"loss": (x - rows) ** 2, "rows": rows, "model_bytes": len(model.read_bytes()), "seen_at": str(data)}
+
+
+def returns_missing_path() -> dict:
+    return {"loss": 1.0, "data": Path("no/such/place")}
+
+
+def fits_line(*, slope: float, log_model: bool = True) -> dict:
+    """Fits y = 2x with a given slope's noise and logs the fitted model to its run (MLflow's sklearn flavour)."""
+    import mlflow.sklearn
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    x = np.arange(10.0).reshape(-1, 1)
+    model = LinearRegression().fit(x, slope * x.ravel())
+    if log_model:
+        mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+    return {"loss": abs(slope - 2.0)}

@@ -1,6 +1,6 @@
 """Small digits CNN used as example pipeline stage targets.
 
-Heavy imports (torch, sklearn) live inside the functions so that
+Heavy imports (torch, sklearn, mlflow) live inside the functions so that
 importing this module stays cheap for the pipeline loader.
 """
 
@@ -29,8 +29,8 @@ def _save_npz_atomic(path: Path, **arrays: Any) -> None:
 def prepare(*, val_fraction: float = 0.2, seed: int = 0, root: str = "data") -> dict[str, Any]:
     """Split the bundled 8x8 digits once so training stages share identical data without downloads.
 
-    A relative `root` is taken from the working directory, so the files stay in the project that ran the pipeline;
-    downstream stages read the absolute `data_dir` it returns.
+    The split is written under `root` in the working directory and returned as a path: the pipeline logs it as an
+    artifact of this run, and a downstream leaf, wherever it runs, gets a local copy of it.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -47,22 +47,24 @@ def prepare(*, val_fraction: float = 0.2, seed: int = 0, root: str = "data") -> 
     out.mkdir(parents=True, exist_ok=True)
     _save_npz_atomic(out / "train.npz", X=X_tr, y=y_tr)
     _save_npz_atomic(out / "val.npz", X=X_val, y=y_val)
-    return {"data_dir": str(out), "n_train": int(len(y_tr)), "n_val": int(len(y_val))}
+    return {"data": out, "n_train": int(len(y_tr)), "n_val": int(len(y_val))}
 
 
 def train(
     *,
-    data_dir: str,
+    data_dir: str | Path,
     epochs: int = 3,
     channels: int = 16,
     lr: float = 0.01,
     batch_size: int = 64,
     seed: int = 0,
+    log_model: bool = False,
 ) -> dict[str, float]:
     """Train a tiny CNN: real enough to give meaningful curves, small enough for CPU in about a second.
 
     Each epoch is reported, so the run shows its curves and a pruner can stop a trial that falls behind its
-    siblings (`report` raises `Pruned`, which ends this leaf as pruned).
+    siblings (`report` raises `Pruned`, which ends this leaf as pruned). With `log_model`, the trained network is
+    logged to the leaf's run as an MLflow model, which `register:` can then make a registered model version.
     """
     import numpy as np
     import torch
@@ -113,4 +115,14 @@ def train(
             val_acc = (logits.argmax(1) == y_val).float().mean().item()
         report(epoch, val_loss=val_loss, val_accuracy=val_acc, train_loss=train_loss)
 
+    if log_model:
+        import mlflow.pytorch
+
+        # Requirements given, not inferred: inferring them loads the model again in a subprocess.
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=X_val[:2].numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
     return {"val_loss": float(val_loss), "val_accuracy": float(val_acc), "train_loss": float(train_loss)}

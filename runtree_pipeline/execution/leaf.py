@@ -5,13 +5,16 @@ Kept free of driver state (a task in, an outcome out, both picklable) so any exe
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
+import os
 import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from runtree_pipeline.errors import Pruned
@@ -31,6 +34,8 @@ class LeafTask:
     """Where `report` asks whether to stop: set when the leaf's level has a pruner."""
     timeout_s: float | None = None
     """The stage's `limits.timeout_s`: the executor stops the leaf's worker past it."""
+    fetch: tuple[str, ...] = ()
+    """Dotted keys of `kwargs` holding an upstream artifact's `runs:/` URI: the target gets a local copy's path."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class LeafOutcome:
     """The step at which the target let `Pruned` propagate: stopped by its pruner, neither failed nor finished."""
     logged: tuple[str, ...] = ()
     """Returned metrics whose value `report` logged last already: the run's latest value, not to be logged again."""
+    artifacts: tuple[str, ...] = ()
+    """Outputs that were paths: logged as artifacts of the run, their value is now the artifact's URI."""
 
     @property
     def ok(self) -> bool:
@@ -60,16 +67,55 @@ def execute(task: LeafTask) -> LeafOutcome:
 
     try:
         target = get_object(task.target)
+        kwargs = _with_local_copies(task)
         with active_run(task.run), in_leaf(task.run, task.desk) as reported:
-            returned = target(**task.kwargs)
+            returned = target(**kwargs)
     except Pruned as e:
         return LeafOutcome(pruned_at=e.step, ended_at=time.time())
     except Exception as e:  # noqa: BLE001 - a failing target fails its own run only
         return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=time.time())
     ended_at = time.time()
+    try:
+        returned, artifacts = _upload_paths(returned, task)
+    except Exception as e:  # noqa: BLE001 - a path that cannot be logged fails this run only
+        return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=ended_at)
     outcome = split_returned(returned, objective=task.objective)
     logged = tuple(k for k, v in outcome.metrics.items() if reported.get(k) == v)
-    return replace(outcome, ended_at=ended_at, logged=logged)
+    return replace(outcome, ended_at=ended_at, logged=logged, artifacts=artifacts if outcome.ok else ())
+
+
+def _with_local_copies(task: LeafTask) -> Mapping[str, Any]:
+    """The target's kwargs with each upstream artifact's URI replaced by the path of a local copy."""
+    if not task.fetch:
+        return task.kwargs
+    from runtree_pipeline.tracking.active import fetch
+
+    kwargs = copy.deepcopy(dict(task.kwargs))
+    for dotted in task.fetch:
+        *path, last = dotted.split(".")
+        node = kwargs
+        for part in path:
+            node = node[part]
+        node[last] = fetch(node[last], task.run.tracking_uri)
+    return kwargs
+
+
+def _upload_paths(returned: Any, task: LeafTask) -> tuple[Any, tuple[str, ...]]:
+    """Paths a target returned become artifacts of its run, and outputs whose value is their URI."""
+    if not isinstance(returned, Mapping) or not any(isinstance(v, os.PathLike) for v in returned.values()):
+        return returned, ()
+    from runtree_pipeline.tracking.active import upload
+
+    out, artifacts = dict(returned), []
+    for key, value in returned.items():
+        if not isinstance(value, os.PathLike):
+            continue
+        path = Path(value)
+        if not path.exists():
+            raise FileNotFoundError(f"result '{key}' is a path that does not exist: {path}")
+        out[key] = upload(task.run, str(key), path)
+        artifacts.append(str(key))
+    return out, tuple(artifacts)
 
 
 def split_returned(returned: Any, *, objective: str | None) -> LeafOutcome:

@@ -231,6 +231,7 @@ class Runner:
             objective=metric if leaf.parent is not None else None,
             desk=desk,
             timeout_s=leaf.stage.spec.limits.timeout_s,
+            fetch=tuple(k for k, v in flatten(leaf.params).items() if isinstance(v, str) and v in stage.artifact_uris),
         )
         self._running[self.executor.submit(task)] = leaf
 
@@ -315,9 +316,17 @@ class Runner:
         )
         tags = {**self.plan.tags, **spec.tags, **shared}
         own = {**self._invocation, **own}
+        uris: set[str] = set()
+
+        def lookup(ref: Reference) -> Any:
+            value = self._lookup(ref)
+            if ref.kind == "artifacts":
+                uris.add(value)
+            return value
+
         try:
-            params = substitute(dict(spec.params), self._lookup)
-            levels = tuple(_resolve_points(level, self._lookup) for level in spec.levels)
+            params = substitute(dict(spec.params), lookup)
+            levels = tuple(_resolve_points(level, lookup) for level in spec.levels)
         except StageInputError as e:
             ref = self.store.create(name=spec.name, tags={**tags, **own})
             self.store.finish(ref, status=Status.FAILED, tags={schema.ROOT_RUN_ID: ref.run_id, schema.ERROR: str(e)})
@@ -339,6 +348,7 @@ class Runner:
             upstream,
             own_tags={schema.ROOT_RUN_ID: slot.ref.run_id, **self._invocation},
             artifacts={schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)},
+            artifact_uris=frozenset(uris),
         )
         if levels:
             self._open.append(self._parent(stage, None, None, slot, spec.name, Level.STAGE, params, levels, tags))
@@ -357,9 +367,36 @@ class Runner:
             result = StageResult(name, Status.FAILED, node=node, reason=reason, upstream=upstream)
         else:
             result = StageResult(name, Status.FINISHED, node=node, upstream=upstream)
+            if stage.spec.register is not None:
+                result = self._register(stage.spec, result)
         if result.reason:
             log.error("stage %s failed: %s", name, result.reason)
         self._finish_stage(result)
+
+    def _register(self, spec: StageSpec, result: StageResult) -> StageResult:
+        """`register:` the model the stage's best leaf logged becomes a version of a registered model. A best leaf
+        that logged none fails the stage (its runs stay as they are), so the pipeline exits non-zero naming it."""
+        from runtree_pipeline.tracking.registry import NoModelToRegister, register_best
+
+        assert result.node is not None and result.best is not None and spec.register is not None
+        ref = self._ref(result.node)
+        try:
+            tags = register_best(
+                tracking_uri=self.store.uri,
+                register=spec.register,
+                stage=spec.name,
+                pipeline_id=self.pipeline_id,
+                stage_run_id=ref.run_id,
+                best_run_id=result.best.run_id,
+                objective_metric=spec.objective.metric,
+                objective_mode=spec.objective.mode,
+                objective_value=result.best.objective,
+            )
+        except NoModelToRegister as e:
+            self.store.annotate(ref, {schema.REGISTERED: str(e)})
+            return replace(result, status=Status.FAILED, reason=str(e))
+        self.store.annotate(ref, tags)
+        return result
 
     def _finish_stage(self, result: StageResult) -> None:
         self._results[result.name] = result
@@ -391,6 +428,13 @@ class Runner:
             raise StageInputError(f"{ref.text}: stage '{ref.stage}' has no best run")
         if ref.kind == "run_id":
             return best.run_id
+        if ref.kind == "artifacts":
+            if ref.key in best.artifacts:
+                return best.outputs[ref.key]
+            have = ", ".join(sorted(best.artifacts)) or "none: it returned no path"
+            raise StageInputError(
+                f"{ref.text}: the best run of stage '{ref.stage}' has no artifact '{ref.key}' (it has: {have})"
+            )
         source = {"params": best.params, "metrics": best.metrics, "outputs": best.outputs}[ref.kind]
         try:
             return lookup(source, ref.key)

@@ -50,6 +50,8 @@ class StageRun:
     last_submit: float | None = None
     submit_interval: float | None = None
     """Time between the stage's latest two submits: a run created k leaves ahead starts about k of these early."""
+    artifact_uris: frozenset[str] = frozenset()
+    """Upstream artifacts its params refer to: a leaf gets a local copy of each instead of the URI."""
 
 
 @dataclass(eq=False)
@@ -128,7 +130,9 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
     """A leaf's params, the metrics its target returned, its outputs and its error; a stage without sweeps also
     carries the stage's own tags and config. A pruned leaf ends KILLED, its reported metrics left as they are."""
     stage = leaf.stage
-    tags: dict[str, Any] = schema.leaf_tags(returned=outcome.metrics, outputs=outcome.outputs)
+    tags: dict[str, Any] = schema.leaf_tags(
+        returned=outcome.metrics, outputs=outcome.outputs, artifacts=outcome.artifacts
+    )
     files: dict[str, str] = {}
     if leaf.parent is None:
         tags.update(stage.own_tags)
@@ -186,6 +190,7 @@ def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
         objective=objective_value(outcome, leaf.stage.spec.objective.metric),
         origin=slot.origin,
         pruned_at=outcome.pruned_at,
+        artifacts=outcome.artifacts,
     )
 
 
@@ -204,6 +209,7 @@ def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) 
         objective=objective_value(outcome, leaf.stage.spec.objective.metric),
         origin=Origin.REUSED,
         pruned_at=outcome.pruned_at,
+        artifacts=schema.artifacts_of(record.tags),
     )
 
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from runtree_pipeline.errors import RuntreeError
 
-KINDS = ("params", "metrics", "outputs", "run_id")
+KINDS = ("params", "metrics", "outputs", "artifacts", "run_id")
 _MARK = "${best:"
 
 _handler: contextvars.ContextVar[Callable[[str], Any] | None] = contextvars.ContextVar("best_handler", default=None)
@@ -36,7 +36,8 @@ class Reference:
         text = f"${{best:{arg}}}"
         if len(parts) < 2 or parts[1] not in KINDS:
             raise ValueError(
-                f"{text} must look like STAGE.params.KEY, STAGE.metrics.KEY, STAGE.outputs.KEY or STAGE.run_id"
+                f"{text} must look like STAGE.params.KEY, STAGE.metrics.KEY, STAGE.outputs.KEY, STAGE.artifacts.KEY "
+                "or STAGE.run_id"
             )
         stage, kind = parts[0], parts[1]
         key = parts[2] if len(parts) == 3 else None

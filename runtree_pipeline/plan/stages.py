@@ -44,9 +44,11 @@ STAGE_KEYS = (
     "tags",
     "on_failure",
     "limits",
+    "register",
 )
 ON_FAILURE = ("continue", "stop")
 LIMIT_KEYS = ("timeout_s", "retries")
+REGISTER_KEYS = ("name", "alias", "only_if_better", "model")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Register:
+    """Which registered model the stage's best leaf's logged model becomes a version of, so a deployment can load
+    `models:/NAME@ALIAS` without knowing which trial won; `model` picks among several logged models by name."""
+
+    name: str
+    alias: str = "champion"
+    only_if_better: bool = False
+    model: str | None = None
+
+
+@dataclass(frozen=True)
 class StageSpec:
     name: str
     target: str
@@ -77,6 +90,7 @@ class StageSpec:
     on_failure: str = "continue"
     references: tuple[references.Reference, ...] = ()
     limits: Limits = Limits()
+    register: Register | None = None
 
     @property
     def levels(self) -> tuple[SweepSpec, ...]:
@@ -303,6 +317,7 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
             ConfigError(f"must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}", stage=name, key="on_failure")
         )
     limits = _limits(raw.get("limits"), name, errors)
+    register = _register(raw.get("register"), objective, name, errors)
     spec = StageSpec(
         name=name,
         target=str(target_path),
@@ -315,6 +330,7 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
         on_failure=on_failure,
         references=tuple(refs),
         limits=limits,
+        register=register,
     )
     if spec.variants and spec.variants.pruner is not None and spec.subvariants:
         errors.append(
@@ -501,6 +517,66 @@ def _limits(raw: Any, stage: str, errors: list[ConfigError]) -> Limits:
     return Limits(timeout_s=float(timeout) if timeout is not None else None, retries=retries or 0)
 
 
+def _register(raw: Any, objective: Objective, stage: str, errors: list[ConfigError]) -> Register | None:
+    """Checked as MLflow's registry would check it, so a bad name fails the config, not the stage after training."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        errors.append(
+            ConfigError("must be a mapping like {name: my-model, alias: champion}", stage=stage, key="register")
+        )
+        return None
+    before = len(errors)
+    for key in sorted(set(map(str, raw)) - set(REGISTER_KEYS)):
+        errors.append(
+            ConfigError(
+                f"unknown key{_hint(key, REGISTER_KEYS)} (allowed: {', '.join(REGISTER_KEYS)})",
+                stage=stage,
+                key=f"register.{key}",
+            )
+        )
+    name, alias, model = raw.get("name"), raw.get("alias"), raw.get("model")
+    alias = "champion" if alias is None else alias
+    only_if_better = False if raw.get("only_if_better") is None else raw["only_if_better"]
+    if not isinstance(name, str) or not name.strip():
+        errors.append(ConfigError(f"must be a registered model's name, got {name!r}", stage=stage, key="register.name"))
+    elif "/" in name or ":" in name:
+        errors.append(ConfigError(f"cannot contain '/' or ':', got {name!r}", stage=stage, key="register.name"))
+    if not isinstance(alias, str) or not re.fullmatch(r"[\w-]{1,255}", alias):
+        errors.append(
+            ConfigError(
+                f"must be a non-empty alias of letters, digits, '_' and '-', got {alias!r}",
+                stage=stage,
+                key="register.alias",
+            )
+        )
+    elif re.fullmatch(r"[vV]\d+", alias) or alias.lower() == "latest":
+        errors.append(
+            ConfigError(
+                f"{alias!r} is reserved by MLflow's registry, choose another", stage=stage, key="register.alias"
+            )
+        )
+    if not isinstance(only_if_better, bool):
+        errors.append(
+            ConfigError(f"must be true or false, got {only_if_better!r}", stage=stage, key="register.only_if_better")
+        )
+    elif only_if_better and not objective.metric:
+        errors.append(
+            ConfigError(
+                "needs objective.metric to compare the new best with the registered one",
+                stage=stage,
+                key="register.only_if_better",
+            )
+        )
+    if model is not None and (not isinstance(model, str) or not model):
+        errors.append(
+            ConfigError(f"must be the name of a logged model, got {model!r}", stage=stage, key="register.model")
+        )
+    if len(errors) > before:
+        return None
+    return Register(name=name, alias=alias, only_if_better=only_if_better, model=model)
+
+
 def _tags(raw: Any, stage: str | None, key: str, errors: list[ConfigError]) -> dict[str, str]:
     if raw is None:
         return {}
@@ -522,6 +598,9 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
     }
     if spec.limits != Limits():
         config["limits"] = {"timeout_s": spec.limits.timeout_s, "retries": spec.limits.retries}
+    if spec.register is not None:
+        r = spec.register
+        config["register"] = {"name": r.name, "alias": r.alias, "only_if_better": r.only_if_better, "model": r.model}
     return config
 
 

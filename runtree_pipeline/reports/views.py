@@ -138,7 +138,12 @@ def reproduce_command(stage: RunRecord, leaf: RunRecord) -> str | None:
         return None
     name = stage.tags.get(schema.STAGE)
     pins = [f"~stages.{name}.{level}s" for level in filter(None, stage.tags.get(schema.LEVELS, "").split(","))]
-    pins += [f"++stages.{name}.params.{k}={_hydra_value(v)}" for k, v in sorted(leaf.params.items())]
+    # An upstream artifact (`runs:/...`) stays the stage's own `${best:...}`: the re-run pipeline makes it again.
+    pins += [
+        f"++stages.{name}.params.{k}={_hydra_value(v)}"
+        for k, v in sorted(leaf.params.items())
+        if not v.startswith("runs:/")
+    ]
     return _from_launch_dir(stage, command + " " + " ".join(shlex.quote(p) for p in pins))
 
 

@@ -1,10 +1,12 @@
-"""MLflow's fluent state, touched only here: the leaf run a target sees as active, and where its calls go."""
+"""What a leaf does with MLflow, wherever it runs: its run made active for the target's own calls (MLflow's fluent
+state is touched only here), its reported steps, and the artifacts it returns or consumes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 from runtree_pipeline.tracking.records import RunRef
 
@@ -86,3 +88,43 @@ def log_step(ref: RunRef, step: int, metrics: Mapping[str, float]) -> None:
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
     MlflowClient(ref.tracking_uri).log_batch(ref.run_id, metrics=batch, synchronous=True)
+
+
+def upload(ref: RunRef, key: str, path: Path) -> str:
+    """Log a file or a directory a target returned under `outputs/<key>/` of its run, from where it was written
+    (streamed by MLflow's artifact repository, never read into memory here), and return its `runs:/` URI."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ref.tracking_uri)
+    where = f"outputs/{key}"
+    if path.is_dir():
+        client.log_artifacts(ref.run_id, str(path), artifact_path=where)
+        return f"runs:/{ref.run_id}/{where}"
+    client.log_artifact(ref.run_id, str(path), artifact_path=where)
+    return f"runs:/{ref.run_id}/{where}/{path.name}"
+
+
+def fetch(uri: str, tracking_uri: str) -> Path:
+    """A local copy of an artifact, downloaded once per machine (per cache directory) and kept: leaves that consume
+    the same upstream artifact share it. Downloaded aside and renamed into place, so concurrent workers never see
+    half a copy; the first rename wins and the others discard theirs.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    root = Path(os.environ.get("RUNTREE_ARTIFACT_CACHE") or Path.cwd() / ".runtree" / "artifacts")
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    home = root / hashlib.sha256(f"{tracking_uri}\n{uri}".encode()).hexdigest()[:20]
+    if not home.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        aside = Path(tempfile.mkdtemp(prefix=".fetching-", dir=root))
+        try:
+            download_artifacts(artifact_uri=uri, dst_path=str(aside), tracking_uri=tracking_uri)
+            with contextlib.suppress(OSError):
+                os.rename(aside, home)  # fails when another worker got there first: theirs is as good
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    return home / name

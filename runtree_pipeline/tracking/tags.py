@@ -34,6 +34,12 @@ TOLD = "runtree.told"
 RETURNED = "runtree.metrics"
 OUTPUTS = "runtree.outputs"
 OUTPUTS_IN_ARTIFACT = "runtree.outputs_in_artifact"
+ARTIFACTS = "runtree.artifacts"
+REGISTERED = "runtree.registered"
+REGISTERED_MODEL = "runtree.registered_model"
+REGISTERED_VERSION = "runtree.registered_version"
+RUN_ID = "runtree.run_id"
+OBJECTIVE_VALUE = "runtree.objective_value"
 SUPERSEDED_BY = "runtree.superseded_by"
 PRUNED = "runtree.pruned"
 PRUNED_AT = "runtree.pruned_at_step"
@@ -96,9 +102,12 @@ def told_tag(position: int, value: float | None) -> dict[str, str]:
     return {TOLD: json.dumps({"position": position, "value": told})}
 
 
-def leaf_tags(*, returned: Iterable[str], outputs: Mapping[str, Any]) -> dict[str, str]:
-    """Which metrics the target returned (the rest it logged itself), and its outputs when small enough."""
+def leaf_tags(*, returned: Iterable[str], outputs: Mapping[str, Any], artifacts: Iterable[str] = ()) -> dict[str, str]:
+    """Which metrics the target returned (the rest it logged itself), its outputs when small enough, and which of
+    them are artifacts (paths it returned, whose output value is the artifact's URI)."""
     tags = {RETURNED: json.dumps(sorted(returned))}
+    if artifacts:
+        tags[ARTIFACTS] = json.dumps(sorted(artifacts))
     if outputs:
         text = json.dumps(redact(dict(outputs)), sort_keys=True)
         tags.update({OUTPUTS: text} if len(text) <= _MAX_TAG else {OUTPUTS_IN_ARTIFACT: "true"})
@@ -211,6 +220,14 @@ def reported_of(tags: Mapping[str, str]) -> dict[int, float]:
         return {int(step): float("nan") if value is None else float(value) for step, value in pairs}
     except (ValueError, TypeError):
         return {}
+
+
+def artifacts_of(tags: Mapping[str, str]) -> tuple[str, ...]:
+    try:
+        keys = json.loads(tags.get(ARTIFACTS, "[]"))
+    except ValueError:
+        return ()
+    return tuple(str(k) for k in keys) if isinstance(keys, list) else ()
 
 
 def returned_of(tags: Mapping[str, str]) -> list[str]:

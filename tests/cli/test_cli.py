@@ -243,8 +243,13 @@ def test_cnn_and_tutorial_in_one_multirun_keep_their_files_in_the_working_direct
     for key in ("channels", "lr", "batch_size"):
         assert final[key] == best.data.params[key]
     data_dir = tmp_path / "data" / "digits" / "val0.2_seed0"
-    assert final["data_dir"] == str(data_dir)
     assert sorted(p.name for p in data_dir.iterdir()) == ["train.npz", "val.npz"]
+    (data_leaf,) = [r for r in runs if r.info.run_name == "data"]
+    assert final["data_dir"] == f"runs:/{data_leaf.info.run_id}/outputs/data"
+    listed = {a.path for a in client.list_artifacts(data_leaf.info.run_id, "outputs/data")}
+    assert listed == {"outputs/data/train.npz", "outputs/data/val.npz"}
+    copies = list((tmp_path / ".runtree" / "artifacts").iterdir())
+    assert len(copies) == 1 and sorted(p.name for p in (copies[0] / "data").iterdir()) == ["train.npz", "val.npz"]
     assert final["epochs"] == "3"
     assert 0 < stages["final"].data.metrics["val_loss"] < 1.0
     assert stages["final"].data.metrics["val_accuracy"] > 0.9

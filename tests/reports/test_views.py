@@ -1,0 +1,26 @@
+"""The text views of recorded trees, on records built by hand: what `runtree best` prints to reproduce a run."""
+
+from __future__ import annotations
+
+from runtree_pipeline.reports.views import reproduce_command
+from runtree_pipeline.tracking.records import RunRecord
+
+
+def test_reproducing_one_run_pins_its_params_but_leaves_upstream_artifacts_to_their_reference():
+    """A `runs:/` param came from `${best:STAGE.artifacts.K}`: pinning the URI would hand the target a string, while
+    the stage's own reference, resolved again by the re-run pipeline, hands it a local copy."""
+    stage = RunRecord(
+        "s1",
+        "0",
+        "search",
+        "FINISHED",
+        tags={
+            "runtree.stage": "search",
+            "runtree.levels": "variant",
+            "runtree.command": "python -m runtree_pipeline +sweep=cnn",
+        },
+    )
+    leaf = RunRecord("l1", "0", "search/a", "FINISHED", params={"lr": "0.1", "data_dir": "runs:/abc/outputs/data"})
+    assert reproduce_command(stage, leaf) == (
+        "python -m runtree_pipeline +sweep=cnn '~stages.search.variants' ++stages.search.params.lr=0.1"
+    )
