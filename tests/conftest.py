@@ -105,3 +105,26 @@ def restartable_server(session_server):
     yield session_server
     if session_server.proc is None:
         session_server.start()
+
+
+def failing_tree(store: str, experiment: str, fail_on: list[int]) -> dict:
+    """Two variants x four points with failing points, and a stage that takes its best: resumed with other
+    `fail_on`, both stages get a superseded run. The tree the read-back tests (export, sqlite reads) read."""
+    return {
+        "tracking_uri": store,
+        "experiment": experiment,
+        "objective": {"metric": "loss"},
+        "stages": {
+            "fit": {
+                "_target_": "tests.targets.flaky",
+                "params": {"fail_on": fail_on},
+                "variants": {"points": {"a": {"y": 0.0}, "b": {"y": 0.5}}},
+                "subvariants": {"params": {"x": "range(0, 4)"}},
+            },
+            "after": {
+                "_target_": "tests.targets.quad",
+                "depends_on": ["fit"],
+                "params": {"x": "${best:fit.params.x}", "offset": 0.25},
+            },
+        },
+    }

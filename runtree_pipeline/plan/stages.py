@@ -271,11 +271,7 @@ def _resolve_top(cfg: DictConfig, errors: list[ConfigError]) -> dict[str, Any]:
 def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) -> StageSpec:
     if not OmegaConf.is_dict(node):
         raise ConfigError("must be a mapping with a `_target_`", stage=name)
-    unknown = sorted(set(map(str, node)) - set(STAGE_KEYS))
-    for key in unknown:
-        errors.append(
-            ConfigError(f"unknown key{_hint(key, STAGE_KEYS)} (allowed: {', '.join(STAGE_KEYS)})", stage=name, key=key)
-        )
+    errors.extend(_unknown_keys(node, STAGE_KEYS, stage=name))
     try:
         raw, refs = references.resolve_recording(node)
     except Exception as e:  # noqa: BLE001 - OmegaConf wraps the user's interpolation error in many types
@@ -495,14 +491,7 @@ def _limits(raw: Any, stage: str, errors: list[ConfigError]) -> Limits:
     if not isinstance(raw, Mapping):
         errors.append(ConfigError("must be a mapping like {timeout_s: 600, retries: 1}", stage=stage, key="limits"))
         return Limits()
-    for key in sorted(set(map(str, raw)) - set(LIMIT_KEYS)):
-        errors.append(
-            ConfigError(
-                f"unknown key{_hint(key, LIMIT_KEYS)} (allowed: {', '.join(LIMIT_KEYS)})",
-                stage=stage,
-                key=f"limits.{key}",
-            )
-        )
+    errors.extend(_unknown_keys(raw, LIMIT_KEYS, stage=stage, under="limits."))
     timeout, retries = raw.get("timeout_s"), raw.get("retries")
     if timeout is not None and not positive_number(timeout):
         errors.append(
@@ -527,14 +516,7 @@ def _register(raw: Any, objective: Objective, stage: str, errors: list[ConfigErr
         )
         return None
     before = len(errors)
-    for key in sorted(set(map(str, raw)) - set(REGISTER_KEYS)):
-        errors.append(
-            ConfigError(
-                f"unknown key{_hint(key, REGISTER_KEYS)} (allowed: {', '.join(REGISTER_KEYS)})",
-                stage=stage,
-                key=f"register.{key}",
-            )
-        )
+    errors.extend(_unknown_keys(raw, REGISTER_KEYS, stage=stage, under="register."))
     name, alias, model = raw.get("name"), raw.get("alias"), raw.get("model")
     alias = "champion" if alias is None else alias
     only_if_better = False if raw.get("only_if_better") is None else raw["only_if_better"]
@@ -602,6 +584,14 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
         r = spec.register
         config["register"] = {"name": r.name, "alias": r.alias, "only_if_better": r.only_if_better, "model": r.model}
     return config
+
+
+def _unknown_keys(raw: Any, allowed: tuple[str, ...], *, stage: str, under: str = "") -> list[ConfigError]:
+    """One error per key not in `allowed`, each with the nearest allowed key when one is close."""
+    return [
+        ConfigError(f"unknown key{_hint(key, allowed)} (allowed: {', '.join(allowed)})", stage=stage, key=under + key)
+        for key in sorted(set(map(str, raw)) - set(allowed))
+    ]
 
 
 def _hint(word: str, options: Any) -> str:

@@ -13,30 +13,9 @@ from mlflow import MlflowClient
 
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.cli import console
-from tests.conftest import all_runs
+from tests.conftest import all_runs, failing_tree
 
 FIXED = ["pipeline_id", "run_id", "parent_run_id", "stage", "level", "name", "status"]
-
-
-def _config(store: str, fail_on: list[int]) -> dict:
-    return {
-        "tracking_uri": store,
-        "experiment": "export",
-        "objective": {"metric": "loss"},
-        "stages": {
-            "fit": {
-                "_target_": "tests.targets.flaky",
-                "params": {"fail_on": fail_on},
-                "variants": {"points": {"a": {"y": 0.0}, "b": {"y": 0.5}}},
-                "subvariants": {"params": {"x": "range(0, 4)"}},
-            },
-            "after": {
-                "_target_": "tests.targets.quad",
-                "depends_on": ["fit"],
-                "params": {"x": "${best:fit.params.x}", "offset": 0.25},
-            },
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +24,8 @@ def recorded(tmp_path_factory):
     pipeline in another experiment."""
     root = tmp_path_factory.mktemp("export")
     store = f"sqlite:///{root / 'store.db'}"
-    run_plan(build_plan(_config(store, [3])), plots=False)
-    resumed = run_plan(build_plan({**_config(store, [1, 3]), "resume": "last"}), plots=False)
+    run_plan(build_plan(failing_tree(store, "export", [3])), plots=False)
+    resumed = run_plan(build_plan({**failing_tree(store, "export", [1, 3]), "resume": "last"}), plots=False)
     other = run_plan(
         build_plan(
             {

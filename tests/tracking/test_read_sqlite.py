@@ -18,28 +18,7 @@ from runtree_pipeline.tracking import sqlite_read
 from runtree_pipeline.tracking.mlflow_store import TrackingReader
 from runtree_pipeline.tracking.records import RunRecord
 from runtree_pipeline.tracking.sqlite_read import SqliteRunReader
-from tests.conftest import copy_of
-
-
-def _config(store: str, fail_on: list[int]) -> dict:
-    return {
-        "tracking_uri": store,
-        "experiment": "readback",
-        "objective": {"metric": "loss"},
-        "stages": {
-            "fit": {
-                "_target_": "tests.targets.flaky",
-                "params": {"fail_on": fail_on},
-                "variants": {"points": {"a": {"y": 0.0}, "b": {"y": 0.5}}},
-                "subvariants": {"params": {"x": "range(0, 4)"}},
-            },
-            "after": {
-                "_target_": "tests.targets.quad",
-                "depends_on": ["fit"],
-                "params": {"x": "${best:fit.params.x}", "offset": 0.25},
-            },
-        },
-    }
+from tests.conftest import copy_of, failing_tree
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +28,8 @@ def recorded(tmp_path_factory, empty_store):
     another experiment (outside a reader scoped to 'readback')."""
     root = tmp_path_factory.mktemp("read")
     store = copy_of(empty_store, root)
-    run_plan(build_plan(_config(store, [3])), plots=False)
-    result = run_plan(build_plan({**_config(store, [1, 3]), "resume": "last"}), plots=False)
+    run_plan(build_plan(failing_tree(store, "readback", [3])), plots=False)
+    result = run_plan(build_plan({**failing_tree(store, "readback", [1, 3]), "resume": "last"}), plots=False)
     other = run_plan(
         build_plan(
             {
