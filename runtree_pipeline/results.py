@@ -36,6 +36,9 @@ class LeafResult:
     """The step at which its level's pruner stopped it (the run is then KILLED): neither a failure nor a best."""
     artifacts: tuple[str, ...] = ()
     """The outputs that are artifacts of its run (`${best:STAGE.artifacts.KEY}`): their values are `runs:/` URIs."""
+    cached_from: str | None = None
+    """`cache: true` took this result from an earlier execution's run, which computed it (and holds what the target
+    logged itself, e.g. its model)."""
 
     @property
     def pruned(self) -> bool:

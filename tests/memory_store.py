@@ -118,6 +118,9 @@ class MemoryStore:
     def pipeline_runs(self, pipeline_id: str) -> list[RunRecord]:
         return [r for r in self.records() if r.tags.get(schema.PIPELINE_ID) == pipeline_id]
 
+    def stage_history(self, stage: str) -> list[RunRecord]:
+        return [r for r in self.records() if r.tags.get(schema.STAGE) == stage]
+
     def latest_pipeline_id(self) -> str | None:
         stages = [r for r in self.records() if schema.is_stage(r.tags)]
         return max(stages, key=lambda r: r.start_time or 0).tags[schema.PIPELINE_ID] if stages else None

@@ -25,7 +25,7 @@ import yaml
 
 from runtree_pipeline.errors import Interrupted, StageInputError, TrackingFailed, UnknownPipeline
 from runtree_pipeline.execution.executors import Executor, LocalExecutor
-from runtree_pipeline.execution.keys import content_key
+from runtree_pipeline.execution.keys import code_fingerprint, content_key
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask
 from runtree_pipeline.execution.painter import Painter
 from runtree_pipeline.execution.reporting import ReportDesk
@@ -35,6 +35,7 @@ from runtree_pipeline.execution.tree import (
     OpenParent,
     Slot,
     StageRun,
+    cached_write,
     leaf_result,
     leaf_write,
     parent_write,
@@ -94,6 +95,7 @@ class Runner:
         self._running: dict[Future[LeafOutcome], LeafJob] = {}
         self._desk: ReportDesk | None = None
         self._reporting: dict[str, tuple[Sampler, Point]] = {}
+        self._cache: dict[str, dict[str, RunRecord]] = {}
 
     def run(self) -> PipelineResult:
         """Everything from reading a previous execution to the last picture happens where a signal is handled.
@@ -209,7 +211,14 @@ class Runner:
         slot = leaf.slot.result()
         if slot.origin is Origin.REUSED:
             assert slot.record is not None
-            result = reused_result(leaf, slot.record, self.store.outputs_of(slot.record))
+            outputs = self.store.outputs_of(slot.record)
+            result = reused_result(leaf, slot.record, outputs)
+            if slot.cached:
+                if leaf.parent is not None:
+                    self._reopen(leaf.parent)
+                cached_write(leaf, slot, outputs).to(self.store, slot.ref)
+                origin = schema.computed_by(slot.record.tags, slot.record.run_id)
+                result = replace(result, run_id=slot.ref.run_id, cached_from=origin)
             self._leaf_ended(leaf, result, reported=schema.reported_of(slot.record.tags))
             return
         if leaf.parent is not None:
@@ -333,7 +342,12 @@ class Runner:
             log.error("stage %s failed: %s", spec.name, e)
             return StageResult(spec.name, Status.FAILED, reason=str(e), upstream=upstream)
 
-        key = content_key(stage=spec.name, target=spec.target, params=params)
+        code = code_fingerprint(spec.target) if self.plan.cache.code else None
+        if code is not None:
+            own[schema.CODE] = code
+        key = content_key(stage=spec.name, target=spec.target, params=params, **({"code": code} if code else {}))
+        if self.plan.cache.enabled:
+            self._cache[spec.name] = self._cacheable(spec.name)
         slot = self._stage_slot(spec.name, key, tags, own)
         self.progress.stage_started(
             spec.name, total=spec.leaf_count(), objective=spec.objective, resumed=slot.origin is not Origin.EXECUTED
@@ -387,7 +401,7 @@ class Runner:
                 stage=spec.name,
                 pipeline_id=self.pipeline_id,
                 stage_run_id=ref.run_id,
-                best_run_id=result.best.run_id,
+                best_run_id=result.best.cached_from or result.best.run_id,
                 objective_metric=spec.objective.metric,
                 objective_mode=spec.objective.mode,
                 objective_value=result.best.objective,
@@ -404,7 +418,12 @@ class Runner:
 
     def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any], own: Mapping[str, Any]) -> Slot:
         found = self.previous.stage_run(name, key)
-        if found is None:
+        cached = self._cache.get(name, {}).get(key) if found is None else None
+        if cached is not None:
+            origin = {schema.KEY: key, schema.CACHED_FROM: schema.computed_by(cached.tags, cached.run_id)}
+            ref = self.store.create(name=name, tags={**tags, **own, **origin})
+            slot = Slot(ref, key, Origin.REUSED, cached, cached=True)
+        elif found is None:
             slot = Slot(self.store.create(name=name, tags={**tags, **own, schema.KEY: key}), key, Origin.EXECUTED)
         else:
             slot = self._existing_slot(found, key)
@@ -548,8 +567,31 @@ class Runner:
         if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
             return run_now(self._existing_slot, found, key)
         tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
+        cached = self._cache.get(parent.stage.spec.name, {}).get(key)
+        if cached is not None:
+            tags[schema.CACHED_FROM] = schema.computed_by(cached.tags, cached.run_id)
         creating = self.store.create_later(name=name, tags=tags, parent_id=parent.slot.ref.run_id)
+        if cached is not None:
+            return _chain(creating, lambda ref: Slot(ref, key, Origin.REUSED, cached, cached=True))
         return _chain(creating, lambda ref: Slot(ref, key, Origin.EXECUTED))
+
+    def _cacheable(self, stage: str) -> dict[str, RunRecord]:
+        """`cache: true`: the finished (or pruned) leaves of this stage in the experiment's other executions, by
+        content key; one search per stage. A leaf is a run that recorded what its target returned; the oldest such
+        run of a key is the one taken, so every cached copy points at the run that really computed it."""
+        found: dict[str, RunRecord] = {}
+        for run in sorted(self.store.stage_history(stage), key=lambda r: r.start_time or 0):
+            tags = run.tags
+            key = tags.get(schema.KEY)
+            if (
+                key is None
+                or not is_kept(run)
+                or schema.RETURNED not in tags
+                or tags.get(schema.PIPELINE_ID) == self.pipeline_id
+            ):
+                continue
+            found.setdefault(key, run)
+        return found
 
     def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
         """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with

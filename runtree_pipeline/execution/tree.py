@@ -35,6 +35,8 @@ class Slot:
     key: str
     origin: Origin
     record: RunRecord | None = None
+    cached: bool = False
+    """A new run of this execution taking an earlier execution's finished leaf (`record`) instead of running."""
 
 
 @dataclass(eq=False)
@@ -210,6 +212,40 @@ def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) 
         origin=Origin.REUSED,
         pruned_at=outcome.pruned_at,
         artifacts=schema.artifacts_of(record.tags),
+    )
+
+
+def cached_write(leaf: LeafJob, slot: Slot, outputs: Mapping[str, Any]) -> Write:
+    """A leaf taken from an earlier execution's run with the same content key: that run's params, returned metrics
+    and outputs on this execution's run (artifact URIs still point at the original run: nothing is copied); a
+    pruned one stays pruned, at the same step."""
+    assert slot.record is not None
+    record, stage = slot.record, leaf.stage
+    metrics = {k: record.metrics[k] for k in schema.returned_of(record.tags) if k in record.metrics}
+    tags: dict[str, Any] = {
+        **schema.leaf_tags(returned=metrics, outputs=outputs, artifacts=schema.artifacts_of(record.tags)),
+        schema.CACHED_FROM: schema.computed_by(record.tags, record.run_id),
+    }
+    files: dict[str, str] = {}
+    if leaf.parent is None:
+        tags.update(stage.own_tags)
+        files.update(stage.artifacts)
+    else:
+        tags.update(told(leaf.parent, leaf.point, objective_value(LeafOutcome(metrics), stage.spec.objective.metric)))
+        if leaf.parent.sampler.prunes and leaf.point is not None:
+            tags[schema.REPORTED] = record.tags.get(schema.REPORTED, "[]")
+    if outputs:
+        files[schema.OUTPUTS_ARTIFACT] = json.dumps(redact(dict(outputs)), indent=2, sort_keys=True)
+    pruned_at = schema.pruned_at(record.tags)
+    if pruned_at is not None:
+        tags.update(schema.pruned_tags(pruned_at))
+    return Write(
+        status=Status.FINISHED if pruned_at is None else Status.KILLED,
+        params=flatten(dict(leaf.params)),
+        metrics=metrics,
+        tags=tags,
+        artifacts=files,
+        ended_at=time.time(),
     )
 
 

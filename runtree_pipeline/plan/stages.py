@@ -48,6 +48,7 @@ STAGE_KEYS = (
 )
 ON_FAILURE = ("continue", "stop")
 LIMIT_KEYS = ("timeout_s", "retries")
+CACHE_KEYS = ("enabled", "code")
 REGISTER_KEYS = ("name", "alias", "only_if_better", "model")
 
 
@@ -135,6 +136,15 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class Cache:
+    """`cache:` whether a leaf whose content key matches a finished leaf of any earlier execution of the experiment
+    is taken from it instead of run, and whether the key holds a fingerprint of the target's source file."""
+
+    enabled: bool = False
+    code: bool = True
+
+
+@dataclass(frozen=True)
 class Plan:
     experiment: str
     tracking_uri: str | None
@@ -143,6 +153,7 @@ class Plan:
     order: tuple[str, ...]
     config: Mapping[str, Any]
     resume: str | None = None
+    cache: Cache = Cache()
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -238,6 +249,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
     resume = top.get("resume")
     if resume is not None and not (resume == "last" or re.fullmatch(r"[0-9a-f]{12}", str(resume))):
         errors.append(ConfigError(f"must be 'last' or a pipeline id (12 hex digits), got {resume!r}", key="resume"))
+    cache = _cache(top.get("cache"), errors)
     if errors:
         raise ConfigErrors(errors)
     experiment = top.get("experiment") or default_experiment
@@ -251,6 +263,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         order=order,
         config=config,
         resume=str(resume) if resume is not None else None,
+        cache=cache,
     )
 
 
@@ -586,7 +599,24 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
     return config
 
 
-def _unknown_keys(raw: Any, allowed: tuple[str, ...], *, stage: str, under: str = "") -> list[ConfigError]:
+def _cache(raw: Any, errors: list[ConfigError]) -> Cache:
+    """`cache: true`, or a mapping that turns it on with options (`{code: false}`); false or absent: off."""
+    if raw is None or raw is False:
+        return Cache()
+    if raw is True:
+        return Cache(enabled=True)
+    if not isinstance(raw, Mapping):
+        errors.append(ConfigError(f"must be true, false or a mapping like {{code: false}}, got {raw!r}", key="cache"))
+        return Cache()
+    errors.extend(_unknown_keys(raw, CACHE_KEYS, stage=None, under="cache."))
+    enabled, code = raw.get("enabled", True), raw.get("code", True)
+    for key, value in (("enabled", enabled), ("code", code)):
+        if not isinstance(value, bool):
+            errors.append(ConfigError(f"must be true or false, got {value!r}", key=f"cache.{key}"))
+    return Cache(enabled=enabled is True, code=code is not False)
+
+
+def _unknown_keys(raw: Any, allowed: tuple[str, ...], *, stage: str | None, under: str = "") -> list[ConfigError]:
     """One error per key not in `allowed`, each with the nearest allowed key when one is close."""
     return [
         ConfigError(f"unknown key{_hint(key, allowed)} (allowed: {', '.join(allowed)})", stage=stage, key=under + key)

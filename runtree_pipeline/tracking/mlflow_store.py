@@ -163,6 +163,10 @@ class TrackingReader:
         """Every run of one pipeline execution: a few queries in all, never one per run."""
         return self._tagged(schema.PIPELINE_ID, pipeline_id)
 
+    def stage_history(self, stage: str) -> list[RunRecord]:
+        """Every run recorded under a stage, by any execution: one search (a few queries on sqlite) per stage."""
+        return self._tagged(schema.STAGE, stage)
+
     def stage_runs(self) -> list[RunRecord]:
         """Every stage run: one per stage per pipeline execution, the roots of the trees."""
         return self._tagged(schema.LEVEL, Level.STAGE)
@@ -246,6 +250,9 @@ class MlflowStore:
 
     def pipeline_runs(self, pipeline_id: str) -> list[RunRecord]:
         return self.reader.pipeline_runs(pipeline_id)
+
+    def stage_history(self, stage: str) -> list[RunRecord]:
+        return self.reader.stage_history(stage)
 
     def latest_pipeline_id(self) -> str | None:
         return self.reader.latest_pipeline_id()

@@ -55,6 +55,9 @@ class RunStore(Protocol):
 
     def pipeline_runs(self, pipeline_id: str) -> list[RunRecord]: ...
 
+    def stage_history(self, stage: str) -> list[RunRecord]:
+        """Every run any execution of this experiment recorded under stage `stage`: what the cache looks in."""
+
     def latest_pipeline_id(self) -> str | None: ...
 
     def outputs_of(self, run: RunRecord) -> dict[str, Any]: ...

@@ -36,6 +36,8 @@ OUTPUTS = "runtree.outputs"
 OUTPUTS_IN_ARTIFACT = "runtree.outputs_in_artifact"
 ARTIFACTS = "runtree.artifacts"
 REGISTERED = "runtree.registered"
+CACHED_FROM = "runtree.cached_from"
+CODE = "runtree.code"
 REGISTERED_MODEL = "runtree.registered_model"
 REGISTERED_VERSION = "runtree.registered_version"
 RUN_ID = "runtree.run_id"
@@ -220,6 +222,11 @@ def reported_of(tags: Mapping[str, str]) -> dict[int, float]:
         return {int(step): float("nan") if value is None else float(value) for step, value in pairs}
     except (ValueError, TypeError):
         return {}
+
+
+def computed_by(tags: Mapping[str, str], run_id: str) -> str:
+    """The run that really computed a leaf's result: a cached copy names it, any other run is it."""
+    return tags.get(CACHED_FROM, run_id)
 
 
 def artifacts_of(tags: Mapping[str, str]) -> tuple[str, ...]:

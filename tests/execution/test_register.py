@@ -71,3 +71,19 @@ def test_a_best_leaf_without_a_model_fails_its_stage_naming_it(store, client):
     assert {r.info.status for r in all_runs(client, "lines")} == {"FINISHED"}
     assert stage_tags(client, result.pipeline_id)["runtree.registered"] == stage.reason
     assert client.search_registered_models() == []
+
+
+def test_a_best_taken_from_the_cache_registers_the_model_of_the_run_that_computed_it(store, client):
+    """The model lives on the run that logged it: the cached copy points there, and a second execution that
+    computed nothing finds that version already under the alias rather than failing or registering it again."""
+    config = {**pipeline(store, "1.0,2.5"), "cache": True}
+    first = run_plan(build_plan(config), plots=False)
+    second = run_plan(build_plan(config), plots=False)
+
+    assert second.ok and second.stages["fit"].counts["reused"] == 2
+    assert second.stages["fit"].best.cached_from == first.stages["fit"].best.run_id
+    assert stage_tags(client, second.pipeline_id) == {
+        "runtree.registered_model": "line",
+        "runtree.registered_version": "1",
+    }
+    assert [str(v.version) for v in client.search_model_versions("name = 'line'")] == ["1"]

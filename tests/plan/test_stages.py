@@ -874,3 +874,36 @@ def test_limits_are_stored_only_when_set():
 def test_several_limit_problems_are_reported_together():
     errors = errors_of({"a": quad(limits={"timeout_s": 0, "retries": -1, "retry": 2})})
     assert [e.key for e in errors] == ["limits.retries", "limits.retry", "limits.timeout_s"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(None, (False, True), id="absent"),
+        pytest.param(False, (False, True), id="false"),
+        pytest.param(True, (True, True), id="true"),
+        pytest.param({"code": False}, (True, False), id="code-false-turns-it-on"),
+        pytest.param({"enabled": False, "code": False}, (False, False), id="off-with-options"),
+    ],
+)
+def test_cache_is_off_unless_asked_and_keeps_code_in_the_key_by_default(raw, expected):
+    plan = build_plan({"cache": raw, "stages": {"a": {"_target_": "tests.targets.quad", "params": {"x": 1}}}})
+    assert (plan.cache.enabled, plan.cache.code) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(5, "key 'cache': must be true, false or a mapping like {code: false}, got 5", id="int"),
+        pytest.param({"code": "no"}, "key 'cache.code': must be true or false, got 'no'", id="not-bool"),
+        pytest.param(
+            {"cod": False},
+            "key 'cache.cod': unknown key (did you mean 'code'?) (allowed: enabled, code)",
+            id="unknown",
+        ),
+    ],
+)
+def test_a_malformed_cache_is_one_line_naming_the_key(raw, message):
+    with pytest.raises(ConfigErrors) as raised:
+        build_plan({"cache": raw, "stages": {"a": {"_target_": "tests.targets.quad", "params": {"x": 1}}}})
+    assert str(raised.value) == message
