@@ -1,7 +1,9 @@
-"""`runtree tree | best | list | export`: look at recorded pipelines without writing `search_runs` filters by hand.
+"""`runtree tree | best | list | export | why`: look at recorded pipelines without writing `search_runs` filters by
+hand.
 
-Exit codes scripts can rely on: 0 found and printed; 2 no such experiment, pipeline or stage (or nothing recorded),
-or an export file that cannot be written; 3 the tracking store cannot be read.
+Exit codes scripts can rely on: 0 found and printed; 2 no such experiment, pipeline, stage or run (or nothing
+recorded, or a run runtree did not record), or an export file that cannot be written; 3 the tracking store cannot
+be read.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="runtree",
-        description="Look at pipelines recorded by runtree_pipeline, or export one as a table.",
-        epilog="Exit codes: 0 ok; 2 no such experiment, pipeline or stage; 3 the tracking store cannot be read. "
+        description="Look at pipelines recorded by runtree_pipeline, export one as a table, or ask why a run ran.",
+        epilog="Exit codes: 0 ok; 2 no such experiment, pipeline, stage or run; 3 the tracking store cannot be read. "
         "'runtree COMMAND --help' describes each command.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="file to write: Parquet when it ends in .parquet, else CSV (default: CSV on stdout)",
     )
+    why = commands.add_parser(
+        "why",
+        parents=[common],
+        help="why a run was executed rather than taken from an earlier execution",
+        description="Why a run was executed rather than reused: the earlier run with the same content key and why "
+        "it was not taken (it failed, or the cache was off), or what changed since the newest earlier run of the "
+        "same name (the target's code, params, an upstream stage's best). On a parent run, how many of its "
+        "leaves were taken from earlier runs.",
+    )
+    why.add_argument(
+        "run_id", metavar="RUN_ID", help="a run id, from the MLflow UI, 'runtree best' or 'runtree export'"
+    )
     return parser
 
 
@@ -94,6 +108,8 @@ def _run(args: argparse.Namespace) -> str | None:
         return render_list(reader.stage_runs(), reader.experiment_names())
 
     where = f"experiment '{args.experiment}' of {reader.uri}" if args.experiment else f"any experiment of {reader.uri}"
+    if args.command == "why":
+        return _why(reader, args.run_id, where)
     if args.pipeline != "last":
         pipeline_id = args.pipeline
     elif args.command == "best":
@@ -148,6 +164,22 @@ def _newest_with(reader: TrackingReader, stages: Sequence[str], where: str) -> s
             f"{'s' if len(has) != 1 else ''}; their stages: {seen})",
         )
     return max(found, key=lambda p: newest[p])
+
+
+def _why(reader: TrackingReader, run_id: str, where: str) -> str:
+    """One search for the run's stage and one per stage upstream of it, whatever the number of executions."""
+    from runtree_pipeline.reports.views import render_why
+
+    run = reader.run(run_id)
+    if run is None:
+        raise NotRecorded(f"no run {run_id} in {where}")
+    stage = run.tags.get(schema.STAGE)
+    if stage is None or schema.PIPELINE_ID not in run.tags:
+        raise NotRecorded(f"run {run_id} was not recorded by runtree (it has no {schema.STAGE} tag)")
+    runs = reader.stage_history(stage)
+    for upstream in sorted({name for r in runs for name in schema.upstream_of(r.tags)} - {stage}):
+        runs += reader.stage_history(upstream)
+    return render_why(run, runs)
 
 
 def _no_pipeline(args: argparse.Namespace, where: str) -> NotRecorded:

@@ -6,13 +6,13 @@ import math
 import re
 import shlex
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 
 from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.index import RunIndex
+from runtree_pipeline.tracking.index import RunIndex, is_kept
 from runtree_pipeline.tracking.provenance import COMMAND, CWD
 from runtree_pipeline.tracking.records import RunRecord
 from runtree_pipeline.tracking.redact import REDACTED
@@ -219,3 +219,197 @@ def _when(ms: int | None) -> str:
     if not ms:
         return "?"
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render_why(run: RunRecord, runs: Iterable[RunRecord]) -> str:
+    """Why a run was executed rather than taken from an earlier execution, told from the recorded runs alone: what
+    the cache and resume compare is the content key, so the answer is the earlier run whose key matched and why it
+    was not taken, or else what differs from the newest earlier run of the same name.
+
+    `runs` holds the runs of the run's stage from every execution, and those of the stages upstream of it.
+    """
+    by_id = {r.run_id: r for r in runs}
+    by_id[run.run_id] = run
+    stage = run.tags.get(schema.STAGE)
+    mine = [r for r in by_id.values() if r.tags.get(schema.STAGE) == stage and r.experiment_id == run.experiment_id]
+    origin = run.tags.get(schema.CACHED_FROM)
+    if origin is not None:
+        return f"reused: taken from run {origin}{_of_pipeline(by_id.get(origin))} (same content key)"
+    children: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in mine:
+        if r.parent_id is not None:
+            children[r.parent_id].append(r)
+    verdict, details = _why_executed(run, mine, by_id, is_parent=bool(children.get(run.run_id)))
+    if not children.get(run.run_id):
+        return "\n".join([f"executed: {verdict}", *(f"  {d}" for d in details)])
+    leaves = _leaves_under(run, children)
+    taken = sum(schema.CACHED_FROM in leaf.tags for leaf in leaves)
+    head = (
+        f"parent of {len(leaves)} leaves: {taken} taken from earlier runs, {len(leaves) - taken} executed "
+        "('runtree why' on a leaf says why)"
+    )
+    return "\n".join([head, f"  {verdict}", *(f"  {d}" for d in details)])
+
+
+def _why_executed(
+    run: RunRecord, mine: Sequence[RunRecord], by_id: dict[str, RunRecord], *, is_parent: bool
+) -> tuple[str, list[str]]:
+    """What the cache saw when this run's stage started: earlier runs of the same name, and their keys."""
+    started = _stage_run(run, by_id).start_time or 0
+    earlier = sorted(
+        (r for r in mine if r.name == run.name and r.run_id != run.run_id and (r.start_time or 0) < started),
+        key=lambda r: r.start_time or 0,
+    )
+    if not earlier:
+        return f"no earlier run of {run.name} in this experiment", []
+    key = run.tags.get(schema.KEY)
+    same = [r for r in earlier if key is not None and r.tags.get(schema.KEY) == key]
+    kept = [r for r in same if is_kept(r)]
+    if kept:
+        before = kept[-1]
+        if is_parent:
+            return f"an earlier run {before.run_id}{_of_pipeline(before)} has the same content key", []
+        if before.end_time is not None and before.end_time > started:
+            return f"the earlier run {before.run_id} with the same key had not finished when this stage started", []
+        return (
+            f"an earlier run {before.run_id} has the same key, but this execution did not use the cache "
+            "(cache: true reuses it)",
+            [],
+        )
+    if same:
+        before = same[-1]
+        ended = f"ended {before.status}" if before.status in (Status.FAILED, Status.KILLED) else f"is {before.status}"
+        return f"the earlier run {before.run_id} with the same key {ended}", []
+    before = earlier[-1]
+    verdict = (
+        f"its content key differs from the newest earlier run of {run.name}, {before.run_id}{_of_pipeline(before)}"
+    )
+    return verdict, _key_changes(run, before, by_id)
+
+
+def _key_changes(run: RunRecord, before: RunRecord, by_id: dict[str, RunRecord]) -> list[str]:
+    """What went into the key differently: the target's code (on the stage runs), the run's params (some from an
+    upstream stage's best), else something above the run."""
+    lines = []
+    now, then = _stage_run(run, by_id), _stage_run(before, by_id)
+    code, old_code = now.tags.get(schema.CODE), then.tags.get(schema.CODE)
+    if code and old_code and code != old_code:
+        lines.append(f"code changed: the target's source file differs from the one run {before.run_id} used")
+    elif code != old_code:
+        lines.append(
+            "code fingerprint "
+            + ("now in the key" if code else "left out of the key (cache: {code: false})")
+            + f": run {before.run_id} was keyed {'without' if code else 'with'} it"
+        )
+    changed, upstream = _param_changes(run, before, by_id)
+    if changed:
+        lines.append(f"inputs changed: {changed}")
+    lines += upstream
+    if not lines:
+        lines += _above(run, before, by_id)
+    return lines
+
+
+def _param_changes(run: RunRecord, before: RunRecord, by_id: dict[str, RunRecord]) -> tuple[str, list[str]]:
+    """The params that differ, each marked with the upstream stage it came from when that stage's best changed
+    and the new value is one of the new best's; and a line per such stage."""
+    changed = _changed_params(before.params, run.params)
+    now, then = _stage_run(run, by_id), _stage_run(before, by_id)
+    came_from: dict[str, str] = {}
+    upstream = []
+    for name, stage_run_id in sorted(schema.upstream_of(now.tags).items()):
+        new = _best_of(by_id.get(stage_run_id), by_id)
+        old = _best_of(by_id.get(schema.upstream_of(then.tags).get(name, "")), by_id)
+        if new is None or old is None:
+            continue
+        new_id, old_id = schema.computed_by(new.tags, new.run_id), schema.computed_by(old.tags, old.run_id)
+        took = [k for k in changed if k not in came_from and _came_from(run.params.get(k), new)]
+        if new_id != old_id and took:
+            came_from.update(dict.fromkeys(took, name))
+            upstream.append(f"upstream input changed: stage '{name}' has a new best (run {new_id}, was {old_id})")
+    shown = [
+        _change(k, before.params, run.params) + (f" (from stage '{came_from[k]}')" if k in came_from else "")
+        for k in changed
+    ]
+    return ", ".join(shown), upstream
+
+
+def _above(run: RunRecord, before: RunRecord, by_id: dict[str, RunRecord]) -> list[str]:
+    """Same code and params: the key came from higher up (a param a lower level overrides, or the target)."""
+    for now, then in zip(_ancestors(run, by_id), _ancestors(before, by_id), strict=False):
+        if now.tags.get(schema.KEY) == then.tags.get(schema.KEY):
+            continue
+        changed, upstream = _param_changes(now, then, by_id)
+        if changed:
+            return [f"its parent's key changed: {now.name} has {changed}", *upstream]
+        if schema.is_stage(now.tags):
+            break
+    if any(v == REDACTED for v in run.params.values()):
+        return ["a secret param may have changed (its values are stored as *** and cannot be compared)"]
+    if run.parent_id is None:
+        return ["same params and code: another _target_, or a key written by another runtree version"]
+    return ["its parent's key changed: the stage's _target_, or a key written by another runtree version"]
+
+
+def _changed_params(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _change(key: str, old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    return f"{key} {_clip(old.get(key, 'unset'), 60)} → {_clip(new.get(key, 'unset'), 60)}"
+
+
+def _came_from(value: str | None, best: RunRecord) -> bool:
+    """Whether a param's value is one of an upstream best's values, as `${best:...}` would have put it there."""
+    if value is None:
+        return False
+    ids = {best.run_id, schema.computed_by(best.tags, best.run_id)}
+    if value in ids or any(value.startswith(f"runs:/{i}/") for i in ids):
+        return True
+    outputs = schema.outputs_of(best.tags) or {}
+    return value in {
+        *best.params.values(),
+        *(str(v) for v in best.metrics.values()),
+        *(str(v) for v in outputs.values()),
+    }
+
+
+def _best_of(stage_run: RunRecord | None, by_id: dict[str, RunRecord]) -> RunRecord | None:
+    """A stage run's best leaf (a stage without sweeps is its own); what `${best:...}` read from it."""
+    if stage_run is None:
+        return None
+    best_id = stage_run.tags.get(schema.BEST_RUN_ID)
+    if best_id:
+        return by_id.get(best_id)
+    return None if stage_run.tags.get(schema.LEVELS) else stage_run
+
+
+def _ancestors(run: RunRecord, by_id: dict[str, RunRecord]) -> list[RunRecord]:
+    """The runs above this one, the stage run first."""
+    chain = []
+    parent = by_id.get(run.parent_id) if run.parent_id else None
+    while parent is not None:
+        chain.append(parent)
+        parent = by_id.get(parent.parent_id) if parent.parent_id else None
+    return chain[::-1]
+
+
+def _stage_run(run: RunRecord, by_id: dict[str, RunRecord]) -> RunRecord:
+    return next(iter(_ancestors(run, by_id)), run)
+
+
+def _leaves_under(run: RunRecord, children: Mapping[str, list[RunRecord]]) -> list[RunRecord]:
+    leaves, todo = [], list(children.get(run.run_id, ()))
+    while todo:
+        kid = todo.pop()
+        below = children.get(kid.run_id)
+        if below:
+            todo.extend(below)
+        else:
+            leaves.append(kid)
+    return leaves
+
+
+def _of_pipeline(run: RunRecord | None) -> str:
+    pipeline_id = run.tags.get(schema.PIPELINE_ID) if run is not None else None
+    return f" of pipeline {pipeline_id}" if pipeline_id else ""

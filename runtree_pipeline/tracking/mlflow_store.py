@@ -167,6 +167,28 @@ class TrackingReader:
         """Every run recorded under a stage, by any execution: one search (a few queries on sqlite) per stage."""
         return self._tagged(schema.STAGE, stage)
 
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run by id; None when no experiment read here holds it, or only deleted (a run created ahead and
+        discarded is in no tree), so a wrong id reads as 'not recorded' rather than as a broken store."""
+        from mlflow.exceptions import MlflowException
+
+        def get() -> Any:
+            try:
+                return self.client.get_run(run_id)
+            except MlflowException as e:
+                if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    return None
+                raise
+
+        found = retrying("read run", get)
+        if (
+            found is None
+            or found.info.lifecycle_stage != "active"
+            or found.info.experiment_id not in self.experiment_ids
+        ):
+            return None
+        return record_of(found)
+
     def stage_runs(self) -> list[RunRecord]:
         """Every stage run: one per stage per pipeline execution, the roots of the trees."""
         return self._tagged(schema.LEVEL, Level.STAGE)
