@@ -66,6 +66,7 @@ class MemoryStore:
         artifacts: Mapping[str, str | bytes] | None = None,
         clear_tags: Iterable[str] = (),
         ended_at: float | None = None,
+        step: int = 0,
     ) -> None:
         with self._lock:
             stored = self.runs[run.run_id]

@@ -213,3 +213,13 @@ def fits_line(*, slope: float, log_model: bool = True) -> dict:
     if log_model:
         mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
     return {"loss": abs(slope - 2.0)}
+
+
+def best_of_curve(*, x: float) -> dict:
+    """Reports a curve whose last point is not its best, and returns its best: what the run's objective is."""
+    from runtree_pipeline import report
+
+    curve = [0.9 + x, 0.5 + x, 0.7 + x]
+    for step, value in enumerate(curve):
+        report(step, loss=value)
+    return {"loss": min(curve)}

@@ -8,6 +8,7 @@ A worker that dies takes down its own leaf only, which becomes a FAILED run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import multiprocessing
@@ -311,8 +312,12 @@ class RayExecutor(Executor):
             )
         if self.address != "local":
             self.report_host = ray.util.get_node_ip_address()
-        cpus = ray.cluster_resources().get("CPU", 1)
-        self.workers = int(self.requested_workers or max(1, cpus // max(self.num_cpus, 1e-9)))
+        resources = ray.cluster_resources()
+        fit = resources.get("CPU", 1) // max(self.num_cpus, 1e-9)
+        if self.num_gpus:
+            fit = min(fit, resources.get("GPU", 0) // self.num_gpus)
+        # No more in flight than can start at once: a leaf's timeout clock starts when it is submitted.
+        self.workers = int(self.requested_workers or max(1, fit))
         self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(execute)
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
@@ -383,7 +388,7 @@ def _timeout(task: LeafTask) -> str:
 def _describe_pebble_error(error: BaseException, task: LeafTask) -> str:
     from pebble import ProcessExpired
 
-    if isinstance(error, TimeoutError):
+    if isinstance(error, concurrent.futures.TimeoutError):  # the builtin one only from Python 3.11
         return _timeout(task)
     if isinstance(error, ProcessExpired):
         return f"WorkerDied: the worker process exited with code {error.exitcode} while running this leaf"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from functools import cache
 from typing import Any
 
 
@@ -15,11 +14,11 @@ def content_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-@cache
 def code_fingerprint(target: str) -> str | None:
     """A hash of the source file of the module defining `target`: editing the target (or anything else in its
     file) changes the content keys of its runs, so neither a resume nor the cache reuses results of older code.
     What it imports from other files is not included. None when there is no source file (a builtin, a C module).
+    Read again each time a stage starts, so a notebook that edits the file between pipelines is seen.
     """
     from hydra.utils import get_object
 

@@ -53,6 +53,9 @@ class LeafOutcome:
     """Returned metrics whose value `report` logged last already: the run's latest value, not to be logged again."""
     artifacts: tuple[str, ...] = ()
     """Outputs that were paths: logged as artifacts of the run, their value is now the artifact's URI."""
+    last_step: int | None = None
+    """The highest step the target reported: its returned metrics are logged at it, so they are the run's latest
+    values (MLflow takes a run's latest metric by step first), whatever the curve did before."""
 
     @property
     def ok(self) -> bool:
@@ -68,7 +71,7 @@ def execute(task: LeafTask) -> LeafOutcome:
     try:
         target = get_object(task.target)
         kwargs = _with_local_copies(task)
-        with active_run(task.run), in_leaf(task.run, task.desk) as reported:
+        with active_run(task.run), in_leaf(task.run, task.desk) as leaf:
             returned = target(**kwargs)
     except Pruned as e:
         return LeafOutcome(pruned_at=e.step, ended_at=time.time())
@@ -80,8 +83,14 @@ def execute(task: LeafTask) -> LeafOutcome:
     except Exception as e:  # noqa: BLE001 - a path that cannot be logged fails this run only
         return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=ended_at)
     outcome = split_returned(returned, objective=task.objective)
-    logged = tuple(k for k, v in outcome.metrics.items() if reported.get(k) == v)
-    return replace(outcome, ended_at=ended_at, logged=logged, artifacts=artifacts if outcome.ok else ())
+    logged = tuple(k for k, v in outcome.metrics.items() if leaf.last.get(k) == (leaf.step, v))
+    return replace(
+        outcome,
+        ended_at=ended_at,
+        logged=logged,
+        artifacts=artifacts if outcome.ok else (),
+        last_step=leaf.step,
+    )
 
 
 def _with_local_copies(task: LeafTask) -> Mapping[str, Any]:

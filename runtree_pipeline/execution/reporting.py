@@ -13,6 +13,7 @@ import contextvars
 import logging
 import numbers
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,17 +35,21 @@ class Desk:
     metric: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Leaf:
     run: RunRef
     desk: Desk | None
-    last: dict[str, float] = field(default_factory=dict)
-    """Each metric's latest reported value: a returned metric equal to it is logged already."""
+    step: int | None = None
+    """The highest step reported so far."""
+    last: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Each metric's latest report, (step, value): a returned metric equal to it at the highest step is logged."""
 
 
 _current: contextvars.ContextVar[_Leaf | None] = contextvars.ContextVar("runtree_leaf", default=None)
 _connections: dict[tuple[tuple[str, int], bytes], Connection] = {}
+_unreachable: set[tuple[tuple[str, int], bytes]] = set()
 _connections_lock = threading.Lock()
+CONNECT_TIMEOUT_S = 5.0
 
 
 def report(step: int, **metrics: float) -> None:
@@ -67,20 +72,21 @@ def report(step: int, **metrics: float) -> None:
         from runtree_pipeline.tracking.active import log_step
 
         log_step(leaf.run, step, metrics)
-        leaf.last.update({k: float(v) for k, v in metrics.items()})
+        leaf.last.update({k: (step, float(v)) for k, v in metrics.items()})
+        leaf.step = step if leaf.step is None else max(leaf.step, step)
     desk = leaf.desk
     if desk is not None and desk.metric in metrics and _ask(desk, leaf.run.run_id, step, float(metrics[desk.metric])):
         raise Pruned(step)
 
 
 @contextlib.contextmanager
-def in_leaf(run: RunRef, desk: Desk | None) -> Iterator[dict[str, float]]:
-    """While a leaf's target runs: `report` logs to `run` and asks `desk`; yields the latest reported values, so a
-    returned metric that only repeats the last report is not logged a second time (a stray point on the chart)."""
+def in_leaf(run: RunRef, desk: Desk | None) -> Iterator[_Leaf]:
+    """While a leaf's target runs: `report` logs to `run` and asks `desk`; yields what was reported, so a returned
+    metric is logged at the last step, and not at all when it only repeats that step's report."""
     leaf = _Leaf(run, desk)
     token = _current.set(leaf)
     try:
-        yield leaf.last
+        yield leaf
     finally:
         _current.reset(token)
 
@@ -90,17 +96,24 @@ def _ask(desk: Desk, run_id: str, step: int, value: float) -> bool:
     once: a worker outlives nothing, but the driver's own thread can meet a desk of an earlier pipeline)."""
     key = (desk.address, desk.authkey)
     with _connections_lock:
+        if key in _unreachable:
+            return False
         for attempt in (1, 2):
             connection = _connections.get(key)
             try:
                 if connection is None:
+                    socket.create_connection(desk.address, timeout=CONNECT_TIMEOUT_S).close()  # fail fast, not hang
                     connection = _connections[key] = Client(desk.address, authkey=desk.authkey)
                 connection.send((run_id, step, value))
                 return bool(connection.recv())
             except (OSError, EOFError):
                 _connections.pop(key, None)
                 if attempt == 2:
-                    log.warning("could not reach the pipeline's pruner: this leaf goes on unpruned")
+                    _unreachable.add(key)
+                    log.warning(
+                        "could not reach the pipeline's pruner at %s:%s: leaves of this worker go on unpruned",
+                        *desk.address,
+                    )
     return False
 
 

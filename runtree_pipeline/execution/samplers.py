@@ -67,6 +67,7 @@ class _Trials:
         self.lock = threading.RLock()
         self._open: dict[int, Any] = {}
         self._reported: dict[int, dict[int, float]] = {}
+        self._retried: set[int] = set()
 
     def open(self, index: int, trial: Any) -> None:
         with self.lock:
@@ -76,10 +77,16 @@ class _Trials:
     def has(self, index: int) -> bool:
         return index in self._open
 
+    def retry(self, index: int) -> None:
+        """A failed leaf runs again in the same trial, whose curve Optuna cannot take back: its retry is never
+        pruned, and the study keeps the first attempt's curve (which a resume replays)."""
+        with self.lock:
+            self._retried.add(index)
+
     def report(self, index: int, step: int, value: float) -> bool:
         with self.lock:
             trial = self._open.get(index)
-            if trial is None or step in self._reported[index]:
+            if trial is None or index in self._retried or step in self._reported[index]:
                 return False
             trial.report(value, step)
             self._reported[index][step] = value
@@ -145,6 +152,9 @@ class Sampler:
         """The objective values `point` reported so far, by step, for its run to keep until a resume."""
         return {}
 
+    def retrying(self, point: Point) -> None:
+        """`point`'s leaf failed and runs again (`limits.retries`)."""
+
     def replay(self, history: Sequence[PreviousPoint]) -> None:
         """On resume, ask these points (a previous execution's) first; only samplers that learn need it."""
 
@@ -193,6 +203,10 @@ class FixedSampler(Sampler):
 
     def reported(self, point: Point) -> dict[int, float]:
         return self._trials.reported(point.index) if self._trials is not None else {}
+
+    def retrying(self, point: Point) -> None:
+        if self._trials is not None:
+            self._trials.retry(point.index)
 
     @property
     def exhausted(self) -> bool:
@@ -253,6 +267,9 @@ class OptunaSampler(Sampler):
 
     def reported(self, point: Point) -> dict[int, float]:
         return self._trials.reported(point.index)
+
+    def retrying(self, point: Point) -> None:
+        self._trials.retry(point.index)
 
     def asked_after(self, point: Point) -> int | None:
         return self._asked_after.get(point.index) if self.learns else None

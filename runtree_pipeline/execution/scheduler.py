@@ -256,6 +256,8 @@ class Runner:
         )
         text = outcome.traceback or outcome.error
         self.store.attach(slot.ref, {f"attempts/{leaf.attempts}/{schema.TRACEBACK_ARTIFACT}": text})
+        if leaf.parent is not None and leaf.point is not None:
+            leaf.parent.sampler.retrying(leaf.point)
         self._submit(leaf)
         return True
 
@@ -286,7 +288,7 @@ class Runner:
                 (result,),
                 best,
                 (),
-                stage.slot.origin is not Origin.REUSED,
+                stage.slot.origin is not Origin.REUSED or stage.slot.cached,
                 stage.slot.ref.artifact_uri,
             )
             self._stage_ended(stage, node)
@@ -346,8 +348,11 @@ class Runner:
         if code is not None:
             own[schema.CODE] = code
         key = content_key(stage=spec.name, target=spec.target, params=params, **({"code": code} if code else {}))
+        legacy = content_key(stage=spec.name, target=spec.target, params=params)
+        if code and self.previous.stage_run(spec.name, key) is None and self._written_before_code(spec.name, legacy):
+            key = legacy  # resuming an execution recorded before keys held the code: its runs are still its runs
         if self.plan.cache.enabled:
-            self._cache[spec.name] = self._cacheable(spec.name)
+            self._cache[spec.name] = self._cacheable(spec)
         slot = self._stage_slot(spec.name, key, tags, own)
         self.progress.stage_started(
             spec.name, total=spec.leaf_count(), objective=spec.objective, resumed=slot.origin is not Origin.EXECUTED
@@ -381,7 +386,7 @@ class Runner:
             result = StageResult(name, Status.FAILED, node=node, reason=reason, upstream=upstream)
         else:
             result = StageResult(name, Status.FINISHED, node=node, upstream=upstream)
-            if stage.spec.register is not None:
+            if stage.spec.register is not None and not _registered_before(stage.slot):
                 result = self._register(stage.spec, result)
         if result.reason:
             log.error("stage %s failed: %s", name, result.reason)
@@ -416,6 +421,10 @@ class Runner:
         self._results[result.name] = result
         self.progress.stage_finished(result.name, status=result.status)
 
+    def _written_before_code(self, name: str, key: str) -> bool:
+        found = self.previous.stage_run(name, key)
+        return found is not None and schema.CODE not in found.tags
+
     def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any], own: Mapping[str, Any]) -> Slot:
         found = self.previous.stage_run(name, key)
         cached = self._cache.get(name, {}).get(key) if found is None else None
@@ -446,7 +455,7 @@ class Runner:
         if best is None:
             raise StageInputError(f"{ref.text}: stage '{ref.stage}' has no best run")
         if ref.kind == "run_id":
-            return best.run_id
+            return best.cached_from or best.run_id  # the run that computed it: its model and files are there
         if ref.kind == "artifacts":
             if ref.key in best.artifacts:
                 return best.outputs[ref.key]
@@ -551,10 +560,12 @@ class Runner:
 
     def _child_identity(self, parent: OpenParent, point: Point) -> tuple[str, dict[str, Any], str]:
         params = merge(parent.params, point.params)
+        # A variant with a space of its own may become a leaf or a parent between executions: not the same run.
+        shape = {} if point.below is None else {"leaf": not point.below}
         return (
             f"{parent.name}/{point.name}",
             params,
-            content_key(parent=parent.slot.key, name=point.name, params=params),
+            content_key(parent=parent.slot.key, name=point.name, params=params, **shape),
         )
 
     def _new_leaf(self, parent: OpenParent, point: Point) -> LeafJob:
@@ -575,23 +586,25 @@ class Runner:
             return _chain(creating, lambda ref: Slot(ref, key, Origin.REUSED, cached, cached=True))
         return _chain(creating, lambda ref: Slot(ref, key, Origin.EXECUTED))
 
-    def _cacheable(self, stage: str) -> dict[str, RunRecord]:
+    def _cacheable(self, stage: StageSpec) -> dict[str, RunRecord]:
         """`cache: true`: the finished (or pruned) leaves of this stage in the experiment's other executions, by
         content key; one search per stage. A leaf is a run that recorded what its target returned; the oldest such
         run of a key is the one taken, so every cached copy points at the run that really computed it."""
-        found: dict[str, RunRecord] = {}
-        for run in sorted(self.store.stage_history(stage), key=lambda r: r.start_time or 0):
+        finished: dict[str, RunRecord] = {}
+        pruned: dict[str, RunRecord] = {}
+        for run in sorted(self.store.stage_history(stage.name), key=lambda r: r.start_time or 0):
             tags = run.tags
             key = tags.get(schema.KEY)
-            if (
-                key is None
-                or not is_kept(run)
-                or schema.RETURNED not in tags
-                or tags.get(schema.PIPELINE_ID) == self.pipeline_id
-            ):
+            if key is None or schema.RETURNED not in tags or tags.get(schema.PIPELINE_ID) == self.pipeline_id:
                 continue
-            found.setdefault(key, run)
-        return found
+            if run.status == Status.FINISHED:
+                finished.setdefault(key, run)
+            elif is_kept(run):
+                pruned.setdefault(key, run)
+        # A pruner is not in the key: a pruned result only stands where a pruner still decides, and never over a
+        # finished one.
+        prunes = any(level.pruner is not None for level in stage.all_levels)
+        return {**(pruned if prunes else {}), **finished}
 
     def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
         """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with
@@ -623,7 +636,7 @@ class Runner:
         is spent, or a resume found the budget spent before and redraws only the points drawn then."""
         if parent.drawing_over:
             return None
-        budget = parent.levels[0].time_budget_s
+        budget = None if parent.draw_limit is not None else parent.levels[0].time_budget_s
         if budget is not None and parent.first_asked is not None and time.monotonic() - parent.first_asked >= budget:
             parent.budget_spent = True
             self.store.annotate(parent.slot.ref, schema.budget_tags(drawn=parent.drawn))
@@ -648,7 +661,7 @@ class Runner:
 
     def _discard(self, leaf: LeafJob) -> None:
         slot = leaf.slot.result()
-        if slot.origin is Origin.EXECUTED:
+        if slot.origin is Origin.EXECUTED or slot.cached:
             self.store.discard(slot.ref)
         elif slot.origin is Origin.REDONE:
             self.store.finish(slot.ref, status=Status.KILLED, tags={schema.ERROR: "not run: the stage stopped first"})
@@ -678,7 +691,7 @@ class Runner:
                 for leaf in parent.ahead:
                     with contextlib.suppress(Exception):
                         slot = leaf.slot.result()
-                        if slot.origin is Origin.EXECUTED:
+                        if slot.origin is Origin.EXECUTED or slot.cached:
                             self.store.discard(slot.ref)
             with contextlib.suppress(Exception):
                 self.store.flush()
@@ -720,6 +733,14 @@ def _resolve_points(level: SweepSpec, lookup_fn: Callable[[Reference], Any]) -> 
         for p in level.points
     )
     return replace(level, points=points)
+
+
+def _registered_before(slot: Slot) -> bool:
+    """A stage run reused as it was, which registered its model then: registering again could move the alias back
+    to it after another pipeline moved it on."""
+    record = slot.record
+    reused = slot.origin is Origin.REUSED and not slot.cached
+    return reused and record is not None and schema.REGISTERED_VERSION in record.tags
 
 
 def _below(parent: OpenParent, point: Point) -> tuple[SweepSpec, ...]:

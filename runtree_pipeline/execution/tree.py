@@ -114,6 +114,7 @@ class Write:
     artifacts: Mapping[str, str] | None = None
     clear_tags: Iterable[str] = ()
     ended_at: float | None = None
+    step: int = 0
 
     def to(self, store: RunStore, ref: RunRef) -> None:
         store.finish(
@@ -125,6 +126,7 @@ class Write:
             artifacts=self.artifacts,
             clear_tags=self.clear_tags,
             ended_at=self.ended_at,
+            step=self.step,
         )
 
 
@@ -161,6 +163,7 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         artifacts=files,
         clear_tags=(schema.ERROR,) if outcome.error is None and slot.origin is Origin.REDONE else (),
         ended_at=_on_driver_clock(outcome.ended_at, slot.ref.start_time),
+        step=outcome.last_step or 0,
     )
 
 
@@ -212,6 +215,7 @@ def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) 
         origin=Origin.REUSED,
         pruned_at=outcome.pruned_at,
         artifacts=schema.artifacts_of(record.tags),
+        cached_from=record.tags.get(schema.CACHED_FROM),
     )
 
 

@@ -333,6 +333,7 @@ class MlflowStore:
         artifacts: Mapping[str, str | bytes] | None = None,
         clear_tags: Iterable[str] = (),
         ended_at: float | None = None,
+        step: int = 0,
     ) -> None:
         """One batch for everything the run learned, its artifacts, then the end: nothing is left RUNNING.
 
@@ -340,7 +341,7 @@ class MlflowStore:
         `flush` waits for it and raises what failed. The end time is fixed here, not when the call goes out.
         """
         end_ms = int((ended_at if ended_at is not None else time.time()) * 1000)
-        args = (run, status, params, metrics, tags, artifacts, tuple(clear_tags), end_ms)
+        args = (run, status, params, metrics, tags, artifacts, tuple(clear_tags), end_ms, step)
         if self._io is None:
             self._finish(*args)
             return
@@ -360,11 +361,12 @@ class MlflowStore:
         artifacts: Mapping[str, str | bytes] | None,
         clear_tags: tuple[str, ...],
         end_ms: int,
+        step: int = 0,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         batch_params = [Param(k, REDACTED if is_secret(k) else _text(v)) for k, v in (params or {}).items()]
-        batch_metrics = [Metric(k, float(v), end_ms, 0) for k, v in (metrics or {}).items()]
+        batch_metrics = [Metric(k, float(v), end_ms, step) for k, v in (metrics or {}).items()]
         batch_tags = [RunTag(k, v) for k, v in _texts(tags or {}).items()]
         if batch_params or batch_metrics or batch_tags:
             retrying(

@@ -37,9 +37,11 @@ class RunStore(Protocol):
         artifacts: Mapping[str, str | bytes] | None = None,
         clear_tags: Iterable[str] = (),
         ended_at: float | None = None,
+        step: int = 0,
     ) -> None:
         """Everything a run learned, then its end; may complete in the background. `ended_at` (seconds since the
-        epoch; now if None) is the recorded end and the metrics' timestamp, whenever the write goes out."""
+        epoch; now if None) is the recorded end and the metrics' timestamp, whenever the write goes out; `step` is
+        the metrics' step (a leaf that reported steps: its last, so what it returned is the run's latest value)."""
 
     def annotate(self, run: RunRef, tags: Mapping[str, Any]) -> None:
         """Tags on a run that is otherwise done."""

@@ -97,9 +97,6 @@ def test_editing_the_targets_file_invalidates_its_leaves_unless_code_is_left_out
     monkeypatch.syspath_prepend(str(tmp_path))
     run_plan(build_plan(pipeline(store, tmp_path, cache=cache, module="mine_targets")), plots=False)
     module.write_text(source + "\n# edited\n")
-    from runtree_pipeline.execution.keys import code_fingerprint
-
-    code_fingerprint.cache_clear()
     run_plan(build_plan(pipeline(store, tmp_path, cache=cache, module="mine_targets")), plots=False)
     assert sum(calls(tmp_path).values()) == 9 + runs_again
 
@@ -150,3 +147,53 @@ def test_pruned_leaves_are_taken_from_the_cache_still_pruned(store, client, tmp_
     pruned = [r for r in mine if r.data.tags.get("runtree.pruned") == "true"]
     assert len(pruned) == 3 and {r.info.status for r in pruned} == {"KILLED"}
     assert {r.data.tags["runtree.pruned_at_step"] for r in pruned} == {"2"}
+
+
+def test_a_returned_objective_stays_the_runs_value_after_a_curve_ending_elsewhere(store, client):
+    """The target reports 0.9, 0.5, 0.7 and returns its best, 0.5: the run's value, also when a resume or the
+    cache reads it back (MLflow's latest value is the one at the highest step)."""
+    config = {
+        "tracking_uri": store,
+        "experiment": "curve",
+        "objective": {"metric": "loss"},
+        "cache": True,
+        "stages": {"fit": {"_target_": "tests.targets.best_of_curve", "subvariants": {"params": {"x": "0,1"}}}},
+    }
+    first = run_plan(build_plan(config), plots=False)
+    resumed = run_plan(build_plan({**config, "resume": "last"}), plots=False)
+    cached = run_plan(build_plan(config), plots=False)
+    for result in (first, resumed, cached):
+        assert result.stages["fit"].best.objective == 0.5
+    leaf = client.get_run(first.stages["fit"].best.run_id)
+    assert leaf.data.metrics["loss"] == 0.5
+    assert [(m.step, m.value) for m in client.get_metric_history(leaf.info.run_id, "loss")][:3] == [
+        (0, 0.9),
+        (1, 0.5),
+        (2, 0.7),
+    ]
+
+
+def test_downstream_of_a_cached_best_gets_the_run_that_computed_it(store, client, tmp_path):
+    config = pipeline(store, tmp_path)
+    config["stages"]["use"] = {
+        "_target_": "tests.targets.with_outputs",
+        "depends_on": ["fit"],
+        "params": {"name": "${best:fit.run_id}"},
+    }
+    first = run_plan(build_plan(config), plots=False)
+    second = run_plan(build_plan(config), plots=False)
+    resumed = run_plan(build_plan({**config, "resume": "last"}), plots=False)
+    origin = first.stages["fit"].best.run_id
+    assert second.stages["fit"].best.cached_from == origin == resumed.stages["fit"].best.cached_from
+    assert second.stages["use"].best.params["name"] == origin
+    assert second.stages["use"].counts["reused"] == 1, "same input, so the downstream leaf is cached too"
+
+
+def test_a_resume_of_an_execution_recorded_before_keys_held_the_code_reuses_its_runs(store, tmp_path):
+    """Keys written without the code fingerprint (as every store before it, or `cache: {code: false}`) still
+    match on resume, rather than the whole execution running again."""
+    without_code = pipeline(store, tmp_path, cache={"enabled": False, "code": False})
+    run_plan(build_plan(without_code), plots=False)
+    resumed = run_plan(build_plan({**pipeline(store, tmp_path, cache=False), "resume": "last"}), plots=False)
+    assert sum(calls(tmp_path).values()) == 9
+    assert resumed.stages["fit"].counts["reused"] == 8 and resumed.stages["prep"].counts["reused"] == 1

@@ -549,3 +549,17 @@ def test_an_interrupted_tpe_sweep_resumes_as_the_uninterrupted_one(store, client
     assert record("stopped") == record("uninterrupted")
     learning_children = len(uninterrupted) + (3 if levels is TPE_OVER_TPE else 0)
     assert sum(None not in tags for tags in record("uninterrupted").values()) == learning_children
+
+
+def test_a_retried_leaf_is_not_pruned_on_the_curve_its_first_attempt_left():
+    """Optuna cannot take back a trial's reported values: the retry's own values would be compared with steps
+    the first attempt already reported, so a retry is never pruned."""
+    spec = variants({"params": {"x": "0,1,2"}, "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0}})
+    sampler = new_sampler(spec, direction="min")
+    point = sampler.ask()
+    assert sampler.should_prune(point, 0, 5.0)
+    second = sampler.ask()
+    assert not sampler.should_prune(second, 0, 0.5)
+    sampler.retrying(second)
+    assert not sampler.should_prune(second, 1, 5.0)
+    assert sampler.reported(second) == {0: 0.5}
