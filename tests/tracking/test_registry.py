@@ -213,35 +213,3 @@ def test_another_process_tracking_uri_registers_the_artifact_location(store, flu
     assert version.run_id == run_id
     assert not (tmp_path / "elsewhere.db").exists()
     assert np.allclose(mlflow.sklearn.load_model("models:/digits@champion").predict(X), 4.0 * X.ravel())
-
-
-def test_against_a_tracking_server(mlflow_server):
-    """A server resolves `models:/<id>` and links the logged model itself: the link is not written twice."""
-    import mlflow.sklearn
-    from mlflow import MlflowClient
-
-    client = MlflowClient(mlflow_server)
-    restore = use_tracking_uri(mlflow_server)
-    try:
-        run_id = leaf(client, client.create_experiment("registry_over_http"), slope=6.0)
-        tags = register_best(
-            tracking_uri=mlflow_server,
-            register=Register("digits-over-http"),
-            stage="final",
-            pipeline_id="p",
-            stage_run_id="s",
-            best_run_id=run_id,
-            objective_metric="loss",
-            objective_mode="min",
-            objective_value=0.5,
-        )
-        model = model_of(client, run_id)
-        version = champion(client, name="digits-over-http")
-        assert tags == {"runtree.registered_model": "digits-over-http", "runtree.registered_version": "1"}
-        assert (version.source, version.run_id) == (f"models:/{model.model_id}", run_id)
-        linked = json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"])
-        assert linked == [{"name": "digits-over-http", "version": 1}]
-        predicted = mlflow.sklearn.load_model("models:/digits-over-http@champion").predict(X)
-        assert np.allclose(predicted, 6.0 * X.ravel())
-    finally:
-        restore()

@@ -186,3 +186,44 @@ def test_recorded_durations_are_the_work_not_the_bookkeeping(mlflow_server, slee
     assert durations[0] >= sleep - 0.002, durations
     assert statistics.median(durations) - sleep < 0.25, durations
     assert durations[-1] - sleep < 0.6, durations
+
+
+def test_the_best_model_is_registered_through_a_server(mlflow_server):
+    """A server resolves `models:/<id>` and links the logged model itself: the link is not written twice. Here,
+    beside the other server tests, so one server serves them all (tests/tracking/test_registry.py has the rest)."""
+    import json
+
+    import mlflow.sklearn
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from runtree_pipeline.plan.stages import Register
+    from runtree_pipeline.tracking.active import use_tracking_uri
+    from runtree_pipeline.tracking.registry import register_best
+    from tests.tracking.test_registry import X, champion, leaf, model_of
+
+    client = MlflowClient(mlflow_server)
+    restore = use_tracking_uri(mlflow_server)
+    try:
+        run_id = leaf(client, client.create_experiment("registry_over_http"), slope=6.0)
+        tags = register_best(
+            tracking_uri=mlflow_server,
+            register=Register("digits-over-http"),
+            stage="final",
+            pipeline_id="p",
+            stage_run_id="s",
+            best_run_id=run_id,
+            objective_metric="loss",
+            objective_mode="min",
+            objective_value=0.5,
+        )
+        model = model_of(client, run_id)
+        version = champion(client, name="digits-over-http")
+        assert tags == {"runtree.registered_model": "digits-over-http", "runtree.registered_version": "1"}
+        assert (version.source, version.run_id) == (f"models:/{model.model_id}", run_id)
+        linked = json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"])
+        assert linked == [{"name": "digits-over-http", "version": 1}]
+        predicted = mlflow.sklearn.load_model("models:/digits-over-http@champion").predict(X)
+        assert np.allclose(predicted, 6.0 * X.ravel())
+    finally:
+        restore()
