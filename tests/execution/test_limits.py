@@ -1,12 +1,12 @@
 """Per-leaf limits (`limits.timeout_s`, `limits.retries`), per-parent time budgets and per-variant search spaces,
 against a real sqlite store on the local and process executors.
 
-A timeout on every executor, Ray's included, is in the executor contract (test_executors.py).
+A hung leaf stopped at its timeout on every executor, Ray's included, and refused on the local one, is in the
+executor contract (test_executors.py).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -98,26 +98,6 @@ def test_without_retries_no_attempts_are_counted(store, client):
 # ---- timeouts -----------------------------------------------------------------------------------------------------
 
 
-def test_a_hung_leaf_is_stopped_at_its_timeout_and_its_siblings_go_on(store, client):
-    stage = {
-        "_target_": "tests.targets.naps",
-        "params": {"nap_on": [2], "seconds": 120},
-        "limits": {"timeout_s": 2},
-        "subvariants": {"params": {"x": "range(0, 5)"}},
-    }
-    started = time.monotonic()
-    result = run_plan(build_plan(pipeline(store, "hung", stage)), executor=ProcessExecutor(workers=2), plots=False)
-    took = time.monotonic() - started
-
-    runs = leaves(client, "hung")
-    hung = runs.pop("fit/x=2")
-    assert hung.info.status == "FAILED"
-    assert hung.data.tags["runtree.error"].startswith("Timeout: the leaf ran longer than limits.timeout_s=2 s")
-    assert {r.info.status for r in runs.values()} == {"FINISHED"}
-    assert result.stages["fit"].best.params["x"] == 1
-    assert took < 60, f"the pipeline waited {took:.0f} s for a leaf with a 2 s limit"
-
-
 def test_a_leaf_that_timed_out_is_retried_in_the_same_run(store, client, tmp_path):
     stage = {
         "_target_": "tests.targets.naps",
@@ -170,7 +150,7 @@ def budgeted(store: str, experiment: str, budget: float = 1.0) -> dict:
     [
         pytest.param(LocalExecutor, 1.0, id="local"),
         # The clock starts at the first point, which waits for the workers to start: seconds on 2 cores.
-        pytest.param(lambda: ProcessExecutor(workers=2), 6.0, id="processes"),
+        pytest.param(lambda: ProcessExecutor(workers=2), 4.0, id="processes"),
     ],
 )
 def test_a_time_budget_stops_drawing_points_and_the_best_is_among_those_drawn(store, client, make, budget):
