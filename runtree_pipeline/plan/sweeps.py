@@ -310,8 +310,11 @@ def _dimensions(raw: Any, stage: str, where: str) -> tuple[Dimension, ...]:
         try:
             override = parser.parse_override(f"{key}={value}")
         except HydraException as e:
+            # `{lr: tag(log, interval(1, 2))}` in YAML's flow style is cut at its first comma before Hydra sees it.
+            cut = value.count("(") > value.count(")")
+            hint = "; in a {...} mapping YAML splits it at the comma: use block style or quote it" if cut else ""
             raise ConfigError(
-                f"malformed sweep {value!r}: {first_line(e)}", stage=stage, key=f"{where}.params.{key}"
+                f"malformed sweep {value!r}: {first_line(e)}{hint}", stage=stage, key=f"{where}.params.{key}"
             ) from None
         if override.is_sweep_override():
             dim = Dimension(key=key, override=override)

@@ -101,6 +101,8 @@ def _line(
         parts.append(" ".join(shown))
     if schema.ERROR in tags and run.status != "FINISHED":
         parts.append(f"— {_clip(tags[schema.ERROR], 80)}")
+    if schema.CACHED_FROM in tags:
+        parts.append(f"(cached from {tags[schema.CACHED_FROM][:8]})")
     return "  ".join(parts)
 
 

@@ -478,3 +478,14 @@ def test_parse_sweep_key_prefixes_every_key():
     with pytest.raises(ConfigError) as info:
         parse_sweep({"params": {"x": "choice(1,2)"}, "sampler": "tpe"}, stage="s", level="subvariant", key="a.b")
     assert info.value.key == "a.b.n"
+
+
+def test_a_sweep_cut_at_its_comma_by_a_yaml_flow_mapping_says_so():
+    """`params: {lr: tag(log, interval(1e-3, 1e-1))}` reaches the parser as `tag(log`."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(OmegaConf.create("params: {lr: tag(log, interval(0.001, 0.1))}"))
+    with pytest.raises(ConfigError) as raised:
+        variants(raw)
+    assert str(raised.value).startswith("stage 'train', key 'variants.params.lr': malformed sweep 'tag(log': ")
+    assert str(raised.value).endswith("; in a {...} mapping YAML splits it at the comma: use block style or quote it")

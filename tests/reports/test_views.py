@@ -24,3 +24,30 @@ def test_reproducing_one_run_pins_its_params_but_leaves_upstream_artifacts_to_th
     assert reproduce_command(stage, leaf) == (
         "python -m runtree_pipeline +sweep=cnn '~stages.search.variants' ++stages.search.params.lr=0.1"
     )
+
+
+def test_the_tree_says_which_runs_were_taken_from_the_cache():
+    from runtree_pipeline.reports.views import render_tree
+    from runtree_pipeline.tracking.index import RunIndex
+
+    common = {"runtree.pipeline_id": "p1", "runtree.stage": "fit"}
+    stage = RunRecord("s1", "0", "fit", "FINISHED", start_time=1, tags={**common, "runtree.level": "stage"})
+    leaves = [
+        RunRecord(
+            f"l{i}",
+            "0",
+            f"fit/x={i}",
+            "FINISHED",
+            start_time=2 + i,
+            parent_id="s1",
+            tags={
+                **common,
+                "runtree.level": "subvariant",
+                **({"runtree.cached_from": "abcdef0123456789"} if i else {}),
+            },
+            metrics={"loss": float(i)},
+        )
+        for i in range(2)
+    ]
+    lines = render_tree(RunIndex([stage, *leaves])).splitlines()
+    assert [line.endswith("(cached from abcdef01)") for line in lines[2:]] == [False, True]
