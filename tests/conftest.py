@@ -128,3 +128,18 @@ def failing_tree(store: str, experiment: str, fail_on: list[int]) -> dict:
             },
         },
     }
+
+
+def record_failing_tree(store: str, experiment: str):
+    """`failing_tree` run, then resumed with other failures (both stages get a superseded run), then a one-stage
+    pipeline in another experiment: returns the resumed execution's result and the other one's."""
+    from runtree_pipeline import build_plan, run_plan
+
+    run_plan(build_plan(failing_tree(store, experiment, [3])), plots=False)
+    resumed = run_plan(build_plan({**failing_tree(store, experiment, [1, 3]), "resume": "last"}), plots=False)
+    other = {
+        "tracking_uri": store,
+        "experiment": "other",
+        "stages": {"one": {"_target_": "tests.targets.quad", "params": {"x": 2}}},
+    }
+    return resumed, run_plan(build_plan(other), plots=False)

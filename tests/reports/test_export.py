@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.cli import console
-from tests.conftest import all_runs, failing_tree
+from tests.conftest import all_runs, record_failing_tree
 
 FIXED = ["pipeline_id", "run_id", "parent_run_id", "stage", "level", "name", "status"]
 
@@ -24,18 +23,7 @@ def recorded(tmp_path_factory):
     pipeline in another experiment."""
     root = tmp_path_factory.mktemp("export")
     store = f"sqlite:///{root / 'store.db'}"
-    run_plan(build_plan(failing_tree(store, "export", [3])), plots=False)
-    resumed = run_plan(build_plan({**failing_tree(store, "export", [1, 3]), "resume": "last"}), plots=False)
-    other = run_plan(
-        build_plan(
-            {
-                "tracking_uri": store,
-                "experiment": "other",
-                "stages": {"one": {"_target_": "tests.targets.quad", "params": {"x": 2}}},
-            }
-        ),
-        plots=False,
-    )
+    resumed, other = record_failing_tree(store, "export")
     client = MlflowClient(store)
     runs = [r for r in all_runs(client, "export")]
     superseded = {r.info.run_id for r in runs if "runtree.superseded_by" in r.data.tags}

@@ -13,12 +13,11 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.tracking import sqlite_read
 from runtree_pipeline.tracking.mlflow_store import TrackingReader
 from runtree_pipeline.tracking.records import RunRecord
 from runtree_pipeline.tracking.sqlite_read import SqliteRunReader
-from tests.conftest import copy_of, failing_tree
+from tests.conftest import copy_of, record_failing_tree
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +27,7 @@ def recorded(tmp_path_factory, empty_store):
     another experiment (outside a reader scoped to 'readback')."""
     root = tmp_path_factory.mktemp("read")
     store = copy_of(empty_store, root)
-    run_plan(build_plan(failing_tree(store, "readback", [3])), plots=False)
-    result = run_plan(build_plan({**failing_tree(store, "readback", [1, 3]), "resume": "last"}), plots=False)
-    other = run_plan(
-        build_plan(
-            {
-                "tracking_uri": store,
-                "experiment": "other",
-                "stages": {"one": {"_target_": "tests.targets.quad", "params": {"x": 2}}},
-            }
-        ),
-        plots=False,
-    )
+    result, other = record_failing_tree(store, "readback")
     client = MlflowClient(store)
     reader = TrackingReader(uri=store, experiment="readback")
     runs = reader.pipeline_runs(result.pipeline_id)
