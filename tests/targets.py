@@ -223,3 +223,19 @@ def best_of_curve(*, x: float) -> dict:
     for step, value in enumerate(curve):
         report(step, loss=value)
     return {"loss": min(curve)}
+
+
+def reports_from_a_thread(*, x: float) -> dict:
+    """Trains in a thread of its own, as some training loops do: `report` still finds its leaf."""
+    import threading
+
+    from runtree_pipeline import report
+
+    def train() -> None:
+        for step in range(3):
+            report(step, loss=x + step)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    worker.join()
+    return {"loss": x}

@@ -46,6 +46,9 @@ class _Leaf:
 
 
 _current: contextvars.ContextVar[_Leaf | None] = contextvars.ContextVar("runtree_leaf", default=None)
+_in_process: list[_Leaf] = []
+"""The leaves running in this process: one at a time on every executor, which lets `report` from a thread the
+target started (contextvars do not flow into `threading.Thread`) find its leaf."""
 _connections: dict[tuple[tuple[str, int], bytes], Connection] = {}
 _unreachable: set[tuple[tuple[str, int], bytes]] = set()
 _connections_lock = threading.Lock()
@@ -58,7 +61,7 @@ def report(step: int, **metrics: float) -> None:
     Call it once per epoch (or evaluation) from a target the pipeline runs. The pruner is asked only when the leaf's
     level has one and the stage's objective metric is among `metrics`; otherwise nothing is ever raised.
     """
-    leaf = _current.get()
+    leaf = _current.get() or (_in_process[0] if len(_in_process) == 1 else None)
     if leaf is None:
         raise RuntimeError(
             "runtree_pipeline.report() was called outside a leaf: call it from a target that a pipeline runs"
@@ -85,9 +88,11 @@ def in_leaf(run: RunRef, desk: Desk | None) -> Iterator[_Leaf]:
     metric is logged at the last step, and not at all when it only repeats that step's report."""
     leaf = _Leaf(run, desk)
     token = _current.set(leaf)
+    _in_process.append(leaf)
     try:
         yield leaf
     finally:
+        _in_process.remove(leaf)
         _current.reset(token)
 
 

@@ -203,3 +203,16 @@ def test_an_interrupted_tpe_sweep_with_a_pruner_resumes_as_the_uninterrupted_one
     assert outcome("stopped") == uninterrupted
     calls = (tmp_path / "stopped.txt").read_text().splitlines()
     assert len(calls) == len(set(calls)) == 16
+
+
+def test_report_from_a_thread_the_target_started_lands_on_its_leaf(store, client):
+    config = {
+        "tracking_uri": store,
+        "experiment": "threaded",
+        "objective": {"metric": "loss"},
+        "stages": {"fit": {"_target_": "tests.targets.reports_from_a_thread", "subvariants": {"params": {"x": "0,1"}}}},
+    }
+    run_plan(build_plan(config), plots=False)
+    for x, run in leaves(client, "threaded").items():
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert [(m.step, m.value) for m in history][:3] == [(0, float(x)), (1, float(x) + 1), (2, float(x) + 2)]
