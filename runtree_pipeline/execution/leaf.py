@@ -5,7 +5,6 @@ Kept free of driver state (a task in, an outcome out, both picklable) so any exe
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import numbers
@@ -19,6 +18,7 @@ from typing import Any
 
 from runtree_pipeline.errors import Pruned
 from runtree_pipeline.execution.reporting import Desk, in_leaf
+from runtree_pipeline.plan.params import lookup, merge
 from runtree_pipeline.tracking.records import RunRef
 
 
@@ -99,14 +99,8 @@ def _with_local_copies(task: LeafTask) -> Mapping[str, Any]:
         return task.kwargs
     from runtree_pipeline.tracking.active import fetch
 
-    kwargs = copy.deepcopy(dict(task.kwargs))
-    for dotted in task.fetch:
-        *path, last = dotted.split(".")
-        node = kwargs
-        for part in path:
-            node = node[part]
-        node[last] = fetch(node[last], task.run.tracking_uri)
-    return kwargs
+    copies = {dotted: fetch(lookup(task.kwargs, dotted), task.run.tracking_uri) for dotted in task.fetch}
+    return merge(task.kwargs, copies)
 
 
 def _upload_paths(returned: Any, task: LeafTask) -> tuple[Any, tuple[str, ...]]:

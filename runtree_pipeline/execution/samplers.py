@@ -36,10 +36,11 @@ def new_sampler(spec: SweepSpec, *, direction: str) -> Sampler:
         return OptunaSampler(spec, direction=direction)
     if spec.pruner is None:
         return FixedSampler(spec.points)
-    return FixedSampler(spec.points, trials=_Trials(_study(spec, direction=direction, sampler="none")))
+    return FixedSampler(spec.points, trials=_Trials(_study(spec, direction=direction)))
 
 
-def _study(spec: SweepSpec, *, direction: str, sampler: Any) -> Any:
+def _study(spec: SweepSpec, *, direction: str, sampler: Any = None) -> Any:
+    """The parent's study; without a sampler (grid, explicit points) it only prunes and asks for no params."""
     import optuna
     from hydra.utils import instantiate
 
@@ -47,10 +48,8 @@ def _study(spec: SweepSpec, *, direction: str, sampler: Any) -> Any:
     pruner = spec.pruner
     if isinstance(pruner, str):
         pruner = {"_target_": PRUNERS[pruner], **({"percentile": 25.0} if pruner == "percentile" else {})}
-    if sampler == "none":  # grid or explicit points: the study only prunes, and asks for no params
-        sampler = optuna.samplers.RandomSampler(seed=0)
     return optuna.create_study(
-        sampler=sampler,
+        sampler=sampler or optuna.samplers.RandomSampler(seed=0),
         pruner=instantiate(dict(pruner)) if pruner is not None else optuna.pruners.NopPruner(),
         direction="minimize" if direction == "min" else "maximize",
     )
@@ -120,10 +119,13 @@ class _Trials:
 class Sampler:
     """Ask/tell over the points of one parent. `ask` returns None once the sweep is exhausted.
 
-    `learns` is true when a point depends on results told before it, so points must not be asked ahead.
+    `learns` is true when a point depends on results told before it, so points must not be asked ahead. A sampler
+    whose level has a pruner keeps its points' Optuna trials in `_trials`, where their reports meet the pruner.
     """
 
     learns = False
+    _trials: _Trials | None = None
+    _prunes = False
 
     def ask(self) -> Point | None:
         raise NotImplementedError
@@ -142,18 +144,20 @@ class Sampler:
 
     @property
     def prunes(self) -> bool:
-        return False
+        return self._prunes
 
     def should_prune(self, point: Point, step: int, value: float) -> bool:
         """A leaf's objective at `step`, reported while it runs: whether its level's pruner stops it now."""
-        return False
+        return self._prunes and self._trials is not None and self._trials.report(point.index, step, value)
 
     def reported(self, point: Point) -> dict[int, float]:
         """The objective values `point` reported so far, by step, for its run to keep until a resume."""
-        return {}
+        return self._trials.reported(point.index) if self._trials is not None else {}
 
     def retrying(self, point: Point) -> None:
         """`point`'s leaf failed and runs again (`limits.retries`)."""
+        if self._trials is not None:
+            self._trials.retry(point.index)
 
     def replay(self, history: Sequence[PreviousPoint]) -> None:
         """On resume, ask these points (a previous execution's) first; only samplers that learn need it."""
@@ -177,6 +181,7 @@ class FixedSampler(Sampler):
         self._points = points
         self._next = 0
         self._trials = trials
+        self._prunes = trials is not None
 
     def ask(self) -> Point | None:
         if self.exhausted:
@@ -193,20 +198,6 @@ class FixedSampler(Sampler):
     ) -> None:
         if self._trials is not None:
             self._trials.close(point.index, value, pruned=pruned, reported=reported)
-
-    @property
-    def prunes(self) -> bool:
-        return self._trials is not None
-
-    def should_prune(self, point: Point, step: int, value: float) -> bool:
-        return self._trials is not None and self._trials.report(point.index, step, value)
-
-    def reported(self, point: Point) -> dict[int, float]:
-        return self._trials.reported(point.index) if self._trials is not None else {}
-
-    def retrying(self, point: Point) -> None:
-        if self._trials is not None:
-            self._trials.retry(point.index)
 
     @property
     def exhausted(self) -> bool:
@@ -234,6 +225,7 @@ class OptunaSampler(Sampler):
             sampler = optuna.samplers.RandomSampler(seed=spec.seed)
         self._study = _study(spec, direction=direction, sampler=sampler)
         self._trials = _Trials(self._study)
+        self._prunes = spec.pruner is not None
         self._spec = spec
         self.learns = spec.sampler == "tpe"
         swept = [d for d in spec.dimensions if d.is_sweep]
@@ -257,19 +249,6 @@ class OptunaSampler(Sampler):
             return None
         with self._trials.lock:
             return self._point(self._study.ask(self._distributions), asked_after=self._tells)
-
-    @property
-    def prunes(self) -> bool:
-        return self._spec.pruner is not None
-
-    def should_prune(self, point: Point, step: int, value: float) -> bool:
-        return self.prunes and self._trials.report(point.index, step, value)
-
-    def reported(self, point: Point) -> dict[int, float]:
-        return self._trials.reported(point.index)
-
-    def retrying(self, point: Point) -> None:
-        self._trials.retry(point.index)
 
     def asked_after(self, point: Point) -> int | None:
         return self._asked_after.get(point.index) if self.learns else None

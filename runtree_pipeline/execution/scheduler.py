@@ -211,14 +211,13 @@ class Runner:
         slot = leaf.slot.result()
         if slot.origin is Origin.REUSED:
             assert slot.record is not None
-            outputs = self.store.outputs_of(slot.record)
-            result = reused_result(leaf, slot.record, outputs)
+            result = reused_result(leaf, slot.record, self.store.outputs_of(slot.record))
             if slot.cached:
                 if leaf.parent is not None:
                     self._reopen(leaf.parent)
-                cached_write(leaf, slot, outputs).to(self.store, slot.ref)
                 origin = schema.computed_by(slot.record.tags, slot.record.run_id)
                 result = replace(result, run_id=slot.ref.run_id, cached_from=origin)
+                cached_write(leaf, slot, result).to(self.store, slot.ref)
             self._leaf_ended(leaf, result, reported=schema.reported_of(slot.record.tags))
             return
         if leaf.parent is not None:
@@ -661,7 +660,7 @@ class Runner:
 
     def _discard(self, leaf: LeafJob) -> None:
         slot = leaf.slot.result()
-        if slot.origin is Origin.EXECUTED or slot.cached:
+        if slot.created:
             self.store.discard(slot.ref)
         elif slot.origin is Origin.REDONE:
             self.store.finish(slot.ref, status=Status.KILLED, tags={schema.ERROR: "not run: the stage stopped first"})
@@ -691,7 +690,7 @@ class Runner:
                 for leaf in parent.ahead:
                     with contextlib.suppress(Exception):
                         slot = leaf.slot.result()
-                        if slot.origin is Origin.EXECUTED or slot.cached:
+                        if slot.created:
                             self.store.discard(slot.ref)
             with contextlib.suppress(Exception):
                 self.store.flush()

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtree_pipeline.execution.leaf import LeafOutcome, objective_value
@@ -37,6 +37,11 @@ class Slot:
     record: RunRecord | None = None
     cached: bool = False
     """A new run of this execution taking an earlier execution's finished leaf (`record`) instead of running."""
+
+    @property
+    def created(self) -> bool:
+        """Created by this execution: removed, not ended, if it never gets to run."""
+        return self.origin is Origin.EXECUTED or self.cached
 
 
 @dataclass(eq=False)
@@ -219,38 +224,24 @@ def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) 
     )
 
 
-def cached_write(leaf: LeafJob, slot: Slot, outputs: Mapping[str, Any]) -> Write:
-    """A leaf taken from an earlier execution's run with the same content key: that run's params, returned metrics
-    and outputs on this execution's run (artifact URIs still point at the original run: nothing is copied); a
-    pruned one stays pruned, at the same step."""
-    assert slot.record is not None
-    record, stage = slot.record, leaf.stage
-    metrics = {k: record.metrics[k] for k in schema.returned_of(record.tags) if k in record.metrics}
-    tags: dict[str, Any] = {
-        **schema.leaf_tags(returned=metrics, outputs=outputs, artifacts=schema.artifacts_of(record.tags)),
-        schema.CACHED_FROM: schema.computed_by(record.tags, record.run_id),
-    }
-    files: dict[str, str] = {}
-    if leaf.parent is None:
-        tags.update(stage.own_tags)
-        files.update(stage.artifacts)
-    else:
-        tags.update(told(leaf.parent, leaf.point, objective_value(LeafOutcome(metrics), stage.spec.objective.metric)))
-        if leaf.parent.sampler.prunes and leaf.point is not None:
-            tags[schema.REPORTED] = record.tags.get(schema.REPORTED, "[]")
-    if outputs:
-        files[schema.OUTPUTS_ARTIFACT] = json.dumps(redact(dict(outputs)), indent=2, sort_keys=True)
-    pruned_at = schema.pruned_at(record.tags)
-    if pruned_at is not None:
-        tags.update(schema.pruned_tags(pruned_at))
-    return Write(
-        status=Status.FINISHED if pruned_at is None else Status.KILLED,
-        params=flatten(dict(leaf.params)),
-        metrics=metrics,
-        tags=tags,
-        artifacts=files,
+def cached_write(leaf: LeafJob, slot: Slot, result: LeafResult) -> Write:
+    """A leaf taken from an earlier execution's run with the same content key (`result`, read from it): what that
+    run's end write held, on this execution's run, naming the run that computed it. Artifact URIs still point at
+    that run: nothing is copied. A pruned one stays pruned, at the same step, with the curve it reported."""
+    assert slot.record is not None and result.cached_from is not None
+    outcome = LeafOutcome(
+        metrics=result.metrics,
+        outputs=result.outputs,
+        pruned_at=result.pruned_at,
+        artifacts=result.artifacts,
         ended_at=time.time(),
     )
+    write = leaf_write(leaf, slot, outcome)
+    tags = {**write.tags, schema.CACHED_FROM: result.cached_from}
+    tags.pop(schema.ATTEMPTS, None)  # it was not run here
+    if schema.REPORTED in tags:  # this execution's sampler has heard no report from it: the original's curve
+        tags[schema.REPORTED] = slot.record.tags.get(schema.REPORTED, "[]")
+    return replace(write, tags=tags)
 
 
 def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
