@@ -237,14 +237,11 @@ def render_why(run: RunRecord, runs: Iterable[RunRecord]) -> str:
     origin = run.tags.get(schema.CACHED_FROM)
     if origin is not None:
         return f"reused: taken from run {origin}{_of_pipeline(by_id.get(origin))} (same content key)"
-    children: dict[str, list[RunRecord]] = defaultdict(list)
-    for r in mine:
-        if r.parent_id is not None:
-            children[r.parent_id].append(r)
-    verdict, details = _why_executed(run, mine, by_id, is_parent=bool(children.get(run.run_id)))
-    if not children.get(run.run_id):
+    tree = RunIndex(mine)
+    verdict, details = _why_executed(run, mine, by_id, is_parent=bool(tree.children(run.run_id)))
+    if not tree.children(run.run_id):
         return "\n".join([f"executed: {verdict}", *(f"  {d}" for d in details)])
-    leaves = _leaves_under(run, children)
+    leaves = _leaves_under(run, tree)
     taken = sum(schema.CACHED_FROM in leaf.tags for leaf in leaves)
     head = (
         f"parent of {len(leaves)} leaves: {taken} taken from earlier runs, {len(leaves) - taken} executed "
@@ -400,11 +397,11 @@ def _stage_run(run: RunRecord, by_id: dict[str, RunRecord]) -> RunRecord:
     return next(iter(_ancestors(run, by_id)), run)
 
 
-def _leaves_under(run: RunRecord, children: Mapping[str, list[RunRecord]]) -> list[RunRecord]:
-    leaves, todo = [], list(children.get(run.run_id, ()))
+def _leaves_under(run: RunRecord, tree: RunIndex) -> list[RunRecord]:
+    leaves, todo = [], list(tree.children(run.run_id))
     while todo:
         kid = todo.pop()
-        below = children.get(kid.run_id)
+        below = tree.children(kid.run_id)
         if below:
             todo.extend(below)
         else:
