@@ -13,6 +13,21 @@ from runtree_pipeline.tracking.sqlite import create_sqlite_store
 
 REPO = Path(__file__).resolve().parent.parent
 
+# pytest-xdist's `--dist loadfile` hands out whole files in collection order. These take a minute or more of one
+# worker each (measured with `--durations=0`), so they go first: collected last, as `tests/tracking` is, one of them
+# kept a worker busy alone for its last minute while the other had nothing left to do.
+LONGEST_FIRST = (
+    "tests/execution/test_executors.py",
+    "tests/cli/test_signals.py",
+    "tests/tracking/test_server.py",
+    "tests/cli/test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: order within a file kept
+
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
