@@ -24,6 +24,10 @@ LONGEST_FIRST = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fresh_store: `store` is only a URI; the code under test builds the store")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: order within a file kept
@@ -55,14 +59,17 @@ def run_cli(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path) -> str:
-    """Where a fresh embedded sqlite store goes: the code under test builds it, unless `client` opens it first."""
+def store(request, tmp_path, empty_store) -> str:
+    """A sqlite store in a temp dir, already with MLflow's schema: a copy of the empty one, as migrating a new file
+    costs 1-5 s. A test marked `fresh_store` gets only the URI: the code under test builds the store, or must not."""
+    if request.node.get_closest_marker("fresh_store") is None:
+        copy_of(empty_store, tmp_path)
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
-    """A store with MLflow's schema and nothing in it, built once per worker: migrating a new file costs 1-5 s."""
+    """A store with MLflow's schema and nothing in it, built once per worker."""
     path = tmp_path_factory.mktemp("empty_store") / "store.db"
     create_sqlite_store(f"sqlite:///{path}")
     return path
@@ -75,13 +82,10 @@ def copy_of(empty_store: Path, directory: Path, name: str = "store.db") -> str:
 
 
 @pytest.fixture
-def client(store, tmp_path, empty_store):
-    """The stock client on `store`. Opening it would build the store anyway; a copy of the empty one is the same
-    schema without the seconds of migrations."""
+def client(store):
+    """The stock client on `store`."""
     from mlflow import MlflowClient
 
-    if not (tmp_path / "store.db").exists():
-        copy_of(empty_store, tmp_path)
     return MlflowClient(store)
 
 

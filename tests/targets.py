@@ -95,6 +95,15 @@ def sleepy(*, x: float = 0.0, sleep: float = 0.5) -> dict:
     return {"loss": x}
 
 
+def timed(*, x: float = 0.0, sleep: float = 0.5) -> dict:
+    """Sleeps, and returns when its own work began and ended, by the wall clock the tracking store uses."""
+    import time
+
+    began = time.time()
+    time.sleep(sleep)
+    return {"loss": x, "began": began, "ended": time.time()}
+
+
 def logs_steps_grouped(*, x: float, group: int, steps: int = 3) -> dict:
     return logs_steps(x=x + 100 * group, steps=steps)
 

@@ -321,6 +321,7 @@ CLI_ERRORS = [
 ]
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize(("args", "message"), CLI_ERRORS)
 def test_invalid_input_is_one_error_line_exit_2_and_no_store(run_cli, user_conf, store, tmp_path, args, message):
     if args[:1] == ["USER"]:
@@ -467,6 +468,7 @@ def f(*, x: float = 0) -> dict:
 """
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize(
     ("sig", "code", "line"),
     [

@@ -37,12 +37,6 @@ from tests.conftest import REPO, all_runs, cli_env, copy_of
 # --- stores, Ray ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def store(tmp_path, empty_store) -> str:
-    """A fresh store with MLflow's schema, in a temp dir."""
-    return copy_of(empty_store, tmp_path)
-
-
 @pytest.fixture(scope="module")
 def ray_runtime():
     """One local Ray runtime for the whole module: starting one costs seconds.

@@ -162,14 +162,17 @@ def test_a_write_that_finally_fails_is_loud_and_resumable(restartable_server, tm
 @pytest.mark.parametrize(("sleep", "n"), [(0.02, 24), (0.3, 6)])
 def test_recorded_durations_are_the_work_not_the_bookkeeping(mlflow_server, sleep, n):
     """Against a server runs are created ahead and ended on I/O threads; the UI's durations must still show how
-    long each leaf worked: its end is the target's, and a run created ahead starts at most ~0.1 s early."""
+    long each leaf worked. Its end is the target's own end, whichever thread sends it. Its start is when the run was
+    created, which MLflow cannot move later: typically a round trip early, at most `AHEAD_SECONDS` more for a run
+    created ahead. Single leaves can start later still when a loaded machine stalls the driver, so the start is
+    judged on the median, the end on every leaf."""
     config = {
         "tracking_uri": mlflow_server,
         "experiment": f"durations_{sleep}",
         "objective": {"metric": "loss"},
         "stages": {
             "fit": {
-                "_target_": "tests.targets.sleepy",
+                "_target_": "tests.targets.timed",
                 "params": {"sleep": sleep},
                 "subvariants": {"params": {"x": f"range(0, {n})"}},
             }
@@ -181,11 +184,12 @@ def test_recorded_durations_are_the_work_not_the_bookkeeping(mlflow_server, slee
         for r in all_runs(MlflowClient(mlflow_server), f"durations_{sleep}")
         if r.data.tags["runtree.level"] == "subvariant"
     ]
-    durations = sorted((r.info.end_time - r.info.start_time) / 1000 for r in leaves)
-    assert len(durations) == n
-    assert durations[0] >= sleep - 0.002, durations
-    assert statistics.median(durations) - sleep < 0.25, durations
-    assert durations[-1] - sleep < 0.6, durations
+    assert len(leaves) == n
+    late_ends = sorted(r.info.end_time / 1000 - r.data.metrics["ended"] for r in leaves)
+    early_starts = sorted(r.data.metrics["began"] - r.info.start_time / 1000 for r in leaves)
+    assert -0.002 <= late_ends[0] and late_ends[-1] < 0.25 and statistics.median(late_ends) < 0.02, late_ends
+    assert early_starts[0] >= -0.002, early_starts
+    assert statistics.median(early_starts) < 0.25, early_starts
 
 
 def test_the_best_model_is_registered_through_a_server(mlflow_server):
