@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from runtree_pipeline.errors import ExportFailed, NotRecorded, RuntreeError
+from runtree_pipeline.errors import ExportFailed, NotRecorded, RuntreeError, TrackingFailed, TrackingUnavailable
 from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
 
@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = _run(args)
     except RuntreeError as e:
         print(f"runtree: error: {e}", file=sys.stderr)
-        return e.exit_code
+        # `runtree` only reads: a read that outlived its retries is a store that cannot be read, not a lost result
+        return TrackingUnavailable.exit_code if isinstance(e, TrackingFailed) else e.exit_code
     if text is not None:
         print(text)
     return 0

@@ -208,7 +208,11 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
     objective = _objective(top.get("objective"), None, errors)
     tags = _tags(top.get("tags"), None, "tags", errors)
     stages_cfg = cfg.get("stages")
-    if not OmegaConf.is_dict(stages_cfg) or not stages_cfg:
+    if stages_cfg is not None and not OmegaConf.is_dict(stages_cfg):
+        got = "a list" if OmegaConf.is_list(stages_cfg) else repr(stages_cfg)
+        errors.append(ConfigError(f"must map each stage's name to its config, got {got}", key="stages"))
+        raise ConfigErrors(errors)
+    if not stages_cfg:
         errors.append(ConfigError("no stages declared: choose a pipeline with +sweep=NAME", key="stages"))
         raise ConfigErrors(errors)
 

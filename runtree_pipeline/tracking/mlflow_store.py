@@ -25,7 +25,7 @@ from runtree_pipeline.states import Level, Status
 from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.tracking.records import RunRecord, RunRef
 from runtree_pipeline.tracking.redact import REDACTED, is_secret, redact
-from runtree_pipeline.tracking.retry import retrying
+from runtree_pipeline.tracking.retry import answered, retrying
 from runtree_pipeline.tracking.sqlite import create_sqlite_store, sqlite_path, use_wal
 from runtree_pipeline.tracking.sqlite_read import SqliteRunReader
 
@@ -150,13 +150,9 @@ class TrackingReader:
             if not create:
                 known = sorted(e.name for e in self.client.search_experiments())
                 raise UnknownExperiment(f"no experiment '{name}' in {self.uri} (it has: {', '.join(known) or 'none'})")
-            from mlflow.exceptions import MlflowException
-
-            try:
-                return [self.client.create_experiment(name)]
-            except MlflowException as e:
-                if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
+            created = answered({"RESOURCE_ALREADY_EXISTS"}, self.client.create_experiment, name)
+            if created is not None:
+                return [created]
         raise TrackingUnavailable(f"experiment '{name}' could not be created or found")
 
     def pipeline_runs(self, pipeline_id: str) -> list[RunRecord]:
@@ -170,17 +166,9 @@ class TrackingReader:
     def run(self, run_id: str) -> RunRecord | None:
         """One run by id; None when no experiment read here holds it, or only deleted (a run created ahead and
         discarded is in no tree), so a wrong id reads as 'not recorded' rather than as a broken store."""
-        from mlflow.exceptions import MlflowException
-
-        def get() -> Any:
-            try:
-                return self.client.get_run(run_id)
-            except MlflowException as e:
-                if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                    return None
-                raise
-
-        found = retrying("read run", get)
+        found = retrying(
+            "read run", answered, {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}, self.client.get_run, run_id
+        )
         if (
             found is None
             or found.info.lifecycle_stage != "active"
@@ -385,13 +373,7 @@ class MlflowStore:
 
     def _delete_tag(self, run_id: str, key: str) -> None:
         """Deleting a tag the run does not have is what we wanted, not a failure."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.delete_tag(run_id, key)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+        answered({"RESOURCE_DOES_NOT_EXIST"}, self.client.delete_tag, run_id, key)
 
     def _end(self, run_id: str, status: str, end_ms: int | None = None) -> None:
         """End and forget in one shielded step: ending a FINISHED run again as KILLED would make resume redo it."""

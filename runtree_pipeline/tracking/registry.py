@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from runtree_pipeline.errors import RuntreeError, TrackingFailed
 from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.retry import retrying
+from runtree_pipeline.tracking.retry import answered, retrying
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -157,27 +157,11 @@ def _aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None
 
 
 def _registered_model(client: MlflowClient, name: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    return answered({"RESOURCE_DOES_NOT_EXIST"}, client.get_registered_model, name)
 
 
 def _ensure_registered_model(client: MlflowClient, name: str, what: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    def create() -> None:
-        try:
-            client.create_registered_model(name)
-        except MlflowException as e:
-            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-
-    retrying(what, create)
+    retrying(what, answered, {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}, client.create_registered_model, name)
 
 
 def _beats(objective: Objective, new: float | None, recorded: str | None) -> bool:

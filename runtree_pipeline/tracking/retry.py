@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar
 
 from runtree_pipeline.errors import TrackingFailed, first_line
@@ -50,6 +50,19 @@ def is_transient(error: BaseException) -> bool:
         if isinstance(cause, sqlalchemy.exc.OperationalError):
             return True
     return False
+
+
+def answered(codes: Collection[str], call: Callable[..., T], *args: Any, default: Any = None) -> T | Any:
+    """`call(*args)`, or `default` when MLflow answers with one of `codes`: an outcome we expected (the run is
+    gone, the model exists already), not a failure to retry or report."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call(*args)
+    except MlflowException as e:
+        if e.error_code in codes:
+            return default
+        raise
 
 
 def retrying(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:

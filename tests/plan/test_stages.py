@@ -650,10 +650,12 @@ def test_non_list_depends_on_is_config_error():
     assert str(error) == "stage 'a', key 'depends_on': must be a list of stage names, got 5"
 
 
-@pytest.mark.parametrize("stages", [pytest.param(5, id="int"), pytest.param([quad()], id="list")])
-def test_non_mapping_stages_is_config_error(stages):
+@pytest.mark.parametrize(
+    ("stages", "got"), [pytest.param(5, "5", id="int"), pytest.param([quad()], "a list", id="list")]
+)
+def test_non_mapping_stages_is_config_error_saying_what_it_got(stages, got):
     (error,) = errors_of(stages)
-    assert str(error) == "key 'stages': no stages declared: choose a pipeline with +sweep=NAME"
+    assert str(error) == f"key 'stages': must map each stage's name to its config, got {got}"
 
 
 def test_non_mapping_sweep_tags_is_config_error():
