@@ -163,9 +163,9 @@ def test_a_write_that_finally_fails_is_loud_and_resumable(restartable_server, tm
 def test_recorded_durations_are_the_work_not_the_bookkeeping(mlflow_server, sleep, n):
     """Against a server runs are created ahead and ended on I/O threads; the UI's durations must still show how
     long each leaf worked. Its end is the target's own end, whichever thread sends it. Its start is when the run was
-    created, which MLflow cannot move later: typically a round trip early, at most `AHEAD_SECONDS` more for a run
-    created ahead. Single leaves can start later still when a loaded machine stalls the driver, so the start is
-    judged on the median, the end on every leaf."""
+    created, which MLflow cannot move later: a round trip early, plus at most `AHEAD_SECONDS` for a run created
+    ahead. On a loaded 2-core machine a round trip alone has taken 0.25 s, so the start is judged on the median and
+    against runs created a whole batch ahead (about 0.9 s early for the 0.3 s leaves), the end on every leaf."""
     config = {
         "tracking_uri": mlflow_server,
         "experiment": f"durations_{sleep}",
@@ -189,7 +189,7 @@ def test_recorded_durations_are_the_work_not_the_bookkeeping(mlflow_server, slee
     early_starts = sorted(r.data.metrics["began"] - r.info.start_time / 1000 for r in leaves)
     assert -0.002 <= late_ends[0] and late_ends[-1] < 0.25 and statistics.median(late_ends) < 0.02, late_ends
     assert early_starts[0] >= -0.002, early_starts
-    assert statistics.median(early_starts) < 0.25, early_starts
+    assert statistics.median(early_starts) < 0.5, early_starts
 
 
 def test_the_best_model_is_registered_through_a_server(mlflow_server):
