@@ -442,9 +442,11 @@ class Runner:
                 self.store.annotate(stale.ref(self.store.uri), {schema.SUPERSEDED_BY: slot.ref.run_id})
         return slot
 
-    def _existing_slot(self, found: RunRecord, key: str) -> Slot:
+    def _existing_slot(self, found: RunRecord, key: str, *, prunes: bool = False) -> Slot:
+        """Reused when it finished, or was pruned and a pruner still decides (see `StageSpec.prunes`); else redone
+        in the same run."""
         ref = found.ref(self.store.uri)
-        if is_kept(found):
+        if found.status == Status.FINISHED or (prunes and is_kept(found)):
             return Slot(ref, key, Origin.REUSED, found)
         self.store.reopen(ref)
         return Slot(ref, key, Origin.REDONE, found)
@@ -575,7 +577,7 @@ class Runner:
         """The previous execution's run for this child on resume, else a new one, created where a round trip can
         overlap other work (see `RunStore.create_later`)."""
         if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
-            return run_now(self._existing_slot, found, key)
+            return run_now(self._existing_slot, found, key, prunes=parent.stage.spec.prunes)
         tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
         cached = self._cache.get(parent.stage.spec.name, {}).get(key)
         if cached is not None:
@@ -600,10 +602,7 @@ class Runner:
                 finished.setdefault(key, run)
             elif is_kept(run):
                 pruned.setdefault(key, run)
-        # A pruner is not in the key: a pruned result only stands where a pruner still decides, and never over a
-        # finished one.
-        prunes = any(level.pruner is not None for level in stage.all_levels)
-        return {**(pruned if prunes else {}), **finished}
+        return {**(pruned if stage.prunes else {}), **finished}  # never a pruned result over a finished one
 
     def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
         """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with

@@ -166,10 +166,22 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         metrics={k: v for k, v in outcome.metrics.items() if k not in outcome.logged},
         tags=tags,
         artifacts=files,
-        clear_tags=(schema.ERROR,) if outcome.error is None and slot.origin is Origin.REDONE else (),
+        clear_tags=_cleared(outcome, slot) if slot.origin is Origin.REDONE else (),
         ended_at=_on_driver_clock(outcome.ended_at, slot.ref.start_time),
         step=outcome.last_step or 0,
     )
+
+
+def _cleared(outcome: LeafOutcome, slot: Slot) -> tuple[str, ...]:
+    """What a redone leaf's earlier attempt left that this one does not say again: its error, or its pruning."""
+    pruned = (
+        (schema.PRUNED, schema.PRUNED_AT) if outcome.pruned_at is None and schema.PRUNED in _earlier_tags(slot) else ()
+    )
+    return ((schema.ERROR,) if outcome.error is None else ()) + pruned
+
+
+def _earlier_tags(slot: Slot) -> Mapping[str, str]:
+    return slot.record.tags if slot.record is not None else {}
 
 
 def _status(outcome: LeafOutcome) -> Status:
@@ -265,6 +277,8 @@ def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
     }
     if parent.budget_spent or parent.draw_limit is not None:
         tags.update(schema.budget_tags(drawn=parent.drawn))
+    if schema.PRUNED_CHILDREN not in tags and schema.PRUNED_CHILDREN in _earlier_tags(parent.slot):
+        tags[schema.PRUNED_CHILDREN] = 0  # its pruned leaves were run to their end by a resume without the pruner
     metrics: dict[str, float] = {}
     clear: tuple[str, ...] = ()
     if best is not None:

@@ -134,6 +134,11 @@ class StageSpec:
         own = tuple(level for p in (self.variants.points if self.variants else ()) for level in p.below or ())
         return self.levels + own
 
+    @property
+    def prunes(self) -> bool:
+        """A pruner is not in the content key: a pruned leaf from an earlier run only stands where one still decides."""
+        return any(level.pruner is not None for level in self.all_levels)
+
 
 @dataclass(frozen=True)
 class Cache:

@@ -128,6 +128,23 @@ def test_pruned_leaves_show_in_the_tree_view(store, client):
     assert text.count("✂ PRUNED at step 2") == 3
 
 
+def test_a_resume_without_the_pruner_runs_the_pruned_leaves_to_their_end_in_their_own_runs(store, client):
+    """A pruner is not in the content key, so the resume is of the same tree: what the pruner stopped is finished in
+    the same runs, and what finished is not run again."""
+    run_plan(build_plan(config(store, "unpruned")), plots=False)
+    ids = {x: r.info.run_id for x, r in leaves(client, "unpruned").items()}
+
+    again = run_plan(build_plan({**config(store, "unpruned", pruner=None), "resume": "last"}), plots=False)
+
+    assert again.stages["fit"].counts == {"executed": 0, "reused": 3, "redone": 3, "failed": 0, "pruned": 0}
+    assert pruning(client, "unpruned") == {x: ("FINISHED", None) for x in "012345"}
+    assert {x: r.info.run_id for x, r in leaves(client, "unpruned").items()} == ids
+    finished = leaves(client, "unpruned")["4"]
+    assert "runtree.pruned" not in finished.data.tags
+    assert max(m.step for m in client.get_metric_history(finished.info.run_id, "val_loss")) == 4
+    assert stage_run(client, "unpruned").data.tags["runtree.pruned_children"] == "0"
+
+
 def test_a_resume_keeps_pruned_leaves_and_prunes_the_rest_as_the_uninterrupted_run(store, client, tmp_path):
     """Ctrl-C at the fifth point: the resume runs only the last two, does not run the pruned one again, and still
     prunes them at epoch 2. That needs the finished points' reported curves: the median pruner compares with them,
