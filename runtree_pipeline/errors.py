@@ -1,4 +1,5 @@
-"""Every error a user can act on, each with the exit code both commands give it; anything else is a bug.
+"""Every error a user can act on, each with its exit code (`runtree`, which only reads, gives a failed read 3, not
+4); anything else is a bug.
 
 The CLIs print a `RuntreeError` as one line and exit with its `exit_code`; other exceptions keep their traceback.
 """

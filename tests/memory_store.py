@@ -84,9 +84,11 @@ class MemoryStore:
             self.runs[run.run_id]["tags"].update({k: str(v) for k, v in tags.items()})
             self.writes["annotate"] += 1
 
-    def reopen(self, run: RunRef) -> None:
+    def reopen(self, run: RunRef, clear_tags: Iterable[str] = ()) -> None:
         with self._lock:
             self.runs[run.run_id]["status"] = "RUNNING"
+            for key in clear_tags:
+                self.runs[run.run_id]["tags"].pop(key, None)
             self.writes["reopen"] += 1
 
     def discard(self, run: RunRef) -> None:

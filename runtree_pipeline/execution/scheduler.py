@@ -443,12 +443,12 @@ class Runner:
         return slot
 
     def _existing_slot(self, found: RunRecord, key: str, *, prunes: bool = False) -> Slot:
-        """Reused when it finished, or was pruned and a pruner still decides (see `StageSpec.prunes`); else redone
-        in the same run."""
+        """Reused when it finished, or was pruned and its level still has a pruner (a pruner is not in the content
+        key); else redone in the same run, without what an earlier pruning said."""
         ref = found.ref(self.store.uri)
         if found.status == Status.FINISHED or (prunes and is_kept(found)):
             return Slot(ref, key, Origin.REUSED, found)
-        self.store.reopen(ref)
+        self.store.reopen(ref, clear_tags=schema.PRUNING_TAGS if is_kept(found) else ())
         return Slot(ref, key, Origin.REDONE, found)
 
     def _lookup(self, ref: Reference) -> Any:
@@ -577,7 +577,7 @@ class Runner:
         """The previous execution's run for this child on resume, else a new one, created where a round trip can
         overlap other work (see `RunStore.create_later`)."""
         if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
-            return run_now(self._existing_slot, found, key, prunes=parent.stage.spec.prunes)
+            return run_now(self._existing_slot, found, key, prunes=parent.levels[0].pruner is not None)
         tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
         cached = self._cache.get(parent.stage.spec.name, {}).get(key)
         if cached is not None:

@@ -166,18 +166,10 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         metrics={k: v for k, v in outcome.metrics.items() if k not in outcome.logged},
         tags=tags,
         artifacts=files,
-        clear_tags=_cleared(outcome, slot) if slot.origin is Origin.REDONE else (),
+        clear_tags=(schema.ERROR,) if outcome.error is None and slot.origin is Origin.REDONE else (),
         ended_at=_on_driver_clock(outcome.ended_at, slot.ref.start_time),
         step=outcome.last_step or 0,
     )
-
-
-def _cleared(outcome: LeafOutcome, slot: Slot) -> tuple[str, ...]:
-    """What a redone leaf's earlier attempt left that this one does not say again: its error, or its pruning."""
-    pruned = (
-        (schema.PRUNED, schema.PRUNED_AT) if outcome.pruned_at is None and schema.PRUNED in _earlier_tags(slot) else ()
-    )
-    return ((schema.ERROR,) if outcome.error is None else ()) + pruned
 
 
 def _earlier_tags(slot: Slot) -> Mapping[str, str]:

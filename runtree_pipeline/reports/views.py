@@ -270,6 +270,12 @@ def _why_executed(
             return f"an earlier run {before.run_id}{_of_pipeline(before)} has the same content key", []
         if before.end_time is not None and before.end_time > started:
             return f"the earlier run {before.run_id} with the same key had not finished when this stage started", []
+        if before.status != Status.FINISHED:
+            return (
+                f"an earlier run {before.run_id} with the same key was pruned: a pruned leaf is taken only where its "
+                "level still has a pruner (with cache: true, or on resume)",
+                [],
+            )
         return (
             f"an earlier run {before.run_id} has the same key, but this execution did not use the cache "
             "(cache: true reuses it)",

@@ -111,5 +111,5 @@ class RunIndex:
 
 
 def is_kept(run: RunRecord) -> bool:
-    """What a resume keeps rather than redoes: a run that finished, or one its pruner stopped."""
+    """A run with a result to keep: it finished, or its pruner stopped it (kept only where a pruner still decides)."""
     return run.status == Status.FINISHED or schema.pruned_at(run.tags) is not None

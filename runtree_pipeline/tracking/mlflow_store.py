@@ -297,7 +297,9 @@ class MlflowStore:
         batch = [RunTag(k, v) for k, v in _texts(tags).items()]
         retrying(f"tag run {run.name}", self.client.log_batch, run.run_id, tags=batch)
 
-    def reopen(self, run: RunRef) -> None:
+    def reopen(self, run: RunRef, clear_tags: Iterable[str] = ()) -> None:
+        for key in clear_tags:
+            retrying(f"clear tag {key} of run {run.name}", self._delete_tag, run.run_id, key)
         retrying(f"reopen run {run.name}", self._reopen, run)
 
     def _reopen(self, run: RunRef) -> None:

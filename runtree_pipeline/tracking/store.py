@@ -46,8 +46,8 @@ class RunStore(Protocol):
     def annotate(self, run: RunRef, tags: Mapping[str, Any]) -> None:
         """Tags on a run that is otherwise done."""
 
-    def reopen(self, run: RunRef) -> None:
-        """RUNNING again, before a resume redoes or extends it."""
+    def reopen(self, run: RunRef, clear_tags: Iterable[str] = ()) -> None:
+        """RUNNING again, before a resume redoes or extends it, without the tags the redo contradicts (a pruning)."""
 
     def discard(self, run: RunRef) -> None:
         """A run created ahead of need that never ran: removed, so it never shows up as a run."""

@@ -116,6 +116,10 @@ def leaf_tags(*, returned: Iterable[str], outputs: Mapping[str, Any], artifacts:
     return tags
 
 
+PRUNING_TAGS = (PRUNED, PRUNED_AT, REPORTED)
+"""What a pruned leaf recorded about its pruning: dropped when a resume without the pruner runs it to its end."""
+
+
 def pruned_tags(step: int) -> dict[str, str]:
     return {PRUNED: "true", PRUNED_AT: str(step)}
 

@@ -67,8 +67,8 @@ class Case:
 
 L, P, INT, TERM = "local", "processes", signal.SIGINT, signal.SIGTERM
 # In the order of a pipeline's life: interpreter start, imports and Hydra, a brand-new store being built, the store
-# just built (experiment, resume lookup, provenance), the worker pool starting, leaves, pictures, the summary. Each
-# moment once, both signals and both executors spread over them: every case is a whole CLI process on a 2-core machine.
+# just built (experiment, resume lookup, provenance), the worker pool starting, leaves, pictures, the summary. Every
+# moment, with both signals and both executors spread over them, and no more: each case is a whole CLI process.
 CASES = [
     Case(L, INT, "spawn", 0.0, must_interrupt=False),
     Case(L, INT, "spawn", 0.3),
@@ -78,6 +78,7 @@ CASES = [
     Case(L, TERM, "store", 0.0),
     Case(P, INT, "workers", 0.0),
     Case(L, INT, "leaves:1", 0.0),
+    Case(P, INT, "leaves:2", 0.05),  # Ctrl-C reaches the whole group: the driver and the workers running leaves
     Case(P, TERM, "leaves:5", 0.0),
     Case(P, INT, "plot", 0.0, must_interrupt=False),
     Case(L, INT, "done", 0.0),

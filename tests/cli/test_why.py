@@ -112,6 +112,15 @@ def test_the_same_key_that_did_not_finish_before(status, said):
     ]
 
 
+def test_the_same_key_pruned_before_says_a_pruner_must_still_decide():
+    first, second = stage_run("p1", 100), stage_run("p2", 200)
+    pruned = leaf(first, "x=1", key="k", status="KILLED", **{"runtree.pruned": "true", "runtree.pruned_at_step": "2"})
+    assert why(leaf(second, "x=1", key="k"), first, pruned, second) == [
+        f"executed: an earlier run {pruned.run_id} with the same key was pruned: a pruned leaf is taken only where "
+        "its level still has a pruner (with cache: true, or on resume)"
+    ]
+
+
 def test_the_same_key_finished_before_but_the_cache_was_off():
     first, second = stage_run("p1", 100), stage_run("p2", 200)
     failed_once = leaf(first, "x=1", key="k", status="FAILED")
