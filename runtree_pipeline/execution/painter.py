@@ -23,6 +23,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import IO, Any
 
 from runtree_pipeline.futures import settle
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 class Painter:
     """Draws off the critical path; a picture that fails, or a painter that dies, costs a warning, never a run."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall_s: float = 120.0) -> None:
+        """`stall_s`: how long the end of a pipeline waits for the next picture before it goes on without the rest;
+        pictures arrive in order, so that is how long the painter may make no progress at all."""
+        self.stall_s = stall_s
         self._process: subprocess.Popen[bytes] | None = None
         self._broken = False
         self._calls: dict[int, Future[Any]] = {}
@@ -68,11 +72,15 @@ class Painter:
         self._submit(node, dag_files, edges, nodes, **kw)
 
     def pictures(self) -> Iterator[tuple[NodeResult, dict[str, bytes]]]:
-        """Each node with everything drawn for it, once all of it is drawn."""
+        """Each node with everything drawn for it, once all of it is drawn; a painter that hangs costs its pictures."""
         drawn: dict[str, tuple[NodeResult, dict[str, bytes]]] = {}
-        for node, future in self._pending:
+        for i, (node, future) in enumerate(self._pending):
             try:
-                files = future.result()
+                files = future.result(timeout=self.stall_s)
+            except FutureTimeout:  # not the builtin TimeoutError before Python 3.11
+                self._give_up(f"no picture came back for {self.stall_s:g} s; {len(self._pending) - i} are left undrawn")
+                self.close()
+                break
             except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
                 log.warning("could not draw plots for %s: %s", node.name, e)
                 continue

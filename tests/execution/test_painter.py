@@ -90,6 +90,24 @@ def test_a_painter_that_dies_costs_a_warning_and_leaves_no_process(caplog):
     assert gone({worker})
 
 
+def test_a_painter_that_hangs_costs_its_pictures_not_the_pipeline(caplog):
+    """The end of a pipeline waits for pictures; a painter stuck in one (here a call that sleeps a minute) is given
+    up after `stall_s` without progress, with the pictures behind it."""
+    painter = Painter()
+    painter.parent(node("drawn"), LOSS)
+    assert [n.name for n, _ in painter.pictures()] == ["drawn"]  # matplotlib imported, at its own pace
+    painter.stall_s = 1
+    painter._submit(node("stuck"), time.sleep, 60)
+    painter.parent(node("after"), LOSS)
+    pids = painters(painter)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="runtree_pipeline.execution.painter"):
+        assert list(painter.pictures()) == []
+    assert time.monotonic() - started < 20
+    assert "no picture came back for 1 s; 2 are left undrawn" in caplog.text
+    assert gone(pids)
+
+
 def test_close_stops_a_painter_that_is_still_drawing():
     painter = Painter()
     for i in range(20):
