@@ -347,9 +347,10 @@ class Runner:
         if code is not None:
             own[schema.CODE] = code
         key = content_key(stage=spec.name, target=spec.target, params=params, **({"code": code} if code else {}))
-        legacy = content_key(stage=spec.name, target=spec.target, params=params)
-        if code and self.previous.stage_run(spec.name, key) is None and self._written_before_code(spec.name, legacy):
-            key = legacy  # resuming an execution recorded before keys held the code: its runs are still its runs
+        if code and self.previous.stage_run(spec.name, key) is None:
+            legacy = content_key(stage=spec.name, target=spec.target, params=params)
+            if self._written_before_code(spec.name, legacy):
+                key = legacy  # resuming an execution recorded before keys held the code: its runs are still its runs
         if self.plan.cache.enabled:
             self._cache[spec.name] = self._cacheable(spec)
         slot = self._stage_slot(spec.name, key, tags, own)
@@ -443,10 +444,10 @@ class Runner:
         return slot
 
     def _existing_slot(self, found: RunRecord, key: str, *, prunes: bool = False) -> Slot:
-        """Reused when it finished, or was pruned and its level still has a pruner (a pruner is not in the content
-        key); else redone in the same run, without what an earlier pruning said."""
+        """Reused when its result stands (see `_stands`); else redone in the same run, without what an earlier
+        pruning said."""
         ref = found.ref(self.store.uri)
-        if found.status == Status.FINISHED or (prunes and is_kept(found)):
+        if _stands(found, prunes=prunes):
             return Slot(ref, key, Origin.REUSED, found)
         self.store.reopen(ref, clear_tags=schema.PRUNING_TAGS if is_kept(found) else ())
         return Slot(ref, key, Origin.REDONE, found)
@@ -600,9 +601,9 @@ class Runner:
                 continue
             if run.status == Status.FINISHED:
                 finished.setdefault(key, run)
-            elif is_kept(run):
+            elif _stands(run, prunes=stage.prunes):
                 pruned.setdefault(key, run)
-        return {**(pruned if stage.prunes else {}), **finished}  # never a pruned result over a finished one
+        return {**pruned, **finished}  # never a pruned result over a finished one
 
     def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
         """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with
@@ -715,6 +716,12 @@ class Runner:
 
     def _ref(self, node: NodeResult) -> RunRef:
         return RunRef(node.run_id, self.store.experiment_id, self.store.uri, node.name, node.artifact_uri)
+
+
+def _stands(run: RunRecord, *, prunes: bool) -> bool:
+    """Whether an earlier leaf's result is taken rather than run again: a finished one always; a pruned one only
+    where a pruner still decides, as a pruner is not in the content key."""
+    return run.status == Status.FINISHED or (prunes and is_kept(run))
 
 
 def _resolve_points(level: SweepSpec, lookup_fn: Callable[[Reference], Any]) -> SweepSpec:

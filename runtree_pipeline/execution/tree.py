@@ -172,10 +172,6 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
     )
 
 
-def _earlier_tags(slot: Slot) -> Mapping[str, str]:
-    return slot.record.tags if slot.record is not None else {}
-
-
 def _status(outcome: LeafOutcome) -> Status:
     if outcome.pruned_at is not None:
         return Status.KILLED
@@ -269,7 +265,8 @@ def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
     }
     if parent.budget_spent or parent.draw_limit is not None:
         tags.update(schema.budget_tags(drawn=parent.drawn))
-    if schema.PRUNED_CHILDREN not in tags and schema.PRUNED_CHILDREN in _earlier_tags(parent.slot):
+    earlier = parent.slot.record.tags if parent.slot.record is not None else {}
+    if schema.PRUNED_CHILDREN not in tags and schema.PRUNED_CHILDREN in earlier:
         tags[schema.PRUNED_CHILDREN] = 0  # its pruned leaves were run to their end by a resume without the pruner
     metrics: dict[str, float] = {}
     clear: tuple[str, ...] = ()
