@@ -238,8 +238,9 @@ def render_why(run: RunRecord, runs: Iterable[RunRecord]) -> str:
     if origin is not None:
         return f"reused: taken from run {origin}{_of_pipeline(by_id.get(origin))} (same content key)"
     tree = RunIndex(mine)
-    verdict, details = _why_executed(run, mine, by_id, is_parent=bool(tree.children(run.run_id)))
-    if not tree.children(run.run_id):
+    is_parent = bool(tree.children(run.run_id))
+    verdict, details = _why_executed(run, mine, by_id, is_parent=is_parent)
+    if not is_parent:
         return "\n".join([f"executed: {verdict}", *(f"  {d}" for d in details)])
     leaves = _leaves_under(run, tree)
     taken = sum(schema.CACHED_FROM in leaf.tags for leaf in leaves)
