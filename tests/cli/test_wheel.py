@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,8 @@ from tests.conftest import REPO
 
 # Build output and run leftovers at the top of the checkout; everything else is copied, as a clone would hold it.
 LEFTOVERS = shutil.ignore_patterns(
-    ".git", "build", "dist", "*.egg-info", ".pytest_cache", "outputs", "multirun", "mlruns", "mlflow.db*", "data"
+    ".git", "build", "dist", "*.egg-info", ".pytest_cache", "outputs", "multirun", "mlruns", "mlflow.db*", "data",
+    ".runtree",
 )
 
 
@@ -32,9 +34,21 @@ def _run(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.Compl
     return proc
 
 
+def _see_test_packages(python: Path) -> None:
+    """Make the packages of the interpreter running the tests importable in the new venv, after its own.
+
+    `--system-site-packages` would not do: inside a venv or a conda env, the new venv's base is the base interpreter,
+    whose site-packages lack what the test environment installed. Listed in a `.pth` file as plain paths, these
+    directories are added without their own `.pth` files, so the checkout's editable install stays invisible.
+    """
+    seen = [*site.getsitepackages(), site.getusersitepackages()]
+    own = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=python.parent).stdout
+    Path(own.strip(), "_runtree_test_packages.pth").write_text("".join(f"{d}\n" for d in seen if Path(d).is_dir()))
+
+
 @pytest.fixture(scope="session")
 def venv(tmp_path_factory) -> Path:
-    """A venv holding the wheel of this checkout; its dependencies come from the interpreter running the tests.
+    """A venv holding the wheel of this checkout; its dependencies are those of the interpreter running the tests.
 
     The build copies the checkout first: setuptools builds in the source tree and would leave `build/` there, whose
     stale files end up in later wheels. `--no-build-isolation` uses the installed setuptools, so nothing is
@@ -48,8 +62,9 @@ def venv(tmp_path_factory) -> Path:
     )
     (wheel,) = (root / "dist").glob("runtree_pipeline-*.whl")
     env_dir = root / "venv"
-    _run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir, cwd=root)
+    _run(sys.executable, "-m", "venv", "--without-pip", env_dir, cwd=root)
     python = env_dir / "bin" / "python"
+    _see_test_packages(python)
     _run(
         python,
         "-m",
