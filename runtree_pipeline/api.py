@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runtree_pipeline.errors import ConfigErrors
+from runtree_pipeline.errors import ConfigErrors, UnknownPipeline
 from runtree_pipeline.execution.executors import Executor, LocalExecutor
 from runtree_pipeline.plan.stages import Plan, build_plan
 from runtree_pipeline.reports.progress import Progress
@@ -40,13 +40,15 @@ def run_plan(
     the children of every parent and the DAG as artifacts once the tree is recorded.
 
     The executor is checked against the store before the store is opened, so a refused combination raises
-    ConfigErrors with no store file, experiment or run left behind. It is then started before the store is opened:
-    its workers start on the other cores while this process imports MLflow and opens the store, and it is closed
-    here if anything fails before the runner takes it over.
+    ConfigErrors with no store file, experiment or run left behind; a `resume` where there is no store file raises
+    UnknownPipeline rather than create an empty store to look in. The executor is then started before the store is
+    opened: its workers start on the other cores while this process imports MLflow and opens the store, and it is
+    closed here if anything fails before the runner takes it over.
     """
     from runtree_pipeline.execution.scheduler import Runner
     from runtree_pipeline.interrupts import shielded
     from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri, quiet_mlflow_env
+    from runtree_pipeline.tracking.sqlite import sqlite_path
 
     quiet_mlflow_env()
     executor = executor or LocalExecutor()
@@ -54,6 +56,8 @@ def run_plan(
     problems = executor.check(tracking_uri=uri, plan=plan)
     if problems:
         raise ConfigErrors(problems)
+    if plan.resume and (path := sqlite_path(uri)) is not None and not path.exists():
+        raise UnknownPipeline(f"resume={plan.resume}: no tracking store at {uri}, so no execution to resume")
     store = None
     try:
         executor.start(tracking_uri=uri)

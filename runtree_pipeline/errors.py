@@ -39,13 +39,20 @@ class ConfigError(RuntreeError, ValueError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
+class UnknownKey(ConfigError):
+    """A key the config does not allow, most often a misspelt one: listed first among its stage's errors, since the
+    others may follow from it (a misspelt `_target_` is also a missing one)."""
+
+
 class ConfigErrors(RuntreeError, ValueError):
     """All problems found in one validation pass, so a user fixes them in one go rather than one per attempt."""
 
     exit_code = 2
 
     def __init__(self, errors: Iterable[ConfigError]) -> None:
-        self.errors = sorted(errors, key=lambda e: (e.stage or "", e.key or "", e.detail))
+        self.errors = sorted(
+            errors, key=lambda e: (e.stage or "", not isinstance(e, UnknownKey), e.key or "", e.detail)
+        )
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
@@ -88,9 +95,25 @@ class TrackingUnavailable(RuntreeError):
 
 
 class TrackingFailed(RuntreeError):
-    """A write still failed after retries: the run is left for `resume` to redo, never silently dropped."""
+    """A write still failed after retries: the run is left for `resume` to redo, never silently dropped.
+
+    `pipeline_id` is set once the failure stopped a pipeline, whose execution that `resume` finishes.
+    """
 
     exit_code = 4
+
+    def __init__(self, message: str, *, pipeline_id: str | None = None) -> None:
+        self.detail = message
+        self.pipeline_id = pipeline_id
+        super().__init__(self.describe())
+
+    def describe(self, resume_command: str | None = None) -> str:
+        """The message, ending with how to finish the execution: `resume_command` (the CLI's whole command line)
+        when given, else the `resume=` config value, which is all the Python API has."""
+        if self.pipeline_id is None:
+            return self.detail
+        how = f": {resume_command}" if resume_command else f" resume={self.pipeline_id}"
+        return f"{self.detail}; redo what is missing with{how}"
 
 
 class Pruned(Exception):  # noqa: N818 - named for what happened to the leaf, as Optuna's TrialPruned is
@@ -122,9 +145,13 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.exit_code = 128 + signum
         self.recorded = recorded
-        when = f" during stage '{stage}'" if stage else ""
-        if recorded:
-            then = f"{killed} open run(s) ended KILLED; finish with resume={pipeline_id} (or resume=last)"
-        else:
-            then = "nothing was recorded yet; run the same command again"
-        super().__init__(f"interrupted{when}: {then}")
+        super().__init__(self.describe())
+
+    def describe(self, resume_command: str | None = None) -> str:
+        """The message, ending with how to finish the execution: `resume_command` (the CLI's whole command line)
+        when given, else the `resume=` config value, which is all the Python API has."""
+        when = f" during stage '{self.stage}'" if self.stage else ""
+        if not self.recorded:
+            return f"interrupted{when}: nothing was recorded yet; run the same command again"
+        how = f": {resume_command}" if resume_command else f" resume={self.pipeline_id} (or resume=last)"
+        return f"interrupted{when}: {self.killed} open run(s) ended KILLED; finish with{how}"

@@ -12,6 +12,7 @@ the planner are imported, so a Ctrl-C during start-up is an exit code, not a tra
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -19,7 +20,7 @@ import re
 import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,6 +29,9 @@ log = logging.getLogger("runtree_pipeline")
 CONFIG_PACKAGE = "runtree_pipeline.conf"
 PROG = "python -m runtree_pipeline"
 _GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+_show_hydra_errors = False
+"""HYDRA_FULL_ERROR=1 as the user set it (the CLI sets it for itself while Hydra runs): what Hydra logs on its own
+is then shown as well as our lines."""
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -100,11 +104,17 @@ def _main(argv: list[str]) -> None:
     import yaml
     from hydra.errors import HydraException
 
+    from runtree_pipeline.cli.hydra_callbacks import discard_empty_dirs, forget_new_dirs
+
+    forget_new_dirs()
+    global _show_hydra_errors
     full_error = os.environ.get("HYDRA_FULL_ERROR")
+    _show_hydra_errors = full_error == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra.main(version_base=None, config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")(_run)()
     except (HydraException, yaml.YAMLError) as e:
+        discard_empty_dirs()
         if full_error == "1":
             raise
         _fail(2, describe_hydra_error(e, args.overrides))
@@ -134,42 +144,53 @@ def _run(cfg: Any) -> None:
     try:
         _execute(cfg)
     except (RuntreeError, Interrupted) as e:
-        _fail(e.exit_code, str(e))
+        _fail(e.exit_code, _worded(e))
 
 
 def _execute(cfg: Any) -> None:
+    """Plan, run, report. Until the pipeline has run, a job that ends having recorded nothing (an invalid config,
+    `resume=` of nothing, an unusable store, a dry run) takes away the output directory Hydra made for it."""
     from hydra.core.hydra_config import HydraConfig
 
     from runtree_pipeline.plan.stages import build_plan
+    from runtree_pipeline.tracking.provenance import cli_command
 
     hydra_cfg = HydraConfig.get()
     sweep_name = hydra_cfg.runtime.choices.get("sweep") or "runtree"
-    plan = build_plan(cfg, default_experiment=sweep_name)
-    if cfg.get("dry_run"):
-        print(plan.describe())
-        return
-
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from runtree_pipeline.api import run_plan
-    from runtree_pipeline.errors import ConfigError, first_line
-    from runtree_pipeline.reports.progress import make_progress
-    from runtree_pipeline.reports.summary import render, write_json
-    from runtree_pipeline.tracking.provenance import cli_command
-
     try:
-        executor = instantiate(cfg.executor) if cfg.get("executor") else None
-    except InstantiationException as e:
-        target = cfg.executor.get("_target_")
-        raise ConfigError(f"cannot create {target}: {first_line(e.__cause__ or e)}", key="executor") from e
-    result = run_plan(
-        plan,
-        executor=executor,
-        progress=make_progress(bool(cfg.get("progress", True))),
-        command=cli_command(sys.argv, list(hydra_cfg.overrides.task)),
-        plots=bool(cfg.get("plots", True)),
-    )
+        with _quiet("hydra.utils"):
+            plan = build_plan(cfg, default_experiment=sweep_name)
+        if cfg.get("dry_run"):
+            print(plan.describe())
+            _discard_output_dir()
+            return
+
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+
+        from runtree_pipeline.api import run_plan
+        from runtree_pipeline.errors import ConfigError, first_line
+        from runtree_pipeline.reports.progress import make_progress
+
+        try:
+            executor = instantiate(cfg.executor) if cfg.get("executor") else None
+        except InstantiationException as e:
+            target = cfg.executor.get("_target_")
+            raise ConfigError(f"cannot create {target}: {first_line(e.__cause__ or e)}", key="executor") from e
+        result = run_plan(
+            plan,
+            executor=executor,
+            progress=make_progress(bool(cfg.get("progress", True))),
+            command=cli_command(sys.argv, list(hydra_cfg.overrides.task), list(hydra_cfg.overrides.hydra)),
+            plots=bool(cfg.get("plots", True)),
+        )
+    except BaseException as e:
+        if not _recorded_anything(e):
+            _discard_output_dir()
+        raise
+
+    from runtree_pipeline.reports.summary import render, write_json
+
     where = f"experiment '{result.experiment}' in {result.tracking_uri}"
     if not result.tracking_uri.startswith(("http://", "https://")):
         where += f" — run `mlflow ui --backend-store-uri {result.tracking_uri}` and open that experiment"
@@ -179,6 +200,67 @@ def _execute(cfg: Any) -> None:
     if not result.ok:
         failed = [f"{n}: {s.reason}" for n, s in result.stages.items() if s.status != "FINISHED"]
         _fail(1, "pipeline did not complete: " + "; ".join(failed))
+
+
+def _recorded_anything(error: BaseException) -> bool:
+    """Whether a job that ended with `error` before its pipeline finished may have recorded something."""
+    from runtree_pipeline.errors import Interrupted, RuntreeError
+    from runtree_pipeline.interrupts import received
+
+    if isinstance(error, Interrupted):
+        return error.recorded
+    if isinstance(error, RuntreeError):
+        return error.exit_code not in (2, 3)  # a bad config, `resume=` of nothing, an unusable store: before any run
+    # Before the runner took over (it reports a signal as Interrupted); a bug keeps its output directory.
+    return not isinstance(error, KeyboardInterrupt) and received() is None
+
+
+def _discard_output_dir() -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from runtree_pipeline.cli.hydra_callbacks import discard_output_dir
+
+    hydra_cfg = HydraConfig.get()
+    discard_output_dir(hydra_cfg.runtime.output_dir, launch_dir=hydra_cfg.runtime.cwd, job_name=hydra_cfg.job.name)
+
+
+def _worded(error: BaseException) -> str:
+    """An error after which `resume=` finishes the execution ends with the whole command line that does it, the way
+    it was typed (the same program, config flags and overrides), to paste in the same directory. In a multirun it
+    is the interrupted job's own command; jobs after it in a sequential multirun never started, and it says so."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from runtree_pipeline.cli.hydra_callbacks import SEQUENTIAL_LAUNCHER
+    from runtree_pipeline.errors import Interrupted, TrackingFailed
+    from runtree_pipeline.tracking.provenance import cli_command
+
+    if not isinstance(error, (Interrupted, TrackingFailed)) or not error.pipeline_id:
+        return str(error)
+    if isinstance(error, Interrupted) and not error.recorded:
+        return str(error)
+    hydra_cfg = HydraConfig.get()
+    overrides = hydra_cfg.overrides
+    command = cli_command(sys.argv, list(overrides.task), list(overrides.hydra), resume=error.pipeline_id)
+    message = error.describe(command)
+    if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("_target_") == SEQUENTIAL_LAUNCHER:
+        message = f"multirun job #{hydra_cfg.job.num} stopped; the jobs after it did not start\n{message}"
+    return message
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """A logger silenced for a moment: Hydra logs an import it cannot do (with a misleading cause: "'mytargets' is
+    not a package" for a missing function) on stdout, beside our own line on stderr, unless the user asked for
+    everything Hydra has to say (HYDRA_FULL_ERROR=1)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    if not _show_hydra_errors:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # ---- Hydra's errors, worded as ours ----------------------------------------------------------------------------

@@ -6,6 +6,8 @@ through a fixed list.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -27,6 +29,18 @@ PRUNERS = {
 }
 """The pruners a level names in one word, with Optuna's defaults (a percentile pruner keeps the best 75%); any
 other is given the Hydra way, `{_target_: ..., ...}`."""
+
+
+def study_seed(spec: SweepSpec, parent: str) -> int | None:
+    """The seed of one parent's random or tpe study, from its level's `seed` and the parent's run name: siblings
+    draw different points, and a rerun of the same config the same ones. None when the level draws nothing seeded.
+
+    sha256, as Python's `hash()` of a string changes from one process to the next.
+    """
+    if spec.sampler not in ("random", "tpe") or spec.seed is None:
+        return None
+    digest = hashlib.sha256(json.dumps([spec.seed, parent]).encode()).digest()
+    return int.from_bytes(digest[:4], "big")  # Optuna's samplers seed numpy, which takes 32 bits
 
 
 def new_sampler(spec: SweepSpec, *, direction: str) -> Sampler:

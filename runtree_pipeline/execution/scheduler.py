@@ -29,7 +29,7 @@ from runtree_pipeline.execution.keys import code_fingerprint, content_key
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask
 from runtree_pipeline.execution.painter import Painter
 from runtree_pipeline.execution.reporting import ReportDesk
-from runtree_pipeline.execution.samplers import Sampler, new_sampler
+from runtree_pipeline.execution.samplers import Sampler, new_sampler, study_seed
 from runtree_pipeline.execution.tree import (
     LeafJob,
     OpenParent,
@@ -131,7 +131,7 @@ class Runner:
                         recorded=bool(self.plan.resume) or self.store.created_runs,
                     ) from None
                 if isinstance(e, TrackingFailed):
-                    raise TrackingFailed(f"{e}; redo what is missing with resume={self.pipeline_id}") from e
+                    raise TrackingFailed(e.detail, pipeline_id=self.pipeline_id) from e
                 raise
             finally:
                 # After a success every run is ended: a signal during the shutdown is still reported, not dropped.
@@ -323,6 +323,7 @@ class Runner:
             upstream=upstream,
             levels=[level.level for level in spec.levels],
             objective=spec.objective,
+            order_dependent=spec.order_dependent if self.executor.workers > 1 else (),
         )
         tags = {**self.plan.tags, **spec.tags, **shared}
         own = {**self._invocation, **own}
@@ -353,7 +354,7 @@ class Runner:
                 key = legacy  # resuming an execution recorded before keys held the code: its runs are still its runs
         if self.plan.cache.enabled:
             self._cache[spec.name] = self._cacheable(spec)
-        slot = self._stage_slot(spec.name, key, tags, own)
+        slot = self._stage_slot(spec.name, key, tags, {**own, **_seed_tag(levels, spec.name)})
         self.progress.stage_started(
             spec.name, total=spec.leaf_count(), objective=spec.objective, resumed=slot.origin is not Origin.EXECUTED
         )
@@ -489,19 +490,24 @@ class Runner:
         tags: Mapping[str, Any],
     ) -> OpenParent:
         spec = levels[0]
-        sampler = new_sampler(spec, direction=stage.spec.objective.mode)
+        seed = study_seed(spec, name)
+        if slot.record is not None and not slot.cached and not schema.seeded_per_parent(slot.record.tags):
+            seed = None  # recorded before seeds were per parent: its points replay only from the level's own seed
+        sampler = new_sampler(spec if seed is None else replace(spec, seed=seed), direction=stage.spec.objective.mode)
         if sampler.learns and slot.origin is not Origin.EXECUTED:
             sampler.replay(self.previous.points_under(slot.ref.run_id))
         child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: stage.slot.ref.run_id}
         changed = slot.origin is not Origin.REUSED
         parent = OpenParent(stage, up, point, slot, name, level, params, levels, child_tags, sampler, changed)
+        if seed is not None:
+            parent.own_tags = schema.seed_tag(seed)
         if slot.record is not None and spec.time_budget_s is not None:
             parent.draw_limit = schema.points_drawn(slot.record.tags)
         return parent
 
     def _open_parent(self, parent: OpenParent, point: Point, below: tuple[SweepSpec, ...]) -> None:
         name, params, key = self._child_identity(parent, point)
-        slot = self._child_slot(parent, name, key, point).result()
+        slot = self._child_slot(parent, name, key, point, own=_seed_tag(below, name)).result()
         child = self._parent(
             parent.stage,
             parent,
@@ -574,12 +580,14 @@ class Runner:
         name, params, key = self._child_identity(parent, point)
         return LeafJob(parent.stage, parent, point, name, params, self._child_slot(parent, name, key, point))
 
-    def _child_slot(self, parent: OpenParent, name: str, key: str, point: Point) -> Future[Slot]:
-        """The previous execution's run for this child on resume, else a new one, created where a round trip can
-        overlap other work (see `RunStore.create_later`)."""
+    def _child_slot(
+        self, parent: OpenParent, name: str, key: str, point: Point, *, own: Mapping[str, str] | None = None
+    ) -> Future[Slot]:
+        """The previous execution's run for this child on resume, else a new one (with `own` tags, those of a child
+        that is a parent), created where a round trip can overlap other work (see `RunStore.create_later`)."""
         if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
             return run_now(self._existing_slot, found, key, prunes=parent.levels[0].pruner is not None)
-        tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point)}
+        tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point), **(own or {})}
         cached = self._cache.get(parent.stage.spec.name, {}).get(key)
         if cached is not None:
             tags[schema.CACHED_FROM] = schema.computed_by(cached.tags, cached.run_id)
@@ -746,6 +754,13 @@ def _registered_before(slot: Slot) -> bool:
     record = slot.record
     reused = slot.origin is Origin.REUSED and not slot.cached
     return reused and record is not None and schema.REGISTERED_VERSION in record.tags
+
+
+def _seed_tag(levels: tuple[SweepSpec, ...], name: str) -> dict[str, str]:
+    """The seed a new parent's study will have, recorded when its run is created: a resume of a parent without it
+    knows the parent's points were drawn with its level's own seed."""
+    seed = study_seed(levels[0], name) if levels else None
+    return schema.seed_tag(seed) if seed is not None else {}
 
 
 def _below(parent: OpenParent, point: Point) -> tuple[SweepSpec, ...]:

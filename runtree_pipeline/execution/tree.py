@@ -97,6 +97,8 @@ class OpenParent:
     budget_spent: bool = False
     draw_limit: int | None = None
     """On resume, the points drawn before a time budget ran out: as many are drawn again, and no more."""
+    own_tags: dict[str, str] = field(default_factory=dict)
+    """What the parent records about itself when it is created and again when it ends: its study's seed."""
 
     @property
     def drawing_over(self) -> bool:
@@ -254,6 +256,7 @@ def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
     is_root = parent.up is None
     tags: dict[str, Any] = {
         **(stage.own_tags if is_root else told(parent.up, parent.point, best.objective if best else None)),
+        **parent.own_tags,
         **schema.parent_tags(
             children=len(parent.children) + direct,
             failed_children=sum(node.best is None for node in parent.children) + direct_failed,

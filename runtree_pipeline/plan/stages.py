@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runtree_pipeline.errors import ConfigError, ConfigErrors, first_line
+from runtree_pipeline.errors import ConfigError, ConfigErrors, UnknownKey, first_line
 from runtree_pipeline.plan import references
 from runtree_pipeline.plan.objective import MODES, Objective
 from runtree_pipeline.plan.params import flatten, merge
@@ -139,6 +139,13 @@ class StageSpec:
         """A pruner is not in the content key: a pruned leaf from an earlier run only stands where one still decides."""
         return any(level.pruner is not None for level in self.all_levels)
 
+    @property
+    def order_dependent(self) -> tuple[str, ...]:
+        """What in this stage decides from the leaves finished so far: with several workers, which ones those are
+        depends on timing, so a rerun with the same seeds may prune or draw differently and pick another best."""
+        found = ["a pruner"] if self.prunes else []
+        return (*found, *(["tpe"] if any(level.sampler == "tpe" for level in self.all_levels) else []))
+
 
 @dataclass(frozen=True)
 class Cache:
@@ -223,6 +230,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
 
     stages: dict[str, StageSpec] = {}
     broken: set[str] = set()
+    meant: dict[str, list[str]] = {}
     for name in map(str, stages_cfg):
         before = len(errors)
         try:
@@ -230,6 +238,8 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         except ConfigError as e:
             errors.append(e)
             broken.add(name)
+        else:
+            meant[name] = _misspelt_depends_on(stages_cfg[name])
         if any((e.key or "").split(".")[0] in ("variants", "subvariants") for e in errors[before:]):
             broken.add(name)  # its swept params are unknown: a reference to them is not an error of its own
 
@@ -251,7 +261,9 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         order = ()
     else:
         for stage in stages.values():
-            _check_references(stage, stages, _ancestors(deps, stage.name), broken, errors)
+            # upstream as the user meant it: the unknown-key error already names a misspelt depends_on
+            would_be = {**deps, stage.name: deps[stage.name] + [d for d in meant[stage.name] if d in stages]}
+            _check_references(stage, stages, _ancestors(would_be, stage.name), broken, errors)
     if errors:
         raise ConfigErrors(errors)
 
@@ -367,6 +379,24 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
     if sweeps_ok and target is not None:
         _check_signature(spec, target, errors)
     return spec
+
+
+def _misspelt_depends_on(node: Any) -> list[str]:
+    """The stage names under a key whose unknown-key error asks "did you mean 'depends_on'?": a reference to one of
+    them follows from that one misspelling, and the user is told of it once, not again for each reference."""
+    names: list[str] = []
+    for key in sorted(set(map(str, node)) - set(STAGE_KEYS)):
+        if _closest(key, STAGE_KEYS) != "depends_on":
+            continue
+        try:
+            value, _ = references.resolve_recording(node[key])
+        except Exception:  # noqa: BLE001 - a value that cannot be read names no stage
+            continue
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            names.extend(d for d in value if isinstance(d, str))
+    return names
 
 
 def _import(path: str, stage: str) -> Any:
@@ -628,11 +658,16 @@ def _cache(raw: Any, errors: list[ConfigError]) -> Cache:
 def _unknown_keys(raw: Any, allowed: tuple[str, ...], *, stage: str | None, under: str = "") -> list[ConfigError]:
     """One error per key not in `allowed`, each with the nearest allowed key when one is close."""
     return [
-        ConfigError(f"unknown key{_hint(key, allowed)} (allowed: {', '.join(allowed)})", stage=stage, key=under + key)
+        UnknownKey(f"unknown key{_hint(key, allowed)} (allowed: {', '.join(allowed)})", stage=stage, key=under + key)
         for key in sorted(set(map(str, raw)) - set(allowed))
     ]
 
 
-def _hint(word: str, options: Any) -> str:
+def _closest(word: str, options: Any) -> str | None:
     match = difflib.get_close_matches(word, sorted(options), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    return match[0] if match else None
+
+
+def _hint(word: str, options: Any) -> str:
+    match = _closest(word, options)
+    return f" (did you mean '{match}'?)" if match else ""

@@ -10,11 +10,14 @@ flood a log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -23,6 +26,9 @@ from runtree_pipeline.plan.sweeps import format_value
 from runtree_pipeline.states import Origin
 
 log = logging.getLogger("runtree_pipeline.progress")
+
+ECHO_ROOM = 8
+"""Columns a bar leaves free at the right edge, for the `^C` the terminal echoes there (up to four of them)."""
 
 
 @dataclass
@@ -154,27 +160,43 @@ class LogProgress(Progress):
 
 
 class BarProgress(Progress):
+    """Bars at the bottom of a terminal: the overall one and one per running stage. A finished stage's bar turns
+    into a line of text above them, and `close` takes every bar off the screen, so what is printed next (the
+    summary on stdout, an error line on stderr, which share the screen) starts on a clean line instead of over what
+    a bar left behind. While bars show, console log lines (ours, Hydra's, MLflow's own handler) are written above
+    them rather than across them. The overall bar appears with the first stage: a run that fails before any stage (a
+    store that cannot be opened, Ctrl-C during start-up) shows no bar at all."""
+
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self._stream = stream
-        self._overall = tqdm(total=0, desc="pipeline", unit="leaf", file=stream, position=0, leave=True)
+        self._overall: Any = None
+        self._closed = False
+        self._showing = contextlib.ExitStack()
+
+    def _bar(self, total: int, desc: str) -> Any:
+        # The terminal echoes a Ctrl-C as `^C` after the top bar: on a full-width bar it would wrap to the next line,
+        # and the bars would then be erased one line too low.
+        columns = _columns(self._stream) or 80
+        ncols = max(columns - ECHO_ROOM, 20)
+        return self._tqdm(total=total, desc=desc, unit="leaf", file=self._stream, leave=False, ncols=ncols)
 
     def _started(self, name: str, stage: _Stage) -> None:
-        stage.bar = self._tqdm(
-            total=stage.total,
-            desc=f"{name} (resumed)" if stage.resumed else name,
-            unit="leaf",
-            file=self._stream,
-            position=len(self._stages),
-            leave=True,
-        )
+        if self._closed:
+            return
+        if self._overall is None:
+            self._showing.enter_context(_logs_above(self._tqdm, self._stream))
+            self._overall = self._bar(0, "pipeline")
+        stage.bar = self._bar(stage.total, f"{name} (resumed)" if stage.resumed else name)
         self._overall.total += stage.total
         self._overall.refresh()
 
     def _updated(self, name: str, stage: _Stage) -> None:
+        if stage.bar is None:
+            return
         stage.bar.update(1)
         postfix = {}
         if stage.reused:
@@ -191,14 +213,75 @@ class BarProgress(Progress):
         self._overall.update(1)
 
     def _finished(self, name: str, stage: _Stage, status: str) -> None:
-        stage.bar.set_description(f"{name} ({status.lower()})", refresh=True)
+        if stage.bar is None:
+            return
         stage.bar.close()
+        stage.bar = None
+        self._tqdm.write(f"stage {name}: {status} — {stage.facts()}", file=self._stream)
 
     def close(self) -> None:
-        for stage in self._stages.values():
-            if stage.bar is not None:
-                stage.bar.close()
-        self._overall.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for stage in self._stages.values():
+                if stage.bar is not None:
+                    stage.bar.close()
+                    stage.bar = None
+            if self._overall is None:
+                return
+            self._overall.close()
+            self._showing.close()
+            # tqdm leaves the cursor on the top bar's line; erase from there to the end of the screen whatever a
+            # bar may have left (one drawn over by a target's own output, one wrapped by a resized terminal).
+            self._stream.write("\r\x1b[J")
+            self._stream.flush()
+
+
+@contextlib.contextmanager
+def _logs_above(tqdm: Any, bars: TextIO) -> Iterator[None]:
+    """Every console log handler (a StreamHandler that is not a file's) writes through `_AboveBars`. Its stream is
+    swapped rather than the handler replaced, so its level, filters and format stay as they were."""
+    loggers = [logging.getLogger(), *list(logging.Logger.manager.loggerDict.values())]
+    handlers = {h for x in loggers for h in getattr(x, "handlers", ())}  # a PlaceHolder has none
+    swapped = []
+    for handler in handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            swapped.append((handler, handler.setStream(_AboveBars(handler.stream, tqdm, bars))))
+    try:
+        yield
+    finally:
+        for handler, stream in swapped:
+            handler.setStream(stream)
+
+
+class _AboveBars:
+    """A log handler's stream while bars show: each record takes the bars off the screen, is written where they
+    were, and the bars are drawn again below it."""
+
+    def __init__(self, stream: Any, tqdm: Any, bars: TextIO) -> None:
+        self._target = stream
+        self._tqdm = tqdm
+        self._bars = bars
+
+    def write(self, text: str) -> Any:
+        with self._tqdm.external_write_mode(file=self._bars):
+            written = self._target.write(text)
+            self._target.flush()
+        return written
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def make_progress(enabled: bool, *, stream: TextIO | None = None) -> Progress:

@@ -1,12 +1,17 @@
 """The one-screen report at the end of a run, and the same facts as `summary.json` for scripts.
 
-Every stage line carries what this execution did with its leaves (`executed`, `reused`, `redone`, `failed`; see
+Every stage says what this execution did with its leaves (`executed`, `reused`, `redone`, `failed`; see
 `NodeResult.counts`), so a resume that ran nothing says so instead of looking like a fresh run.
+
+The report is read in a terminal, so every line fits its width and never exceeds 80 columns: a line longer than the
+terminal wraps at the terminal's edge, not at a word, and reads as garbage next to the aligned ones.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
 from pathlib import Path
 
 from runtree_pipeline.plan.stages import Plan
@@ -14,31 +19,50 @@ from runtree_pipeline.plan.sweeps import format_value
 from runtree_pipeline.results import LEAF_COUNTS, PipelineResult
 from runtree_pipeline.states import Status
 
+MAX_WIDTH = 80
+PARAM_LINES = 4
 
-def render(result: PipelineResult, plan: Plan, *, where: str) -> str:
+
+def render(result: PipelineResult, plan: Plan, *, where: str, width: int | None = None) -> str:
+    """`width` defaults to the terminal's columns, at most `MAX_WIDTH`; `summary.json` keeps everything unwrapped."""
+    width = width or summary_width()
     facts = result.to_dict()
-    lines = [
+    lines = _wrap(
         f"runtree pipeline {result.pipeline_id} — experiment '{result.experiment}' "
-        f"({'ok' if result.ok else Status.FAILED})"
-    ]
-    for name, stage in facts["stages"].items():
+        f"({'ok' if result.ok else Status.FAILED})",
+        width,
+        "",
+        "  ",
+    )
+    stages = facts["stages"]
+    name_width = min(max((len(name) for name in stages), default=0), 24)
+    runs_width = max((len(str(stage["runs"])) for stage in stages.values()), default=1)
+    for name, stage in stages.items():
         objective = plan.stages[name].objective
+        runs = _glued(f"{stage['runs']:>{runs_width}} run" + ("s" if stage["runs"] != 1 else ""))
+        lines += _wrap(f"{name:<{name_width}}  {stage['status']:<8}  {runs}", width, "  ", "      ")
         counts = " ".join(f"{key}={stage[key]}" for key in LEAF_COUNTS if key != "pruned" or stage[key])
-        runs = f"{stage['runs']:>4} run" + ("s" if stage["runs"] != 1 else " ")
-        lines.append(f"  {name:<12} {stage['status']:<8} {runs}  {counts}")
-        indent = f"  {'':<12} "
+        lines += _wrap(f"leaves: {counts}", width, "    ", "      ")
         best = stage["best"]
         if best is None:
-            lines.append(f"{indent}{stage['reason']}")
+            lines += _wrap(str(stage["reason"]), width, "    ", "      ")
             continue
         value = best["metrics"].get(objective.metric) if objective.metric else None
         score = f"{objective.metric}={format_value(value)} ({objective.mode})" if value is not None else "done"
-        lines.append(f"{indent}best {score}  run {best['run_id']}")
+        lines += _wrap(f"best {score}  {_glued('run ' + best['run_id'])}", width, "    ", "      ")
         params = ", ".join(f"{k}={format_value(v)}" for k, v in _flat(best["params"]).items())
         if params:
-            lines.append(f"{indent}params: {_clip(params)}")
-    lines.append(f"look: {where}")
+            lines += _wrap(f"params: {params}", width, "    ", "      ", max_lines=PARAM_LINES)
+    first, *rest = where.split(" — ")
+    lines += _wrap(f"look: {first}", width, "", "  ")
+    for part in rest:
+        lines += _wrap(part, width, "  ", "  ")
     return "\n".join(lines)
+
+
+def summary_width() -> int:
+    """The terminal's columns (`COLUMNS` first, 80 when there is no terminal), never more than `MAX_WIDTH`."""
+    return max(min(shutil.get_terminal_size().columns, MAX_WIDTH), 20)
 
 
 def write_json(result: PipelineResult, path: Path) -> Path:
@@ -52,5 +76,23 @@ def _flat(params: dict) -> dict:
     return flatten(params)
 
 
-def _clip(text: str, width: int = 100) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _glued(text: str) -> str:
+    """Words `_wrap` keeps on one line: a count and its noun, `run` and its id."""
+    return text.replace(" ", _NBSP)
+
+
+def _wrap(text: str, width: int, indent: str, hanging: str | None = None, max_lines: int | None = None) -> list[str]:
+    """Breaks between words; a word longer than a whole line (a path, a URI) is cut, as the width is a promise."""
+    lines = textwrap.wrap(
+        text,
+        width,
+        initial_indent=indent,
+        subsequent_indent=indent if hanging is None else hanging,
+        break_on_hyphens=False,
+        max_lines=max_lines,
+        placeholder=" …",
+    )
+    return [line.replace(_NBSP, " ") for line in lines]
+
+
+_NBSP = "\u00a0"  # not a place to break for textwrap, which breaks only at ASCII whitespace

@@ -124,7 +124,13 @@ def render_best(stage: RunRecord, leaf: RunRecord, *, experiment: str | None = N
     lines.append("metrics  " + (", ".join(f"{k}={_fmt(v)}" for k, v in sorted(leaf.metrics.items())) or "none"))
     command = reproduce_command(stage, leaf)
     if command:
-        lines.append("reproduce the whole pipeline (same seeds, same best):")
+        raced = stage.tags.get(schema.ORDER_DEPENDENT)
+        same = (
+            f"same seeds; {' and '.join(raced.split(','))} with several workers may decide differently"
+            if raced
+            else "same seeds, same best"
+        )
+        lines.append(f"reproduce the whole pipeline ({same}):")
         lines.append(f"  {_from_launch_dir(stage, stage.tags[COMMAND])}")
         lines.append("reproduce this run only:")
         lines.append(f"  {command}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 from collections.abc import Sequence
 
@@ -12,6 +13,15 @@ CWD = "runtree.cwd"
 GIT_COMMIT = "mlflow.source.git.commit"
 GIT_DIRTY = "runtree.git_dirty"
 _NOT_REPRODUCING = ("resume", "dry_run", "progress")
+_MULTIRUN_ONLY = (
+    "hydra.mode=",
+    "hydra/launcher=",
+    "hydra.launcher.",
+    "hydra/sweeper=",
+    "hydra.sweeper.",
+    "hydra.sweep.",
+)
+SCRIPT = "runtree-pipeline"
 
 
 def invocation_tags(command: str | None) -> dict[str, str]:
@@ -41,9 +51,20 @@ def launch_dir() -> str:
     return here
 
 
-def cli_command(argv: Sequence[str], task_overrides: Sequence[str]) -> str:
-    """`python -m runtree_pipeline ...` for one job: its own overrides (not the multirun sweep) plus the config
-    search flags, without the ones that would not reproduce it (`resume=`, `dry_run=`)."""
+def cli_command(
+    argv: Sequence[str],
+    task_overrides: Sequence[str],
+    hydra_overrides: Sequence[str] = (),
+    *,
+    resume: str | None = None,
+) -> str:
+    """The command line of one job, typed the way it was started (`python -m runtree_pipeline` or the
+    `runtree-pipeline` script), with the config search flags and the job's own overrides (not the multirun sweep;
+    Hydra's own too, such as `hydra.job.chdir=true`, but not those that only shape a multirun).
+
+    Without `resume`: the command that reproduces the job, without what would not (`resume=`, `dry_run=`,
+    `progress=`). With it: the command that finishes that execution, every override kept and `resume=` set to it.
+    """
     flags: list[str] = []
     args = list(argv[1:])
     for i, arg in enumerate(args):
@@ -51,8 +72,22 @@ def cli_command(argv: Sequence[str], task_overrides: Sequence[str]) -> str:
             flags += [arg, args[i + 1]]
         elif arg.startswith(("--config-dir=", "--config-path=", "--config-name=")):
             flags.append(arg)
-    keep = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") not in _NOT_REPRODUCING]
-    return shlex.join(["python", "-m", "runtree_pipeline", *flags, *keep])
+    dropped = ("resume",) if resume is not None else _NOT_REPRODUCING
+    keep = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") not in dropped]
+    keep += [o for o in hydra_overrides if not o.lstrip("+~").startswith(_MULTIRUN_ONLY)]
+    if resume is not None:
+        keep.append(f"resume={resume}")
+    return shlex.join([*_program(argv[0] if argv else ""), *flags, *keep])
+
+
+def _program(argv0: str) -> list[str]:
+    """How the user started us: the console script by the name it has on PATH (by its path when that name finds
+    another program), anything else as `python -m runtree_pipeline`."""
+    name = os.path.basename(argv0)
+    if os.path.splitext(name)[0] != SCRIPT:
+        return ["python", "-m", "runtree_pipeline"]
+    found = shutil.which(SCRIPT)
+    return [SCRIPT] if found and os.path.realpath(found) == os.path.realpath(argv0) else [argv0]
 
 
 def _git(*args: str) -> str | None:

@@ -50,6 +50,8 @@ REPORTED = "runtree.reported"
 ATTEMPTS = "runtree.attempts"
 BUDGET_EXHAUSTED = "runtree.budget_exhausted"
 POINTS_DRAWN = "runtree.points_drawn"
+SEED = "runtree.seed"
+ORDER_DEPENDENT = "runtree.order_dependent"
 BEST_PARAM = "best."
 BEST_METRIC = "best_"
 
@@ -67,9 +69,19 @@ _MAX_TAG = 7000
 
 
 def stage_tags(
-    *, pipeline_id: str, stage: str, upstream: Mapping[str, str], levels: Sequence[str], objective: Objective
+    *,
+    pipeline_id: str,
+    stage: str,
+    upstream: Mapping[str, str],
+    levels: Sequence[str],
+    objective: Objective,
+    order_dependent: Sequence[str] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """The tags a stage run shares with its descendants, and those only the stage run carries."""
+    """The tags a stage run shares with its descendants, and those only the stage run carries.
+
+    `order_dependent`: what decided from the leaves finished so far while several ran side by side (a pruner, tpe),
+    so that a rerun with the same seeds may decide differently.
+    """
     shared = {
         PIPELINE_ID: pipeline_id,
         STAGE: stage,
@@ -77,6 +89,8 @@ def stage_tags(
         **{UPSTREAM + d: r for d, r in upstream.items()},
     }
     own = {LEVELS: ",".join(levels), OBJECTIVE_MODE: objective.mode}
+    if order_dependent:
+        own[ORDER_DEPENDENT] = ",".join(order_dependent)
     if objective.metric:
         own[OBJECTIVE_METRIC] = objective.metric
     return shared, own
@@ -141,6 +155,18 @@ def reported_tag(values: Mapping[int, float]) -> dict[str, str]:
 def budget_tags(*, drawn: int) -> dict[str, str]:
     """A parent whose time budget ran out, and how many points it had drawn: a resume draws those again, no more."""
     return {BUDGET_EXHAUSTED: "true", POINTS_DRAWN: str(drawn)}
+
+
+def seed_tag(seed: int) -> dict[str, str]:
+    """The seed a parent's random or tpe study drew its points with, derived from its level's `seed`.
+
+    A parent recorded before seeds were derived per parent lacks it: its study had the level's seed itself.
+    """
+    return {SEED: str(seed)}
+
+
+def seeded_per_parent(tags: Mapping[str, str]) -> bool:
+    return SEED in tags
 
 
 def parent_tags(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -509,3 +510,138 @@ def test_signal_while_the_plan_is_built_exits_with_its_code_and_one_line(user_pr
     assert proc.returncode == code, out + err
     assert [ln for ln in err.splitlines() if ln.strip()] == [line]
     assert not (user_project / "store.db").exists()
+
+
+@pytest.mark.fresh_store
+def test_a_misspelt_depends_on_is_the_only_error_line_not_its_knock_on_reference(run_cli, user_conf, store, tmp_path):
+    """Issue 18: `b` uses `${best:a...}`; with depends_on misspelt the typo came second, after 'not upstream'."""
+    args = ["--config-dir", str(user_conf), "+sweep=mine", "~stages.b.depends_on", "+stages.b.depnds_on=[a]"]
+    proc = run_cli(*args, f"tracking_uri={store}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert error_lines(proc) == [
+        "runtree: error: stage 'b', key 'depnds_on': unknown key (did you mean 'depends_on'?) (allowed: _target_, "
+        "params, depends_on, variants, subvariants, objective, tags, on_failure, limits, register)"
+    ]
+    assert not (tmp_path / "store.db").exists()
+
+
+# ---- what the user is told to type next, and what is left on disk ----------------------------------------------
+
+SLOW_PIPELINE = """
+# @package _global_
+objective: {metric: loss}
+stages:
+  prep:
+    _target_: tests.targets.counted
+    params: {x: -1, log_file: calls.txt}
+  fit:
+    depends_on: [prep]
+    _target_: tests.targets.counted
+    params: {log_file: calls.txt, sleep: 0.5}
+    subvariants:
+      params: {x: "range(0, 8)"}
+"""
+
+
+def as_typed_in_a_shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A printed command line, pasted into a shell in `cwd` whose `python` is the one running the tests."""
+    env = cli_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ctrl_c_prints_the_whole_command_that_finishes_the_execution(store, tmp_path):
+    """Issue 18: only `resume=ID` was printed; pasted onto the plain command it looked in the sweep's experiment,
+    not in `experiment=ctrlc`, and exited 2. The printed line, pasted as is, finishes the same execution."""
+    (tmp_path / "my_conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "my_conf" / "sweep" / "slow.yaml").write_text(SLOW_PIPELINE)
+    args = ["--config-dir", "./my_conf", "+sweep=slow", "experiment=ctrlc", "tracking_uri=sqlite:///store.db"]
+    args += ["+tags.note='two words'", "progress=false", "plots=false"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtree_pipeline", *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    calls = tmp_path / "calls.txt"
+    deadline = time.time() + 120
+    while not calls.exists() or len(calls.read_text().splitlines()) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the pipeline made no progress"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+
+    client = MlflowClient(store)
+    (pipeline_id,) = {r.data.tags["runtree.pipeline_id"] for r in all_runs(client, "ctrlc")}
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("runtree: error: ")] or [err]
+    message, _, command = line.partition("; finish with: ")
+    assert message.startswith("runtree: error: interrupted during stage 'fit': "), err
+    assert command == shlex.join(["python", "-m", "runtree_pipeline", *args, f"resume={pipeline_id}"])
+
+    again = as_typed_in_a_shell(command, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    runs = all_runs(client, "ctrlc")
+    assert {r.data.tags["runtree.pipeline_id"] for r in runs} == {pipeline_id}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len(_by_level(runs)["subvariant"]) == 8
+
+
+@pytest.mark.fresh_store
+def test_a_target_that_does_not_import_is_our_line_only_not_hydras_log(user_project, store):
+    """Hydra logged its own error on stdout, once per stage, with a false cause for a misspelt function ("'mytargets'
+    is not a package"); HYDRA_FULL_ERROR=1 still shows it."""
+    args = [sys.executable, "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=mine"]
+    args += [f"tracking_uri={store}", "stages.a._target_=mytargets.rowz", "stages.b._target_=nosuchmodule.quad"]
+    expected = [
+        "runtree: error: stage 'a', key '_target_': cannot import 'mytargets.rowz': module 'mytargets' has no "
+        "attribute 'rowz'",
+        "runtree: error: stage 'b', key '_target_': cannot import 'nosuchmodule.quad': No module named "
+        "'nosuchmodule'",
+    ]
+    proc = subprocess.run(args, cwd=user_project, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert error_lines(proc) == expected
+    assert proc.stdout == ""
+
+    full = subprocess.run(
+        args, cwd=user_project, env=cli_env(HYDRA_FULL_ERROR="1"), capture_output=True, text=True, timeout=300
+    )
+    assert full.returncode == 2
+    assert "[hydra.utils][ERROR] - Error getting object at mytargets.rowz" in full.stdout
+    assert "[hydra.utils][ERROR] - Error getting object at nosuchmodule.quad" in full.stdout
+
+
+@pytest.mark.fresh_store
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["+stages.b.params.nope=1"], id="config-error"),
+        pytest.param(["dry_run=true"], id="dry-run"),
+        pytest.param(["resume=0123456789ab"], id="resume-of-nothing"),
+        pytest.param(["-m", "stages.a.params.seed=1,2", "+stages.b.params.nope=1"], id="multirun-config-error"),
+        pytest.param(["-m", "+sweep=mine,nosuch"], id="multirun-unknown-sweep"),
+    ],
+)
+def test_a_job_that_records_nothing_leaves_the_working_directory_as_it_was(run_cli, user_conf, tmp_path, args):
+    """Hydra makes `outputs/DATE/TIME/` (`multirun/...`) before the job starts; nothing ran, so none of it stays."""
+    where = tmp_path / "empty"
+    where.mkdir()
+    if "+sweep=mine,nosuch" not in args:
+        args = [*args[:1], "+sweep=mine", *args[1:]] if args[0] == "-m" else ["+sweep=mine", *args]
+    proc = run_cli("--config-dir", str(user_conf), *args, cwd=where)
+    assert proc.returncode == (0 if "dry_run=true" in args else 2), proc.stdout + proc.stderr
+    assert sorted(p.name for p in where.iterdir()) == []
+
+
+@pytest.mark.fresh_store
+def test_output_directories_of_earlier_runs_and_of_a_run_that_recorded_something_stay(run_cli, user_conf, tmp_path):
+    proc = run_cli("--config-dir", str(user_conf), "+sweep=mine", "plots=false")
+    assert proc.returncode == 0, proc.stderr
+    (summary,) = tmp_path.glob("outputs/*/*/summary.json")
+    proc = run_cli("--config-dir", str(user_conf), "+sweep=mine", "+stages.b.params.nope=1")
+    assert proc.returncode == 2
+    assert [p.relative_to(tmp_path) for p in tmp_path.glob("outputs/*/*")] == [summary.parent.relative_to(tmp_path)]

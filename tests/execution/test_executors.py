@@ -91,7 +91,8 @@ def contract_config(store: str, experiment: str) -> dict:
                 "_target_": "tests.targets.contract",
                 "params": {"fail_on": [3]},
                 "variants": {"points": {"a": {"y": 0.0}, "b": {"y": 1.0}}},
-                "subvariants": {"sampler": "random", "n": 5, "seed": 3, "params": {"x": "choice(0, 1, 2, 3, 4, 5)"}},
+                # seed 40: each variant's study draws x=3 (which fails) and x=2 (the best) once
+                "subvariants": {"sampler": "random", "n": 5, "seed": 40, "params": {"x": "choice(0, 1, 2, 3, 4, 5)"}},
             },
             "refine": {
                 "_target_": "tests.targets.quad",
@@ -260,11 +261,13 @@ class ExecutorContract:
     workers_outlive_close = False
 
     @pytest.fixture(scope="class")
-    def make_executor(self) -> Callable[[], Executor]:
+    @classmethod
+    def make_executor(cls) -> Callable[[], Executor]:
         raise NotImplementedError("an executor's test class says how to build it")
 
     @pytest.fixture(scope="class")
-    def contract_run(self, make_executor, tmp_path_factory, empty_store) -> ContractRun:
+    @classmethod
+    def contract_run(cls, make_executor, tmp_path_factory, empty_store) -> ContractRun:
         """The contract pipeline, run once per executor; several tests read what it recorded.
 
         It runs with another run's id in MLFLOW_RUN_ID, as a shell that ran an MLflow project can leave it
@@ -346,7 +349,8 @@ class ExecutorContract:
                 }
             },
         }
-        result = run(config, make_executor())
+        executor = make_executor()
+        result = run(config, executor)
         assert result.ok and result.stages["fit"].best.params["x"] == 2
         assert result.stages["fit"].counts["pruned"] == 3 and result.stages["fit"].counts["failed"] == 0
         leaves = {r.data.params["x"]: r for r in all_runs(client, "pruned") if r.data.tags["runtree.level"] != "stage"}
@@ -354,6 +358,9 @@ class ExecutorContract:
             **dict.fromkeys("012", "FINISHED"),
             **dict.fromkeys("345", "KILLED"),
         }
+        (stage,) = (r for r in all_runs(client, "pruned") if r.data.tags["runtree.level"] == "stage")
+        raced = stage.data.tags.get("runtree.order_dependent")
+        assert raced == ("a pruner" if executor.workers > 1 else None), "a rerun may prune other leaves"
         for x in "345":
             assert leaves[x].data.tags["runtree.pruned"] == "true"
             assert leaves[x].data.tags["runtree.pruned_at_step"] == "2"
@@ -488,13 +495,15 @@ class TestLocal(ExecutorContract):
     runs_leaves_in_driver = True
 
     @pytest.fixture(scope="class")
-    def make_executor(self):
+    @classmethod
+    def make_executor(cls):
         return LocalExecutor
 
 
 class TestProcesses(ExecutorContract):
     @pytest.fixture(scope="class")
-    def make_executor(self):
+    @classmethod
+    def make_executor(cls):
         return lambda: ProcessExecutor(workers=2)
 
 
@@ -502,7 +511,8 @@ class TestRay(ExecutorContract):
     workers_outlive_close = True
 
     @pytest.fixture(scope="class")
-    def make_executor(self, ray_runtime):
+    @classmethod
+    def make_executor(cls, ray_runtime):
         return lambda: RayExecutor(address="local", workers=2)
 
 

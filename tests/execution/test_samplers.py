@@ -17,7 +17,7 @@ import pytest
 
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.errors import Interrupted
-from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, new_sampler
+from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, new_sampler, study_seed
 from runtree_pipeline.plan.sweeps import parse_sweep, point_name
 from runtree_pipeline.tracking.index import PreviousPoint
 from tests.conftest import all_runs
@@ -67,6 +67,17 @@ def test_random_with_seed_is_deterministic():
     assert len({params["lr"] for _, params in first}) == 8
     other = [dict(p.params) for p in drain(new_sampler(variants({**RANDOM, "seed": 4}), direction="min"))]
     assert other != [params for _, params in first]
+
+
+def test_a_parents_study_seed_is_the_same_in_every_process_and_release():
+    """A resume derives a recorded parent's seed again, in another process and maybe another release: were the
+    derivation salted per process (Python's `hash()`) or changed, the resumed parent would draw other points."""
+    spec = variants({"sampler": "tpe", "n": 8, "seed": 0, "params": {"x": "interval(-3, 3)"}}, level="subvariant")
+    assert study_seed(spec, "fit/small") == 1896030154
+    assert study_seed(spec, "fit/wide") == 1926845842
+    assert study_seed(replace(spec, seed=1), "fit/small") != 1896030154
+    assert study_seed(replace(spec, seed=None), "fit/small") is None
+    assert study_seed(variants({"params": {"x": "1,2"}}), "fit") is None
 
 
 def test_random_draws_exactly_n_then_none():
@@ -435,10 +446,10 @@ def test_a_history_the_study_does_not_reproduce_warns_once_and_enqueues_the_rest
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_a_pipeline_asks_and_tells_every_parent_its_own_sampler(store, client, sampler):
-    """Each variant's leaves are exactly the points its own sampler asks when told each leaf's loss in turn: the
-    scheduler tells the right value to the right parent's sampler (the two bowls have different minima, so values
-    crossed between siblings would lead tpe elsewhere). The tree has n leaves per variant and the stage's best is
-    the best leaf."""
+    """Each variant's leaves are exactly the points its own sampler (seeded for that variant) asks when told each
+    leaf's loss in turn: the scheduler tells the right value to the right parent's sampler (the two bowls have
+    different minima, so values crossed between siblings would lead tpe elsewhere). The tree has n leaves per
+    variant and the stage's best is the best leaf."""
     sweep = {"sampler": sampler, "n": 12, "seed": 1, "params": {"x": "interval(-3, 3)"}}
     centres = {"fit/left": -2.0, "fit/right": 2.0}
     config = {
@@ -462,13 +473,13 @@ def test_a_pipeline_asks_and_tells_every_parent_its_own_sampler(store, client, s
     asked = {}
     for variant, centre in centres.items():
         recorded = [float(r.data.params["x"]) for r in leaves if names[r.data.tags["mlflow.parentRunId"]] == variant]
-        own = new_sampler(variants(sweep, level="subvariant"), direction="min")
+        spec = variants(sweep, level="subvariant")
+        own = new_sampler(replace(spec, seed=study_seed(spec, variant)), direction="min")
         points = drain(own, lambda params, c=centre: bowl_at(x=params["x"], centre=c)["loss"])
         asked[variant] = sorted(p.params["x"] for p in points)
         assert sorted(recorded) == asked[variant], variant
         assert all(-3 <= x <= 3 for x in recorded)
-    if sampler == "tpe":
-        assert asked["fit/left"] != asked["fit/right"]
+    assert asked["fit/left"] != asked["fit/right"]
     best = min(r.data.metrics["loss"] for r in leaves)
     (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
     assert stage.data.metrics["best_loss"] == best == result.stages["fit"].best.metrics["loss"]
@@ -549,6 +560,132 @@ def test_an_interrupted_tpe_sweep_resumes_as_the_uninterrupted_one(store, client
     assert record("stopped") == record("uninterrupted")
     learning_children = len(uninterrupted) + (3 if levels is TPE_OVER_TPE else 0)
     assert sum(None not in tags for tags in record("uninterrupted").values()) == learning_children
+
+
+def drawn_under(runs) -> dict[str, list[float]]:
+    """Each parent's leaves' x, sorted, by the parent's run name."""
+    names = {r.info.run_id: r.info.run_name for r in runs}
+    drawn: dict[str, list[float]] = {}
+    for run in runs:
+        if run.data.tags["runtree.level"] == "subvariant":
+            drawn.setdefault(names[run.data.tags["mlflow.parentRunId"]], []).append(float(run.data.params["x"]))
+    return {parent: sorted(xs) for parent, xs in drawn.items()}
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_sibling_studies_draw_different_points_and_a_rerun_draws_them_again(store, client, sampler):
+    """Two variants under one `subvariants` block and one seed: each variant's study has a seed of its own, so a
+    user tuning two architectures searches two sets of points, not one set twice; a new execution of the same config
+    draws the same points again. With n=8 tpe is still in its random startup trials: only the seed tells the
+    siblings apart."""
+    config = {
+        "tracking_uri": store,
+        "experiment": "siblings",
+        "objective": {"metric": "loss"},
+        "stages": {
+            "fit": {
+                "_target_": "tests.targets.bowl_at",
+                "variants": {"points": {"small": {"centre": 1.0}, "wide": {"centre": 1.0}}},
+                "subvariants": {"sampler": sampler, "n": 8, "seed": 0, "params": {"x": "interval(-3, 3)"}},
+            }
+        },
+    }
+    first = run_plan(build_plan(config), plots=False).pipeline_id
+    second = run_plan(build_plan(config), plots=False).pipeline_id
+    runs = all_runs(client, "siblings")
+    drawn = {
+        pipeline: drawn_under([r for r in runs if r.data.tags["runtree.pipeline_id"] == pipeline])
+        for pipeline in (first, second)
+    }
+    assert first != second and sorted(drawn[first]) == ["fit/small", "fit/wide"]
+    assert [len(xs) for xs in drawn[first].values()] == [8, 8]
+    assert not set(drawn[first]["fit/small"]) & set(drawn[first]["fit/wide"])
+    assert drawn[second] == drawn[first]
+
+
+def old_seeding(spec, parent):
+    """How studies were seeded before seeds were per parent: every parent with its level's own seed."""
+    return spec.seed if spec.sampler in ("random", "tpe") else None
+
+
+def grid_over(sampler: str) -> dict:
+    return {
+        "variants": {"points": {"left": {"centre": -2.0}, "right": {"centre": 2.0}}},
+        "subvariants": {"sampler": sampler, "n": 8, "seed": 3, "params": {"x": "interval(-3, 3)"}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("levels", "stop_at", "reached"),
+    [
+        pytest.param(grid_over("random"), 4, 1, id="random-cut-in-the-first-variant"),
+        pytest.param(grid_over("random"), 11, 2, id="random-cut-in-the-second-variant"),
+        pytest.param(grid_over("tpe"), 4, 1, id="tpe-cut-in-the-first-variant"),
+        pytest.param(grid_over("tpe"), 11, 2, id="tpe-cut-in-the-second-variant"),
+        pytest.param(TPE_OVER_TPE, 7, 2, id="tpe-variants"),
+    ],
+)
+def test_a_store_from_before_per_parent_seeds_resumes_with_the_seeds_it_was_drawn_with(
+    store, client, tmp_path, monkeypatch, levels, stop_at, reached
+):
+    """A parent recorded by an earlier release (its study had the level's own seed; it has no `runtree.seed`) keeps
+    that seed on resume: tpe's replay reproduces its asks, random draws its points again, each finished leaf is
+    reused and none runs twice. A parent that execution never reached is new, and gets a seed of its own."""
+
+    def config(experiment: str, stop: int) -> dict:
+        fit = {
+            "_target_": "tests.execution.test_samplers.stops_once",
+            "params": {"log_file": str(tmp_path / f"{experiment}.txt"), "stop_at": stop},
+            **levels,
+        }
+        return {
+            "tracking_uri": store,
+            "experiment": experiment,
+            "objective": {"metric": "loss"},
+            "stages": {"fit": fit},
+        }
+
+    def variants_of(experiment: str) -> dict:
+        return {r.info.run_name: r for r in all_runs(client, experiment) if r.data.tags["runtree.level"] == "variant"}
+
+    with monkeypatch.context() as earlier_release:
+        earlier_release.setattr("runtree_pipeline.execution.scheduler.study_seed", old_seeding)
+        with pytest.raises(Interrupted):
+            run_plan(build_plan(config("stopped", stop_at)), plots=False)
+        run_plan(build_plan(config("old", -1)), plots=False)
+    for run in all_runs(client):
+        if "runtree.seed" in run.data.tags:
+            client.delete_tag(run.info.run_id, "runtree.seed")
+    recorded = set(variants_of("stopped"))
+    finished = {
+        r.info.run_name: r.info.run_id
+        for r in all_runs(client, "stopped")
+        if r.data.tags["runtree.level"] == "subvariant" and r.info.status == "FINISHED"
+    }
+    assert len(finished) == stop_at and len(recorded) == reached
+
+    run_plan(build_plan({**config("stopped", stop_at), "resume": "last"}), plots=False)
+
+    runs = all_runs(client, "stopped")
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.run_name: r.info.run_id for r in runs if r.info.run_name in finished} == finished
+    calls = (tmp_path / "stopped.txt").read_text().splitlines()
+    drawn, old = drawn_under(runs), drawn_under(all_runs(client, "old"))
+    assert len(calls) == len(set(calls)) == sum(len(xs) for xs in drawn.values())
+    resumed = variants_of("stopped")
+    assert sorted(resumed) == sorted(variants_of("old"))
+    sweep = variants(levels["subvariants"], level="subvariant")
+    for name, variant in resumed.items():
+        if name in recorded:
+            assert drawn[name] == old[name], name
+            assert "runtree.seed" not in variant.data.tags
+        else:
+            seed = study_seed(sweep, name)
+            own = new_sampler(replace(sweep, seed=seed), direction="min")
+            centre = float(variant.data.params["centre"])
+            expected = drain(own, lambda params, c=centre: bowl_at(x=params["x"], centre=c)["loss"])
+            assert drawn[name] == sorted(p.params["x"] for p in expected) != old[name], name
+            assert variant.data.tags["runtree.seed"] == str(seed)
 
 
 def test_a_retried_leaf_is_not_pruned_on_the_curve_its_first_attempt_left():

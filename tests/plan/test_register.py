@@ -110,8 +110,8 @@ def test_several_register_problems_are_reported_together():
     with pytest.raises(ConfigErrors) as info:
         plan_of({"final": stage({"name": "a/b", "alias": "v1", "only_if_better": True, "extra": 1})})
     assert [e.key for e in info.value.errors] == [
+        "register.extra",  # an unknown key first: it may be why another is missing
         "register.alias",
-        "register.extra",
         "register.name",
         "register.only_if_better",
     ]

@@ -547,6 +547,45 @@ def test_several_problems_are_reported_together_sorted():
     assert str(info.value).splitlines()[1].startswith("stage 'a', key '_target_': cannot import")
 
 
+def test_a_misspelt_depends_on_is_one_error_not_one_per_reference_it_would_make_upstream():
+    """Issue 18: the typo came second, after a 'not upstream' line that only followed from it."""
+    stages = {
+        "prep": data(),
+        "data": data(depends_on="prep"),
+        "other": data(),
+        "train": quad(
+            depnds_on=["data"],
+            params={
+                "x": "${best:data.params.seed}",
+                "offset": "${best:prep.run_id}/${best:other.run_id}/${best:data.params.sed}",
+            },
+        ),
+    }
+    assert [str(e) for e in errors_of(stages)] == [
+        f"stage 'train', key 'depnds_on': unknown key (did you mean 'depends_on'?) (allowed: {', '.join(STAGE_KEYS)})",
+        "stage 'train', key 'depends_on': ${best:other.run_id} refers to stage 'other', which is not upstream "
+        "(add it to depends_on)",
+        "stage 'train', key 'params': ${best:data.params.sed}: stage 'data' has no param 'sed' (did you mean 'seed'?)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stage", "keys"),
+    [
+        pytest.param({"_targt_": QUAD, "params": {"x": 1}}, ["_targt_", "_target_"], id="target"),
+        pytest.param(quad(register={"nme": "m"}), ["register.nme", "register.name"], id="register-name"),
+        pytest.param(
+            quad(on_failure="never", depend_on=["b"], tags=[1]), ["depend_on", "on_failure", "tags"], id="unrelated"
+        ),
+    ],
+)
+def test_an_unknown_key_comes_first_among_its_stages_errors(stage, keys):
+    """A misspelt key is often why the key it meant is missing: the cause is read before its consequence."""
+    errors = errors_of({"b": data(on_failure="never", sede=1), "a": stage})
+    assert [(e.stage, e.key) for e in errors] == [*(("a", k) for k in keys), ("b", "sede"), ("b", "on_failure")]
+    assert errors[0].detail.startswith("unknown key (did you mean")
+
+
 def test_stage_without_sweeps_needs_no_metric():
     plan = plan_of({"a": quad(), "b": data(variants=None)})
     assert plan.stages["a"].objective.metric is None
@@ -875,7 +914,7 @@ def test_limits_are_stored_only_when_set():
 
 def test_several_limit_problems_are_reported_together():
     errors = errors_of({"a": quad(limits={"timeout_s": 0, "retries": -1, "retry": 2})})
-    assert [e.key for e in errors] == ["limits.retries", "limits.retry", "limits.timeout_s"]
+    assert [e.key for e in errors] == ["limits.retry", "limits.retries", "limits.timeout_s"]
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,23 @@ leaf counts of every execution (new or resumed) in the summary and summary.json,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
+import struct
 import subprocess
+import termios
+import threading
+from collections.abc import Iterator
+
+import pyte
 
 from runtree_pipeline import build_plan, run_plan
-from runtree_pipeline.reports.progress import LogProgress
+from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.plan.sweeps import format_value
+from runtree_pipeline.reports.progress import BarProgress, LogProgress, make_progress
 from runtree_pipeline.reports.summary import render, write_json
 from tests.conftest import all_runs
 
@@ -25,7 +36,9 @@ def test_a_200_leaf_sweep_logs_a_bounded_number_of_progress_lines(run_cli, store
     assert "stage tuning: started, 200 leaves to run" in lines[0]
     assert "stage tuning: FINISHED — 200/200 leaves" in lines[-1] and "best metric1=" in lines[-1]
     assert "reused" not in lines[-1]
-    assert "tuning       FINISHED  206 runs  executed=200 reused=0 redone=0 failed=0" in proc.stdout
+    summary = proc.stdout.splitlines()
+    assert "  tuning  FINISHED  206 runs" in summary
+    assert "    leaves: executed=200 reused=0 redone=0 failed=0" in summary
 
 
 def _config(store: str, marker_dir: str) -> dict:
@@ -75,10 +88,14 @@ def test_every_execution_reports_what_it_executed_reused_and_redid(store, tmp_pa
     assert any(m.startswith("stage always: FINISHED — 2/2 leaves (1 reused, 1 redone), 1 failed,") for m in messages)
     assert "stage after: started, 1 leaf to run" in messages
 
-    text = render(resumed, build_plan(config), where="here")
-    assert "  fit          FINISHED    5 runs  executed=0 reused=2 redone=2 failed=0" in text.splitlines()
-    assert "  always       FINISHED    3 runs  executed=0 reused=1 redone=1 failed=1" in text.splitlines()
-    assert "  after        FINISHED    1 run   executed=1 reused=0 redone=0 failed=0" in text.splitlines()
+    lines = render(resumed, build_plan(config), where="here").splitlines()
+    for stage, runs, counts in (
+        ("fit   ", "5 runs", "executed=0 reused=2 redone=2 failed=0"),
+        ("always", "3 runs", "executed=0 reused=1 redone=1 failed=1"),
+        ("after ", "1 run", "executed=1 reused=0 redone=0 failed=0"),
+    ):
+        at = lines.index(f"  {stage}  FINISHED  {runs}")
+        assert lines[at + 1] == f"    leaves: {counts}"
     on_disk = json.loads(write_json(resumed, tmp_path / "summary.json").read_text())
     assert {k: on_disk["stages"]["always"][k] for k in ("executed", "reused", "redone", "failed")} == {
         "executed": 0,
@@ -126,3 +143,135 @@ def test_stage_runs_record_command_directory_and_git_commit(run_cli, store, clie
     assert newest.data.tags["runtree.git_dirty"] == "true"
     assert newest.data.tags["runtree.cwd"] == str(tmp_path)
     assert "runtree.command" not in newest.data.tags
+
+
+def test_the_summary_fits_the_terminal_and_never_exceeds_80_columns(store, tmp_path, monkeypatch):
+    deep = tmp_path.joinpath(*[f"directory_{i}" for i in range(8)])  # a path longer than a line, without a space
+    deep.mkdir(parents=True)
+    name = "a_stage_whose_name_is_longer_than_its_column"
+    config = {
+        "tracking_uri": store,
+        "experiment": "a_fairly_long_experiment_name_as_people_write_them",
+        "objective": {"metric": "loss"},
+        "stages": {
+            name: {
+                "_target_": "tests.targets.counted",
+                "params": {"log_file": str(deep / "calls.txt"), "y": 0.5},
+                "subvariants": {"params": {"x": "range(0, 3)"}},
+            },
+        },
+    }
+    plan = build_plan(config)
+    result = run_plan(plan, plots=False)
+    best = result.stages[name].best
+    where = f"experiment 'x' in {store} — run `mlflow ui --backend-store-uri {store}` and open that experiment"
+    params = ", ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
+    assert len(params) > 80
+
+    counts = "    leaves: executed=3 reused=0 redone=0 failed=0"
+    stage_lines = {
+        80: [f"  {name}  FINISHED  4 runs", counts, f"    best loss=0.5 (min)  run {best.run_id}"],
+        60: [f"  {name}  FINISHED", "      4 runs", counts, "    best loss=0.5 (min)", f"      run {best.run_id}"],
+    }
+    for columns, width in ((200, 80), (80, 80), (60, 60)):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        lines = render(result, plan, where=where).splitlines()
+        assert max(len(line) for line in lines) <= width, "\n".join(lines)
+        assert lines[:2] == [
+            f"runtree pipeline {result.pipeline_id} — experiment",
+            "  'a_fairly_long_experiment_name_as_people_write_them' (ok)",
+        ]
+        assert lines[2 : 2 + len(stage_lines[width])] == stage_lines[width]
+        start = next(i for i, line in enumerate(lines) if line.startswith("    params: "))
+        block = [lines[start], *(line for line in lines[start + 1 :] if line.startswith("      "))]
+        assert "".join(block).replace(" ", "") == f"params: {params}".replace(" ", ""), "a param was lost"
+        look = next(i for i, line in enumerate(lines) if line.startswith("look: experiment 'x' in"))
+        assert all(line.startswith("  ") for line in lines[look + 1 :])
+        said = "".join(lines[look:]).replace(" ", "")
+        assert said == f"look: {where}".replace(" — ", "").replace(" ", ""), "each part after a dash on its own line"
+
+    on_disk = json.loads(write_json(result, tmp_path / "summary.json").read_text())
+    assert on_disk["stages"][name]["best"]["params"]["log_file"] == str(deep / "calls.txt")
+
+
+class _Terminal:
+    """A pseudo-terminal of a given size, its output collected as it comes, and the screen a person would see."""
+
+    def __init__(self, columns: int, rows: int = 24) -> None:
+        self.columns, self.rows = columns, rows
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        self.stream = open(slave, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by `close`
+        self.output = bytearray()
+        self._master = master
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):  # EIO once the slave side is closed
+            while chunk := os.read(self._master, 65536):
+                self.output += chunk
+
+    def close(self) -> None:
+        self.stream.close()
+        self._reader.join(10)
+        os.close(self._master)
+
+    def screen(self) -> list[str]:
+        screen = pyte.Screen(self.columns, self.rows)
+        pyte.ByteStream(screen).feed(bytes(self.output))
+        return [line.rstrip() for line in screen.display if line.strip()]
+
+
+@contextlib.contextmanager
+def _terminal(columns: int) -> Iterator[_Terminal]:
+    terminal = _Terminal(columns)
+    try:
+        yield terminal
+    finally:
+        terminal.close()
+
+
+def test_bars_leave_nothing_behind_on_the_terminal_for_what_is_printed_after_them():
+    """A stage's bar becomes one line when it ends, a log line goes above the bars, and once closed no bar is left
+    for the summary or an error line to be printed over."""
+    loss = Objective("loss")
+    logger = logging.getLogger("tests.progress.terminal")
+    with _terminal(80) as terminal:
+        handler = logging.StreamHandler(terminal.stream)
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            progress = make_progress(True, stream=terminal.stream)
+            assert isinstance(progress, BarProgress)
+            progress.stage_started("prep", total=1, objective=loss)
+            progress.leaf_done("prep", objective=4.0, failed=False)
+            progress.stage_finished("prep", status="FINISHED")
+            progress.stage_started("fit", total=30, objective=loss)
+            progress.stage_started("other", total=2, objective=loss, resumed=True)
+            progress.leaf_done("fit", objective=1.5, failed=False)
+            logger.warning("run fit/x=1 failed: RuntimeError: boom")
+            progress.leaf_done("fit", objective=None, failed=True)
+            progress.leaf_done("other", objective=0.25, failed=False, origin="reused")
+            progress.close()
+            progress.leaf_done("fit", objective=1.0, failed=False)  # a worker finishing late draws nothing
+            terminal.stream.write("runtree: error: interrupted\n")
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = True
+    assert terminal.screen() == [
+        "stage prep: FINISHED — 1/1 leaves, best loss=4, 00:00 elapsed",
+        "run fit/x=1 failed: RuntimeError: boom",
+        "runtree: error: interrupted",
+    ]
+    assert "█" in terminal.output.decode(), "no bar was drawn at all"
+
+
+def test_a_run_that_stops_before_any_stage_draws_no_bar():
+    """The store could not be opened, the config was refused, Ctrl-C came during start-up: the error line is the
+    only thing on the screen."""
+    with _terminal(80) as terminal:
+        progress = make_progress(True, stream=terminal.stream)
+        progress.close()
+        terminal.stream.write("runtree: error: tracking store x is not usable\n")
+    assert terminal.screen() == ["runtree: error: tracking store x is not usable"]

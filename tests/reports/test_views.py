@@ -51,3 +51,21 @@ def test_the_tree_says_which_runs_were_taken_from_the_cache():
     ]
     lines = render_tree(RunIndex([stage, *leaves])).splitlines()
     assert [line.endswith("(cached from abcdef01)") for line in lines[2:]] == [False, True]
+
+
+def test_best_promises_the_same_best_only_where_nothing_raced_several_workers():
+    """With a pruner and several workers, which leaves are pruned depends on which reported first, so a rerun with
+    the same seeds may pick another best; `runtree best` must not promise otherwise."""
+    from runtree_pipeline.reports.views import render_best
+
+    def stage(**extra: str) -> RunRecord:
+        tags = {"runtree.stage": "fit", "runtree.levels": "subvariant", "runtree.command": "python -m runtree_pipeline"}
+        return RunRecord("s1", "0", "fit", "FINISHED", tags={**tags, **extra})
+
+    leaf = RunRecord("l1", "0", "fit/x=1", "FINISHED", params={"x": "1"}, metrics={"loss": 0.5})
+    assert "(same seeds, same best):" in render_best(stage(), leaf)
+    raced = render_best(stage(**{"runtree.order_dependent": "a pruner"}), leaf)
+    assert "(same seeds; a pruner with several workers may decide differently):" in raced
+    assert "same best" not in raced
+    both = render_best(stage(**{"runtree.order_dependent": "a pruner,tpe"}), leaf)
+    assert "(same seeds; a pruner and tpe with several workers may decide differently):" in both

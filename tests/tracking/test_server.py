@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -150,12 +152,15 @@ def test_a_write_that_finally_fails_is_loud_and_resumable(restartable_server, tm
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 4, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("runtree: error: could not ") and "resume=" in last
+    assert last.startswith("runtree: error: could not "), err
+    _, _, command = last.partition("; redo what is missing with: ")
+    assert command.startswith("python -m runtree_pipeline --config-dir ") and " resume=" in command, last
 
     restartable_server.start()
-    proc = _start(tmp_path, restartable_server.url, "finally_fails", "resume=last")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    # The line as printed, pasted in the same directory: it finishes the same execution (one stage run in all).
+    env = cli_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    again = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
     _assert_complete(restartable_server.url, "finally_fails")
 
 
