@@ -13,20 +13,22 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import singledispatch
 from pathlib import Path
 from typing import Any
 
 from runtree_pipeline.errors import Pruned
 from runtree_pipeline.execution.reporting import Desk, in_leaf
 from runtree_pipeline.plan.params import lookup, merge
+from runtree_pipeline.plan.targets import FunctionTarget, Target
 from runtree_pipeline.tracking.records import RunRef
 
 
 @dataclass(frozen=True)
 class LeafTask:
-    """What a worker needs: the target's import path, its arguments, and the run it logs to."""
+    """What a worker needs: the target, its arguments, and the run it logs to."""
 
-    target: str
+    target: Target
     kwargs: Mapping[str, Any]
     run: RunRef
     objective: str | None = None
@@ -64,15 +66,12 @@ class LeafOutcome:
 
 def execute(task: LeafTask) -> LeafOutcome:
     """Run the target with its leaf run active; an exception becomes a failed outcome, not a crash."""
-    from hydra.utils import get_object
-
     from runtree_pipeline.tracking.active import active_run
 
     try:
-        target = get_object(task.target)
         kwargs = _with_local_copies(task)
         with active_run(task.run), in_leaf(task.run, task.desk) as leaf:
-            returned = target(**kwargs)
+            returned = run(task.target, kwargs)
     except Pruned as e:
         return LeafOutcome(pruned_at=e.step, ended_at=time.time())
     except Exception as e:  # noqa: BLE001 - a failing target fails its own run only
@@ -91,6 +90,20 @@ def execute(task: LeafTask) -> LeafOutcome:
         artifacts=artifacts if outcome.ok else (),
         last_step=leaf.step,
     )
+
+
+@singledispatch
+def run(target: Target, params: Mapping[str, Any]) -> Any:
+    """The leaf's work for one kind of target, in a worker with the leaf's run active: what it returns is the
+    leaf's result (numbers become metrics, other values outputs, paths artifacts)."""
+    raise TypeError(f"no way to run a {type(target).__name__}")
+
+
+@run.register
+def _(target: FunctionTarget, params: Mapping[str, Any]) -> Any:
+    from hydra.utils import get_object
+
+    return get_object(target.path)(**params)
 
 
 def _with_local_copies(task: LeafTask) -> Mapping[str, Any]:

@@ -25,7 +25,7 @@ import yaml
 
 from runtree_pipeline.errors import Interrupted, StageInputError, TrackingFailed, UnknownPipeline
 from runtree_pipeline.execution.executors import Executor, LocalExecutor
-from runtree_pipeline.execution.keys import code_fingerprint, content_key
+from runtree_pipeline.execution.keys import content_key
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask
 from runtree_pipeline.execution.painter import Painter
 from runtree_pipeline.execution.reporting import ReportDesk
@@ -52,7 +52,7 @@ from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, Sta
 from runtree_pipeline.states import Level, Origin, Status
 from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.tracking.index import RunIndex, is_kept
-from runtree_pipeline.tracking.provenance import invocation_tags
+from runtree_pipeline.tracking.provenance import GIT_DIRTY, environment_files, invocation_tags
 from runtree_pipeline.tracking.records import RunRecord, RunRef
 from runtree_pipeline.tracking.redact import redact
 from runtree_pipeline.tracking.store import RunStore
@@ -87,6 +87,7 @@ class Runner:
         self.pipeline_id = str(plan.resume) if plan.resume and plan.resume != "last" else uuid.uuid4().hex[:12]
         self.previous = RunIndex()
         self._invocation: dict[str, str] = {}
+        self._environment: dict[str, str] = {}
         self._results: dict[str, StageResult] = {}
         self._started: set[str] = set()
         self._open: list[OpenParent] = []
@@ -108,6 +109,7 @@ class Runner:
             try:
                 self._load_previous()
                 self._invocation = invocation_tags(self.command)
+                self._environment = environment_files(self._invocation.get(GIT_DIRTY) == "true")
                 self.executor.start(tracking_uri=self.store.uri)
                 if self._painter is not None:
                     self._painter.start()
@@ -344,12 +346,12 @@ class Runner:
             log.error("stage %s failed: %s", spec.name, e)
             return StageResult(spec.name, Status.FAILED, reason=str(e), upstream=upstream)
 
-        code = code_fingerprint(spec.target) if self.plan.cache.code else None
+        code = spec.target.code() if self.plan.cache.code else None
         if code is not None:
             own[schema.CODE] = code
-        key = content_key(stage=spec.name, target=spec.target, params=params, **({"code": code} if code else {}))
+        key = content_key(stage=spec.name, params=params, **spec.target.key_parts(code))
         if code and self.previous.stage_run(spec.name, key) is None:
-            legacy = content_key(stage=spec.name, target=spec.target, params=params)
+            legacy = content_key(stage=spec.name, params=params, **spec.target.key_parts(None))
             if self._written_before_code(spec.name, legacy):
                 key = legacy  # resuming an execution recorded before keys held the code: its runs are still its runs
         if self.plan.cache.enabled:
@@ -367,7 +369,7 @@ class Runner:
             slot,
             upstream,
             own_tags={schema.ROOT_RUN_ID: slot.ref.run_id, **self._invocation},
-            artifacts={schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)},
+            artifacts={schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False), **self._environment},
             artifact_uris=frozenset(uris),
         )
         if levels:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import heapq
-import inspect
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors, UnknownKey, first_line
-from runtree_pipeline.plan import references
+from runtree_pipeline.plan import references, targets
 from runtree_pipeline.plan.objective import MODES, Objective
 from runtree_pipeline.plan.params import flatten, merge
 from runtree_pipeline.plan.sweeps import (
     Point,
     SweepSpec,
     format_seconds,
-    import_object,
     parse_sweep,
     positive_number,
 )
@@ -35,7 +33,7 @@ if TYPE_CHECKING:
     import networkx as nx
 
 STAGE_KEYS = (
-    "_target_",
+    *targets.KEYS,
     "params",
     "depends_on",
     "variants",
@@ -81,7 +79,7 @@ class Register:
 @dataclass(frozen=True)
 class StageSpec:
     name: str
-    target: str
+    target: targets.Target
     params: Mapping[str, Any]
     depends_on: tuple[str, ...] = ()
     variants: SweepSpec | None = None
@@ -197,7 +195,8 @@ class Plan:
             detail = "; ".join(sweep) if sweep else "single run"
             if stage.limits != Limits():
                 detail += f"; limits {stage.limits.describe()}"
-            lines.append(f"  {name}{after}: {stage.target} — {detail} → {v} variant run(s), {s} sub-variant run(s)")
+            runs = f"{v} variant run(s), {s} sub-variant run(s)"
+            lines.append(f"  {name}{after}: {stage.target.describe()} — {detail} → {runs}")
         lines.append(f"total: {total} MLflow run(s); dry run, nothing was recorded")
         return "\n".join(lines)
 
@@ -311,19 +310,14 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
     except Exception as e:  # noqa: BLE001 - OmegaConf wraps the user's interpolation error in many types
         raise ConfigError(first_line(e), stage=name) from None
 
-    target_path = raw.get("_target_")
-    target = None
-    if not isinstance(target_path, str) or not target_path:
-        errors.append(ConfigError("missing `_target_` (a dotted path to a callable)", stage=name, key="_target_"))
-    else:
-        try:
-            target = _import(target_path, name)
-        except ConfigError as e:
-            errors.append(e)
+    target, missing = targets.parse(raw, stage=name)
+    if missing is not None:
+        errors.append(missing)
     params = raw.get("params") or {}
-    if not isinstance(params, dict):
+    params_ok = isinstance(params, dict)
+    if not params_ok:
         errors.append(ConfigError("must be a mapping", stage=name, key="params"))
-        params, target = {}, None
+        params = {}
     depends_on = raw.get("depends_on") or []
     if isinstance(depends_on, str):
         depends_on = [depends_on]
@@ -350,7 +344,7 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
     register = _register(raw.get("register"), objective, name, errors)
     spec = StageSpec(
         name=name,
-        target=str(target_path),
+        target=target,
         params=params,
         depends_on=tuple(str(d) for d in depends_on),
         variants=levels.get("variant"),
@@ -376,8 +370,8 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
                 "a stage that sweeps needs objective.metric to pick its best run", stage=name, key="objective.metric"
             )
         )
-    if sweeps_ok and target is not None:
-        _check_signature(spec, target, errors)
+    if missing is None:
+        errors.extend(target.validate(name, _calls(spec) if sweeps_ok and params_ok else None))
     return spec
 
 
@@ -399,36 +393,12 @@ def _misspelt_depends_on(node: Any) -> list[str]:
     return names
 
 
-def _import(path: str, stage: str) -> Any:
-    return import_object(path, stage=stage, key="_target_")
-
-
-def _check_signature(spec: StageSpec, target: Any, errors: list[ConfigError]) -> None:
-    """Bind every distinct combination of param names the stage will pass, as a call would; a variant with its own
-    space passes that space's params, not the stage's subvariants'."""
-    try:
-        signature = inspect.signature(target)
-    except (TypeError, ValueError):
-        return
-    seen = set()
+def _calls(spec: StageSpec) -> Iterator[targets.Call]:
+    """Every combination of params the stage will pass its target; a variant with its own space passes that space's
+    params, not the stage's subvariants'."""
     for variant, combo in _combos(spec):
-        kwargs = merge(dict(spec.params), *combo)
-        names = tuple(sorted(kwargs))
-        if names in seen:
-            continue
-        seen.add(names)
-        try:
-            signature.bind(**kwargs)
-        except TypeError as e:
-            where = f" in variant '{variant.name}'" if variant is not None and variant.below is not None else ""
-            errors.append(
-                ConfigError(
-                    f"{spec.target}{signature} cannot take params ({', '.join(names)}){where}: {e}",
-                    stage=spec.name,
-                    key="params",
-                )
-            )
-            return
+        where = f" in variant '{variant.name}'" if variant is not None and variant.below is not None else ""
+        yield merge(dict(spec.params), *combo), where
 
 
 def _combos(spec: StageSpec) -> Iterator[tuple[Point | None, tuple[dict[str, Any], ...]]]:
@@ -623,7 +593,7 @@ def _tags(raw: Any, stage: str | None, key: str, errors: list[ConfigError]) -> d
 def _stage_config(spec: StageSpec) -> dict[str, Any]:
     """What the stage run stores as its resolved config artifact."""
     config = {
-        "_target_": spec.target,
+        **spec.target.config(),
         "depends_on": list(spec.depends_on),
         "params": spec.params,
         "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode},

@@ -1,18 +1,25 @@
-"""How to reproduce a pipeline: the command line that started it and the code it ran (git commit, dirty flag)."""
+"""How to reproduce a pipeline: the command line that started it, the code it ran (git commit, dirty flag, the
+uncommitted diff) and the installed distributions."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 
 COMMAND = "runtree.command"
 CWD = "runtree.cwd"
 GIT_COMMIT = "mlflow.source.git.commit"
 GIT_DIRTY = "runtree.git_dirty"
+REQUIREMENTS_ARTIFACT = "environment/requirements.txt"
+DIFF_ARTIFACT = "environment/git.diff"
 _NOT_REPRODUCING = ("resume", "dry_run", "progress")
+_AS_PATCH = ("--no-color", "--no-ext-diff", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/")
 _MULTIRUN_ONLY = (
     "hydra.mode=",
     "hydra/launcher=",
@@ -34,6 +41,83 @@ def invocation_tags(command: str | None) -> dict[str, str]:
         tags[GIT_COMMIT] = commit
         tags[GIT_DIRTY] = "true" if _git("status", "--porcelain", "--untracked-files=no") else "false"
     return tags
+
+
+def environment_files(dirty: bool) -> dict[str, str]:
+    """Artifacts for every stage run: what was installed, and when the work tree was dirty what the commit does not
+    hold (staged and unstaged changes to tracked files; untracked files count for neither, as for the dirty flag)."""
+    files = {REQUIREMENTS_ARTIFACT: requirements()}
+    diff = _git_diff() if dirty else None
+    if diff:
+        files[DIFF_ARTIFACT] = diff
+    return files
+
+
+_requirements: tuple[tuple[tuple[str, int | None], ...], str] | None = None
+
+
+def requirements() -> str:
+    """`name==version` per installed distribution, as `pip freeze` would find them on this interpreter's path
+    (the first of a name wins), sorted by normalised name; one installed from a local path (editable or not),
+    a VCS or an archive says where in a comment, since its version alone cannot fetch it.
+
+    Read again only when an entry of the path changed (an install or uninstall adds or removes a directory in it):
+    the pipelines of a multirun, a notebook or a test session share one reading."""
+    global _requirements
+    state = tuple((entry, _mtime(entry)) for entry in map(os.path.abspath, sys.path))
+    if _requirements is None or _requirements[0] != state:
+        _requirements = (state, _read_requirements())
+    return _requirements[1]
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _read_requirements() -> str:
+    from importlib.metadata import distributions
+
+    found: dict[str, tuple[str, str]] = {}
+    for dist in distributions():
+        raw, version = _name_and_version(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
+        if not raw:
+            continue
+        name = re.sub(r"[-_.]+", "-", raw).lower()
+        first, origin = found.get(name, (version, ""))
+        if not origin and first == version:  # a stale `*.egg-info` in the launch directory shadows the install
+            found[name] = (version, _origin(dist.read_text("direct_url.json")))
+    return "".join(f"{name}=={found[name][0]}{found[name][1]}\n" for name in sorted(found))
+
+
+def _name_and_version(metadata: str) -> tuple[str, str]:
+    """From the headers alone: `Distribution.metadata` parses the whole file as e-mail, about 1 ms per distribution."""
+    headers: dict[str, str] = {}
+    for line in metadata.splitlines():
+        if not line:
+            break
+        key, _, value = line.partition(":")
+        if key in ("Name", "Version"):
+            headers.setdefault(key, value.strip())
+    return headers.get("Name", ""), headers.get("Version", "")
+
+
+def _origin(direct_url: str | None) -> str:
+    """PEP 610's record of a direct-URL install, as an inline comment (pip reads past it)."""
+    if not direct_url:
+        return ""
+    try:
+        info = json.loads(direct_url)
+        url = info["url"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    vcs = info.get("vcs_info")
+    if isinstance(vcs, dict) and vcs.get("vcs"):
+        return f"  # {vcs['vcs']}+{url}@{vcs.get('commit_id', '')}"
+    editable = isinstance(info.get("dir_info"), dict) and info["dir_info"].get("editable")
+    return f"  # {'editable' if editable else 'direct'}: {url}"
 
 
 def launch_dir() -> str:
@@ -88,6 +172,22 @@ def _program(argv0: str) -> list[str]:
         return ["python", "-m", "runtree_pipeline"]
     found = shutil.which(SCRIPT)
     return [SCRIPT] if found and os.path.realpath(found) == os.path.realpath(argv0) else [argv0]
+
+
+def _git_diff() -> str | None:
+    """Against HEAD, so staged changes count too; a patch `git apply` takes whatever the user's git config says
+    about colour, prefixes, external diff tools and text conversions (binary files only named, not included)."""
+    try:
+        out = subprocess.run(
+            ["git", "diff", *_AS_PATCH, "HEAD"],
+            capture_output=True,
+            timeout=10,
+            cwd=os.getcwd(),
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.decode("utf-8", errors="replace") if out.returncode == 0 else None
 
 
 def _git(*args: str) -> str | None:

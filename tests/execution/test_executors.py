@@ -31,6 +31,7 @@ from runtree_pipeline import ConfigErrors, Interrupted, PipelineResult, build_pl
 from runtree_pipeline.execution import executors
 from runtree_pipeline.execution.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
 from runtree_pipeline.execution.leaf import LeafTask
+from runtree_pipeline.plan.targets import FunctionTarget
 from runtree_pipeline.tracking.records import RunRef
 from tests.conftest import REPO, all_runs, cli_env, copy_of
 
@@ -206,7 +207,8 @@ class ContractRun(NamedTuple):
 
 def leaf(x: int, store: str) -> LeafTask:
     """A leaf task on its own, as the scheduler submits one: `quad` logs nothing, so its run need not exist."""
-    return LeafTask("tests.targets.quad", {"x": x}, RunRef(f"run{x}", "0", store, f"x={x}"), objective="loss")
+    run = RunRef(f"run{x}", "0", store, f"x={x}")
+    return LeafTask(FunctionTarget("tests.targets.quad"), {"x": x}, run, objective="loss")
 
 
 def losses(futures) -> list[float]:

@@ -18,6 +18,7 @@ from runtree_pipeline import build_plan
 from runtree_pipeline.errors import Interrupted
 from runtree_pipeline.execution.executors import Executor
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, split_returned
+from runtree_pipeline.execution.leaf import run as run_target
 from runtree_pipeline.execution.scheduler import Runner
 from runtree_pipeline.futures import run_now
 from tests.memory_store import MemoryStore
@@ -50,10 +51,8 @@ def busy(*, x: float, y: float = 0.0) -> dict:
 
 def _call(task: LeafTask) -> LeafOutcome:
     """The target called directly, without making a run active: these tests never touch MLflow."""
-    from hydra.utils import get_object
-
     try:
-        returned = get_object(task.target)(**task.kwargs)
+        returned = run_target(task.target, task.kwargs)
     except Exception as e:  # noqa: BLE001 - a failing target fails its leaf, as in `execute`
         return LeafOutcome(error=f"{type(e).__name__}: {e}", ended_at=time.time())
     return replace(split_returned(returned, objective=task.objective), ended_at=time.time())

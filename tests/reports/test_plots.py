@@ -65,4 +65,4 @@ def test_plots_can_be_turned_off(store, client):
 
     run_plan(build_plan(config), plots=False)
     (stage,) = [r for r in all_runs(client, "no_pictures") if r.data.tags["runtree.level"] == "stage"]
-    assert [f.path for f in client.list_artifacts(stage.info.run_id)] == ["config.yaml"]
+    assert [f.path for f in client.list_artifacts(stage.info.run_id)] == ["config.yaml", "environment"]
