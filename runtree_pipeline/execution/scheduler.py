@@ -325,7 +325,7 @@ class Runner:
             upstream=upstream,
             levels=[level.level for level in spec.levels],
             objective=spec.objective,
-            order_dependent=spec.order_dependent if self.executor.workers > 1 else (),
+            order_dependent=spec.order_dependent(workers=self.executor.workers),
         )
         tags = {**self.plan.tags, **spec.tags, **shared}
         own = {**self._invocation, **own}
@@ -492,9 +492,7 @@ class Runner:
         tags: Mapping[str, Any],
     ) -> OpenParent:
         spec = levels[0]
-        seed = study_seed(spec, name)
-        if slot.record is not None and not slot.cached and not schema.seeded_per_parent(slot.record.tags):
-            seed = None  # recorded before seeds were per parent: its points replay only from the level's own seed
+        seed = _parent_seed(spec, name, slot.record)
         sampler = new_sampler(spec if seed is None else replace(spec, seed=seed), direction=stage.spec.objective.mode)
         if sampler.learns and slot.origin is not Origin.EXECUTED:
             sampler.replay(self.previous.points_under(slot.ref.run_id))
@@ -759,10 +757,20 @@ def _registered_before(slot: Slot) -> bool:
 
 
 def _seed_tag(levels: tuple[SweepSpec, ...], name: str) -> dict[str, str]:
-    """The seed a new parent's study will have, recorded when its run is created: a resume of a parent without it
-    knows the parent's points were drawn with its level's own seed."""
-    seed = study_seed(levels[0], name) if levels else None
+    """The seed a new parent's study will have, recorded when its run is created, for a resume to draw with."""
+    seed = _parent_seed(levels[0], name, None) if levels else None
     return schema.seed_tag(seed) if seed is not None else {}
+
+
+def _parent_seed(spec: SweepSpec, name: str, record: RunRecord | None) -> int | None:
+    """A new parent's study is seeded from its level's seed and its name; a resumed one draws with the seed it
+    recorded, and one recorded before seeds were per parent (no seed tag) with its level's own, so that its points
+    replay as they were drawn. None where the level draws nothing seeded."""
+    derived = study_seed(spec, name)
+    if derived is None or record is None:
+        return derived
+    recorded = schema.recorded_seed(record.tags)
+    return spec.seed if recorded is None else recorded
 
 
 def _below(parent: OpenParent, point: Point) -> tuple[SweepSpec, ...]:

@@ -137,12 +137,17 @@ class StageSpec:
         """A pruner is not in the content key: a pruned leaf from an earlier run only stands where one still decides."""
         return any(level.pruner is not None for level in self.all_levels)
 
-    @property
-    def order_dependent(self) -> tuple[str, ...]:
-        """What in this stage decides from the leaves finished so far: with several workers, which ones those are
-        depends on timing, so a rerun with the same seeds may prune or draw differently and pick another best."""
-        found = ["a pruner"] if self.prunes else []
-        return (*found, *(["tpe"] if any(level.sampler == "tpe" for level in self.all_levels) else []))
+    def order_dependent(self, *, workers: int) -> tuple[str, ...]:
+        """What in this stage decides by timing, so a rerun with the same seeds may prune, draw or stop differently
+        and pick another best: a time budget always; with several workers, what decides from the leaves finished
+        so far (a pruner, tpe, `on_failure: stop`), since which ones those are depends on which finished first."""
+        levels = self.all_levels
+        found = ["time_budget_s"] if any(level.time_budget_s is not None for level in levels) else []
+        if workers > 1:
+            found += ["pruner"] if self.prunes else []
+            found += ["tpe"] if any(level.sampler == "tpe" for level in levels) else []
+            found += ["on_failure=stop"] if self.on_failure == "stop" else []
+        return tuple(found)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,10 @@ def parse(raw: Mapping[str, Any], *, stage: str) -> tuple[Target, ConfigError | 
     """The target a stage's resolved config declares, and the error that makes it unusable; with an error the
     target is only a stand-in, so the rest of the stage can still be checked and every problem reported at once."""
     path = raw.get("_target_")
-    if not isinstance(path, str) or not path:
+    if path is None or path == "":
         missing = ConfigError("missing `_target_` (a dotted path to a callable)", stage=stage, key="_target_")
-        return FunctionTarget(str(path)), missing
+        return FunctionTarget(""), missing
+    if not isinstance(path, str):
+        message = f"must be a dotted path to a callable (a string), got {path!r}"
+        return FunctionTarget(str(path)), ConfigError(message, stage=stage, key="_target_")
     return FunctionTarget(path), None

@@ -112,6 +112,15 @@ def _which(stage: RunRecord, experiment: str | None) -> str:
     return text + (f" of experiment '{experiment}'" if experiment else "")
 
 
+_RACES = {
+    "time_budget_s": "a time budget",
+    "pruner": "a pruner with several workers",
+    "tpe": "tpe with several workers",
+    "on_failure=stop": "on_failure: stop with several workers",
+}
+"""How `runtree best` names what decided by timing (`runtree.order_dependent`)."""
+
+
 def render_best(stage: RunRecord, leaf: RunRecord, *, experiment: str | None = None) -> str:
     objective = schema.objective_of(stage.tags)
     metric, mode = objective.metric, objective.mode
@@ -126,7 +135,7 @@ def render_best(stage: RunRecord, leaf: RunRecord, *, experiment: str | None = N
     if command:
         raced = stage.tags.get(schema.ORDER_DEPENDENT)
         same = (
-            f"same seeds; {' and '.join(raced.split(','))} with several workers may decide differently"
+            f"same seeds; {' or '.join(_RACES.get(r, r) for r in raced.split(','))} may decide differently"
             if raced
             else "same seeds, same best"
         )

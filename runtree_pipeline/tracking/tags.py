@@ -79,8 +79,8 @@ def stage_tags(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The tags a stage run shares with its descendants, and those only the stage run carries.
 
-    `order_dependent`: what decided from the leaves finished so far while several ran side by side (a pruner, tpe),
-    so that a rerun with the same seeds may decide differently.
+    `order_dependent`: what in the stage decided by timing (`StageSpec.order_dependent`), so that a rerun with the
+    same seeds may decide differently.
     """
     shared = {
         PIPELINE_ID: pipeline_id,
@@ -165,8 +165,8 @@ def seed_tag(seed: int) -> dict[str, str]:
     return {SEED: str(seed)}
 
 
-def seeded_per_parent(tags: Mapping[str, str]) -> bool:
-    return SEED in tags
+def recorded_seed(tags: Mapping[str, str]) -> int | None:
+    return int(tags[SEED]) if SEED in tags else None
 
 
 def parent_tags(

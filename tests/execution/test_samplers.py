@@ -629,8 +629,9 @@ def test_a_store_from_before_per_parent_seeds_resumes_with_the_seeds_it_was_draw
     store, client, tmp_path, monkeypatch, levels, stop_at, reached
 ):
     """A parent recorded by an earlier release (its study had the level's own seed; it has no `runtree.seed`) keeps
-    that seed on resume: tpe's replay reproduces its asks, random draws its points again, each finished leaf is
-    reused and none runs twice. A parent that execution never reached is new, and gets a seed of its own."""
+    that seed on resume, and records it if redrawn: tpe's replay reproduces its asks, random draws its points again,
+    each finished leaf is reused and none runs twice. A parent that execution never reached is new, and gets a seed
+    of its own."""
 
     def config(experiment: str, stop: int) -> dict:
         fit = {
@@ -678,7 +679,8 @@ def test_a_store_from_before_per_parent_seeds_resumes_with_the_seeds_it_was_draw
     for name, variant in resumed.items():
         if name in recorded:
             assert drawn[name] == old[name], name
-            assert "runtree.seed" not in variant.data.tags
+            # A parent redrawn now records the seed it was drawn with; one reused whole is not written again.
+            assert variant.data.tags.get("runtree.seed", str(sweep.seed)) == str(sweep.seed), name
         else:
             seed = study_seed(sweep, name)
             own = new_sampler(replace(sweep, seed=seed), direction="min")

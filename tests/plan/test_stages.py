@@ -948,3 +948,36 @@ def test_a_malformed_cache_is_one_line_naming_the_key(raw, message):
     with pytest.raises(ConfigErrors) as raised:
         build_plan({"cache": raw, "stages": {"a": {"_target_": "tests.targets.quad", "params": {"x": 1}}}})
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("extra", "one", "several"),
+    [
+        pytest.param(
+            {"subvariants": {"sampler": "random", "n": 3, "params": {"x": "interval(0, 1)"}}}, (), (), id="random"
+        ),
+        pytest.param(
+            {"subvariants": {"sampler": "tpe", "n": 3, "params": {"x": "interval(0, 1)"}}}, (), ("tpe",), id="tpe"
+        ),
+        pytest.param(
+            {"subvariants": {"params": {"x": "choice(0, 1)"}, "pruner": "median"}}, (), ("pruner",), id="pruned-grid"
+        ),
+        pytest.param(
+            {"subvariants": {"params": {"x": "choice(0, 1)"}, "time_budget_s": 5}},
+            ("time_budget_s",),
+            ("time_budget_s",),
+            id="budget",
+        ),
+        pytest.param(
+            {"on_failure": "stop", "subvariants": {"params": {"x": "choice(0, 1)"}}},
+            (),
+            ("on_failure=stop",),
+            id="stop",
+        ),
+    ],
+)
+def test_what_decides_by_timing_is_named_per_worker_count(extra, one, several):
+    """What `runtree best` warns about instead of promising the same best on a rerun."""
+    stage = plan_of({"fit": quad(**extra)}, objective={"metric": "loss"}).stages["fit"]
+    assert stage.order_dependent(workers=1) == one
+    assert stage.order_dependent(workers=2) == several
