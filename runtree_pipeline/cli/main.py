@@ -153,7 +153,6 @@ def _execute(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from runtree_pipeline.plan.stages import build_plan
-    from runtree_pipeline.tracking.provenance import cli_command
 
     hydra_cfg = HydraConfig.get()
     sweep_name = hydra_cfg.runtime.choices.get("sweep") or "runtree"
@@ -181,7 +180,7 @@ def _execute(cfg: Any) -> None:
             plan,
             executor=executor,
             progress=make_progress(bool(cfg.get("progress", True))),
-            command=cli_command(sys.argv, list(hydra_cfg.overrides.task), list(hydra_cfg.overrides.hydra)),
+            command=_command(hydra_cfg.overrides),
             plots=bool(cfg.get("plots", True)),
         )
     except BaseException as e:
@@ -233,19 +232,34 @@ def _worded(error: BaseException) -> str:
 
     from runtree_pipeline.cli.hydra_callbacks import SEQUENTIAL_LAUNCHER
     from runtree_pipeline.errors import Interrupted, TrackingFailed
-    from runtree_pipeline.tracking.provenance import cli_command
 
     if not isinstance(error, (Interrupted, TrackingFailed)) or not error.pipeline_id:
         return str(error)
     if isinstance(error, Interrupted) and not error.recorded:
         return str(error)
     hydra_cfg = HydraConfig.get()
-    overrides = hydra_cfg.overrides
-    command = cli_command(sys.argv, list(overrides.task), list(overrides.hydra), resume=error.pipeline_id)
+    command = _command(hydra_cfg.overrides, resume=error.pipeline_id)
     message = error.describe(command)
     if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("_target_") == SEQUENTIAL_LAUNCHER:
         message = f"multirun job #{hydra_cfg.job.num} stopped; the jobs after it did not start\n{message}"
     return message
+
+
+def _command(overrides: Any, resume: str | None = None) -> str:
+    """This job's command line (see `cli_command`), with the config flags as Hydra's parser read them from this
+    process's arguments: a parallel multirun's worker processes are given the launcher's."""
+    from runtree_pipeline.tracking.provenance import cli_command
+
+    args = _parse_args(sys.argv[1:])
+    return cli_command(
+        sys.argv[0] if sys.argv else "",
+        list(overrides.task),
+        list(overrides.hydra),
+        config_dir=args.config_dir,
+        config_path=args.config_path,
+        config_name=args.config_name,
+        resume=resume,
+    )
 
 
 @contextlib.contextmanager

@@ -52,7 +52,14 @@ from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, Sta
 from runtree_pipeline.states import Level, Origin, Status
 from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.tracking.index import RunIndex, is_kept
-from runtree_pipeline.tracking.provenance import GIT_DIRTY, environment_files, invocation_tags
+from runtree_pipeline.tracking.provenance import (
+    ENVIRONMENT,
+    GIT_DIRTY,
+    environment_digest,
+    environment_files,
+    invocation_tags,
+    resumed_files,
+)
 from runtree_pipeline.tracking.records import RunRecord, RunRef
 from runtree_pipeline.tracking.redact import redact
 from runtree_pipeline.tracking.store import RunStore
@@ -87,7 +94,8 @@ class Runner:
         self.pipeline_id = str(plan.resume) if plan.resume and plan.resume != "last" else uuid.uuid4().hex[:12]
         self.previous = RunIndex()
         self._invocation: dict[str, str] = {}
-        self._environment: dict[str, str] = {}
+        self._environment: dict[str, str | bytes] = {}
+        self._began = time.time()
         self._results: dict[str, StageResult] = {}
         self._started: set[str] = set()
         self._open: list[OpenParent] = []
@@ -110,6 +118,8 @@ class Runner:
                 self._load_previous()
                 self._invocation = invocation_tags(self.command)
                 self._environment = environment_files(self._invocation.get(GIT_DIRTY) == "true")
+                if self._environment:
+                    self._invocation[ENVIRONMENT] = environment_digest(self._environment)
                 self.executor.start(tracking_uri=self.store.uri)
                 if self._painter is not None:
                     self._painter.start()
@@ -342,6 +352,7 @@ class Runner:
             levels = tuple(_resolve_points(level, lookup) for level in spec.levels)
         except StageInputError as e:
             ref = self.store.create(name=spec.name, tags={**tags, **own})
+            self._record_environment(ref, None)
             self.store.finish(ref, status=Status.FAILED, tags={schema.ROOT_RUN_ID: ref.run_id, schema.ERROR: str(e)})
             log.error("stage %s failed: %s", spec.name, e)
             return StageResult(spec.name, Status.FAILED, reason=str(e), upstream=upstream)
@@ -357,6 +368,8 @@ class Runner:
         if self.plan.cache.enabled:
             self._cache[spec.name] = self._cacheable(spec)
         slot = self._stage_slot(spec.name, key, tags, {**own, **_seed_tag(levels, spec.name)})
+        if slot.created or slot.origin is Origin.REDONE:  # a reused one gets them if something runs in it again
+            self._record_environment(slot.ref, None if slot.created else slot.record)
         self.progress.stage_started(
             spec.name, total=spec.leaf_count(), objective=spec.objective, resumed=slot.origin is not Origin.EXECUTED
         )
@@ -369,7 +382,7 @@ class Runner:
             slot,
             upstream,
             own_tags={schema.ROOT_RUN_ID: slot.ref.run_id, **self._invocation},
-            artifacts={schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False), **self._environment},
+            artifacts={schema.CONFIG_ARTIFACT: yaml.safe_dump(redact(config), sort_keys=False)},
             artifact_uris=frozenset(uris),
         )
         if levels:
@@ -562,7 +575,29 @@ class Runner:
         while parent is not None and not parent.changed:
             self.store.reopen(parent.slot.ref)
             parent.changed = True
+            if parent.up is None and not parent.slot.created:
+                self._record_environment(parent.slot.ref, parent.slot.record)
             parent = parent.up
+
+    def _record_environment(self, ref: RunRef, earlier: RunRecord | None) -> None:
+        """On a stage run as soon as it is created, so one that ends KILLED or FAILED has them too; on an earlier
+        execution's stage run that runs something again, under `environment/resumed-<UTC time>/` and only if the
+        `runtree.environment` digest it recorded differs (the files it holds stay as they were).
+        A store that refuses them is a warning: provenance never fails a run."""
+        files = self._environment
+        if not files:
+            return
+        digest = self._invocation[ENVIRONMENT]
+        if earlier is not None:
+            if earlier.tags.get(ENVIRONMENT) == digest:
+                return
+            files = resumed_files(files, self._began)
+        try:
+            self.store.attach(ref, files)
+            if earlier is not None:
+                self.store.annotate(ref, {ENVIRONMENT: digest})
+        except TrackingFailed as e:
+            log.warning("could not store the environment of %s: %s", ref.name, e)
 
     # ---- leaves ------------------------------------------------------------------------------------------------
 

@@ -180,7 +180,7 @@ class BarProgress(Progress):
     def _bar(self, total: int, desc: str) -> Any:
         # The terminal echoes a Ctrl-C as `^C` after the top bar: on a full-width bar it would wrap to the next line,
         # and the bars would then be erased one line too low.
-        columns = _columns(self._stream) or 80
+        columns = terminal_columns(self._stream) or 80
         ncols = max(columns - ECHO_ROOM, 20)
         return self._tqdm(total=total, desc=desc, unit="leaf", file=self._stream, leave=False, ncols=ncols)
 
@@ -224,18 +224,21 @@ class BarProgress(Progress):
             if self._closed:
                 return
             self._closed = True
-            for stage in self._stages.values():
-                if stage.bar is not None:
-                    stage.bar.close()
-                    stage.bar = None
-            if self._overall is None:
-                return
-            self._overall.close()
-            self._showing.close()
-            # tqdm leaves the cursor on the top bar's line; erase from there to the end of the screen whatever a
-            # bar may have left (one drawn over by a target's own output, one wrapped by a resized terminal).
-            self._stream.write("\r\x1b[J")
-            self._stream.flush()
+            # The log streams are given back even when a bar cannot be taken off (a terminal hung up) or was never
+            # drawn (the overall bar failed to appear): the error that follows must reach the console.
+            try:
+                for stage in self._stages.values():
+                    bar, stage.bar = stage.bar, None
+                    if bar is not None:
+                        bar.close()
+                if self._overall is not None:
+                    self._overall.close()
+                    # tqdm leaves the cursor on the top bar's line; erase from there to the end of the screen whatever
+                    # a bar may have left (one drawn over by a target's own output, one wrapped by a resized terminal).
+                    self._stream.write("\r\x1b[J")
+                    self._stream.flush()
+            finally:
+                self._showing.close()
 
 
 @contextlib.contextmanager
@@ -277,7 +280,12 @@ class _AboveBars:
         return getattr(self._target, name)
 
 
-def _columns(stream: TextIO) -> int:
+def terminal_columns(stream: TextIO) -> int:
+    """The columns of the terminal `stream` shows on, `COLUMNS` first as in `shutil.get_terminal_size`; 0 when it is
+    not a terminal. The bars and the summary measure the one screen they share the same way."""
+    with contextlib.suppress(ValueError):
+        if (columns := int(os.environ.get("COLUMNS", ""))) > 0:
+            return columns
     try:
         return os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError):

@@ -4,18 +4,23 @@ Every stage says what this execution did with its leaves (`executed`, `reused`, 
 `NodeResult.counts`), so a resume that ran nothing says so instead of looking like a fresh run.
 
 The report is read in a terminal, so every line fits its width and never exceeds 80 columns: a line longer than the
-terminal wraps at the terminal's edge, not at a word, and reads as garbage next to the aligned ones.
+terminal wraps at the terminal's edge, not at a word, and reads as garbage next to the aligned ones. The one exception
+is what a user copies from the `look:` lines: no word there is cut, so the `mlflow ui ...` command stands whole on a
+line of its own, however long its URI, and a store URI longer than a line stands whole on its own line too. A long
+param value may be cut at the width, as summary.json has it whole.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import shutil
+import sys
 import textwrap
 from pathlib import Path
 
 from runtree_pipeline.plan.stages import Plan
 from runtree_pipeline.plan.sweeps import format_value
+from runtree_pipeline.reports.progress import terminal_columns
 from runtree_pipeline.results import LEAF_COUNTS, PipelineResult
 from runtree_pipeline.states import Status
 
@@ -50,19 +55,20 @@ def render(result: PipelineResult, plan: Plan, *, where: str, width: int | None 
         value = best["metrics"].get(objective.metric) if objective.metric else None
         score = f"{objective.metric}={format_value(value)} ({objective.mode})" if value is not None else "done"
         lines += _wrap(f"best {score}  {_glued('run ' + best['run_id'])}", width, "    ", "      ")
-        params = ", ".join(f"{k}={format_value(v)}" for k, v in _flat(best["params"]).items())
+        params = [f"{k}={format_value(v)}" for k, v in _flat(best["params"]).items()]
         if params:
-            lines += _wrap(f"params: {params}", width, "    ", "      ", max_lines=PARAM_LINES)
+            lines += _params(params, width)
     first, *rest = where.split(" — ")
-    lines += _wrap(f"look: {first}", width, "", "  ")
+    lines += _look(f"look: {first}", width, "", "  ")
     for part in rest:
-        lines += _wrap(part, width, "  ", "  ")
+        lines += _look(part, width, "  ", "  ")
     return "\n".join(lines)
 
 
 def summary_width() -> int:
-    """The terminal's columns (`COLUMNS` first, 80 when there is no terminal), never more than `MAX_WIDTH`."""
-    return max(min(shutil.get_terminal_size().columns, MAX_WIDTH), 20)
+    """The columns of the terminal stdout shows on, measured as the bars measure theirs (80 when there is no
+    terminal), never more than `MAX_WIDTH`."""
+    return max(min(terminal_columns(sys.stdout) or MAX_WIDTH, MAX_WIDTH), 20)
 
 
 def write_json(result: PipelineResult, path: Path) -> Path:
@@ -81,16 +87,44 @@ def _glued(text: str) -> str:
     return text.replace(" ", _NBSP)
 
 
-def _wrap(text: str, width: int, indent: str, hanging: str | None = None, max_lines: int | None = None) -> list[str]:
-    """Breaks between words; a word longer than a whole line (a path, a URI) is cut, as the width is a promise."""
+def _params(params: list[str], width: int) -> list[str]:
+    """At most `PARAM_LINES` lines of whole params; a cut says how many are left out, so a reader knows the list
+    goes on and where to find the rest."""
+    fits = sum(1 for used in itertools.accumulate(len(p) + 2 for p in params) if used <= PARAM_LINES * width)
+    for shown in range(fits, 0, -1):
+        lines = _wrap("params: " + _more(params, shown), width, "    ", "      ")
+        if len(lines) <= PARAM_LINES:
+            return lines
+    return _wrap("params: " + _more(params, 0), width, "    ", "      ")
+
+
+def _more(params: list[str], shown: int) -> str:
+    left = len(params) - shown
+    return ", ".join(params[:shown] + ([_glued(f"… {left} more") + ", all in summary.json"] if left else []))
+
+
+def _look(text: str, width: int, indent: str, hanging: str) -> list[str]:
+    """No word is cut: a URI longer than a line stands whole on its own line, and a command in backticks is put on a
+    line of its own, whole and without the backticks, so that copying the line copies the command."""
+    lines: list[str] = []
+    for i, piece in enumerate(text.split("`")):
+        if i % 2:
+            lines.append(f"{hanging}  {piece}")
+        elif piece.strip():
+            lines += _wrap(piece.strip(), width, hanging if lines else indent, hanging, cut_words=False)
+    return lines
+
+
+def _wrap(text: str, width: int, indent: str, hanging: str | None = None, *, cut_words: bool = True) -> list[str]:
+    """Breaks between words; a word longer than a whole line (a path in a param) is cut unless `cut_words` is
+    false, as the width is a promise."""
     lines = textwrap.wrap(
         text,
         width,
         initial_indent=indent,
         subsequent_indent=indent if hanging is None else hanging,
         break_on_hyphens=False,
-        max_lines=max_lines,
-        placeholder=" …",
+        break_long_words=cut_words,
     )
     return [line.replace(_NBSP, " ") for line in lines]
 

@@ -3,23 +3,40 @@ uncommitted diff) and the installed distributions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 COMMAND = "runtree.command"
 CWD = "runtree.cwd"
 GIT_COMMIT = "mlflow.source.git.commit"
 GIT_DIRTY = "runtree.git_dirty"
+ENVIRONMENT = "runtree.environment"
 REQUIREMENTS_ARTIFACT = "environment/requirements.txt"
 DIFF_ARTIFACT = "environment/git.diff"
+DIFF_TOO_LARGE_ARTIFACT = "environment/git.diff.too-large.txt"
+DIFF_LIMIT = 1_000_000
 _NOT_REPRODUCING = ("resume", "dry_run", "progress")
-_AS_PATCH = ("--no-color", "--no-ext-diff", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/")
+_DIFF = (
+    "-c",
+    "diff.relative=false",  # what `--no-relative` says, also to a git older than 2.28
+    "diff",
+    "--no-color",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+    "--submodule=short",
+    "HEAD",
+)
 _MULTIRUN_ONLY = (
     "hydra.mode=",
     "hydra/launcher=",
@@ -29,28 +46,57 @@ _MULTIRUN_ONLY = (
     "hydra.sweep.",
 )
 SCRIPT = "runtree-pipeline"
+log = logging.getLogger(__name__)
 
 
 def invocation_tags(command: str | None) -> dict[str, str]:
     """Tags for every stage run: the command, the directory it was started in (its relative paths, a target
     module next to it and `--config-dir ./conf` only work from there), and the commit when that is a git repo."""
     tags = {COMMAND: command} if command else {}
-    tags[CWD] = launch_dir()
-    commit = _git("rev-parse", "HEAD")
+    tags[CWD] = here = launch_dir()
+    commit = _git("rev-parse", "HEAD", cwd=here)
     if commit:
-        tags[GIT_COMMIT] = commit
-        tags[GIT_DIRTY] = "true" if _git("status", "--porcelain", "--untracked-files=no") else "false"
+        tags[GIT_COMMIT] = commit.decode().strip()
+        tags[GIT_DIRTY] = "true" if _git("status", "--porcelain", "--untracked-files=no", cwd=here) else "false"
     return tags
 
 
-def environment_files(dirty: bool) -> dict[str, str]:
+def environment_files(dirty: bool) -> dict[str, str | bytes]:
     """Artifacts for every stage run: what was installed, and when the work tree was dirty what the commit does not
-    hold (staged and unstaged changes to tracked files; untracked files count for neither, as for the dirty flag)."""
-    files = {REQUIREMENTS_ARTIFACT: requirements()}
-    diff = _git_diff() if dirty else None
-    if diff:
-        files[DIFF_ARTIFACT] = diff
+    hold (staged and unstaged changes to tracked files; untracked files count for neither, as for the dirty flag).
+
+    Provenance never fails a run: whatever goes wrong collecting them is one warning, and nothing is recorded."""
+    try:
+        files: dict[str, str | bytes] = {REQUIREMENTS_ARTIFACT: requirements()}
+        diff = _git(*_DIFF, cwd=launch_dir()) if dirty else None
+        if diff and len(diff) > DIFF_LIMIT:
+            files[DIFF_TOO_LARGE_ARTIFACT] = (
+                f"`git diff HEAD` was {len(diff)} bytes, over the {DIFF_LIMIT}-byte limit: not stored.\n"
+                f"sha256 {hashlib.sha256(diff).hexdigest()}, to compare with `git {' '.join(_DIFF)} | sha256sum`.\n"
+            )
+        elif diff:
+            files[DIFF_ARTIFACT] = diff  # bytes as git wrote them: a file that is not UTF-8 still applies
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("the environment (installed distributions, git diff) is not recorded: %s: %s", type(e).__name__, e)
+        return {}
     return files
+
+
+def environment_digest(files: Mapping[str, str | bytes]) -> str:
+    """The `runtree.environment` tag: equal digests, equal files, so a resume compares without downloading."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        content = files[name]
+        for part in (name.encode(), content if isinstance(content, bytes) else content.encode()):
+            digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()[:16]
+
+
+def resumed_files(files: Mapping[str, str | bytes], at: float) -> dict[str, str | bytes]:
+    """The same files under `environment/resumed-<UTC time>/`, beside those of the execution that created the run."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+    folder = f"environment/resumed-{stamp}/"
+    return {name.replace("environment/", folder, 1): content for name, content in files.items()}
 
 
 _requirements: tuple[tuple[tuple[str, int | None], ...], str] | None = None
@@ -81,15 +127,19 @@ def _read_requirements() -> str:
     from importlib.metadata import distributions
 
     found: dict[str, tuple[str, str]] = {}
+    unreadable: list[str] = []
     for dist in distributions():
-        raw, version = _name_and_version(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
-        if not raw:
-            continue
-        name = re.sub(r"[-_.]+", "-", raw).lower()
-        first, origin = found.get(name, (version, ""))
-        if not origin and first == version:  # a stale `*.egg-info` in the launch directory shadows the install
-            found[name] = (version, _origin(dist.read_text("direct_url.json")))
-    return "".join(f"{name}=={found[name][0]}{found[name][1]}\n" for name in sorted(found))
+        try:
+            raw, version = _name_and_version(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
+            if not raw:
+                continue
+            name = re.sub(r"[-_.]+", "-", raw).lower()
+            first, origin = found.get(name, (version, ""))
+            if not origin and first == version:  # a stale `*.egg-info` in the launch directory shadows the install
+                found[name] = (version, _origin(dist.read_text("direct_url.json")))
+        except Exception as e:  # noqa: BLE001 - one broken install (METADATA not UTF-8, say) must not hide the rest
+            unreadable.append(f"# unreadable: {getattr(dist, '_path', dist)}: {type(e).__name__}\n")
+    return "".join(f"{name}=={found[name][0]}{found[name][1]}\n" for name in sorted(found)) + "".join(unreadable)
 
 
 def _name_and_version(metadata: str) -> tuple[str, str]:
@@ -136,65 +186,65 @@ def launch_dir() -> str:
 
 
 def cli_command(
-    argv: Sequence[str],
+    argv0: str,
     task_overrides: Sequence[str],
     hydra_overrides: Sequence[str] = (),
     *,
+    config_dir: str | None = None,
+    config_path: str | None = None,
+    config_name: str | None = None,
     resume: str | None = None,
 ) -> str:
     """The command line of one job, typed the way it was started (`python -m runtree_pipeline` or the
     `runtree-pipeline` script), with the config search flags and the job's own overrides (not the multirun sweep;
     Hydra's own too, such as `hydra.job.chdir=true`, but not those that only shape a multirun).
 
-    Without `resume`: the command that reproduces the job, without what would not (`resume=`, `dry_run=`,
-    `progress=`). With it: the command that finishes that execution, every override kept and `resume=` set to it.
+    The flags come as Hydra's parser read them (`-cd=DIR`, `--config-d DIR`, ...) and are written one way, so any
+    spelling it accepts is reproduced. Without `resume`: the command that reproduces the job, without what would
+    not (`resume=`, `dry_run=`, `progress=`). With it: the command that finishes that execution, every override
+    kept and `resume=` set to it.
     """
     flags: list[str] = []
-    args = list(argv[1:])
-    for i, arg in enumerate(args):
-        if arg in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn") and i + 1 < len(args):
-            flags += [arg, args[i + 1]]
-        elif arg.startswith(("--config-dir=", "--config-path=", "--config-name=")):
-            flags.append(arg)
+    for flag, value in (("--config-path", config_path), ("--config-name", config_name), ("--config-dir", config_dir)):
+        if value is not None:
+            flags += [f"{flag}={value}"] if value.startswith("-") else [flag, value]
     dropped = ("resume",) if resume is not None else _NOT_REPRODUCING
     keep = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") not in dropped]
     keep += [o for o in hydra_overrides if not o.lstrip("+~").startswith(_MULTIRUN_ONLY)]
     if resume is not None:
         keep.append(f"resume={resume}")
-    return shlex.join([*_program(argv[0] if argv else ""), *flags, *keep])
+    return shlex.join([*_program(argv0), *flags, *keep])
 
 
 def _program(argv0: str) -> list[str]:
-    """How the user started us: the console script by the name it has on PATH (by its path when that name finds
-    another program), anything else as `python -m runtree_pipeline`."""
-    name = os.path.basename(argv0)
-    if os.path.splitext(name)[0] != SCRIPT:
-        return ["python", "-m", "runtree_pipeline"]
-    found = shutil.which(SCRIPT)
-    return [SCRIPT] if found and os.path.realpath(found) == os.path.realpath(argv0) else [argv0]
+    """How to start us again from the same shell: the console script by the name it has on PATH (by its path when
+    that name finds another program), anything else as `-m runtree_pipeline` of this interpreter, named as PATH
+    finds it (`python`, else its own name such as `python3`) or else by its path: `.venv/bin/python` run without
+    activating the venv, a PATH whose `python` is another interpreter or that has none.
+
+    An interpreter is compared by path, not by the file it links to: a venv's `python` links to the base
+    interpreter, which started by its own path does not see the venv's packages. A script is the same program
+    whatever links lead to it (its first line names its interpreter)."""
+    if os.path.splitext(os.path.basename(argv0))[0] == SCRIPT:
+        found = shutil.which(SCRIPT)
+        return [SCRIPT] if found and os.path.realpath(found) == os.path.realpath(argv0) else [argv0]
+    here = os.path.abspath(sys.executable) if sys.executable else ""
+    for name in dict.fromkeys(("python", os.path.basename(here))):
+        found = shutil.which(name) if name else None
+        if found and os.path.abspath(found) == here:
+            return [name, "-m", "runtree_pipeline"]
+    return [here or "python", "-m", "runtree_pipeline"]
 
 
-def _git_diff() -> str | None:
-    """Against HEAD, so staged changes count too; a patch `git apply` takes whatever the user's git config says
-    about colour, prefixes, external diff tools and text conversions (binary files only named, not included)."""
+def _git(*args: str, cwd: str) -> bytes | None:
+    """Its output as git wrote it, None when there is no git or no repository. `cwd` is `launch_dir()`: a job
+    that `hydra.job.chdir=true` moved into its output directory still describes the tree it was started in.
+
+    `_DIFF` makes a patch `git apply` takes onto HEAD whatever the user's git config says about colour, prefixes,
+    external diff tools, text conversions, `diff.relative` (a patch of a subdirectory, its paths cut short) and
+    `diff.submodule` (a submodule's own diff instead of its commit); binary files are only named."""
     try:
-        out = subprocess.run(
-            ["git", "diff", *_AS_PATCH, "HEAD"],
-            capture_output=True,
-            timeout=10,
-            cwd=os.getcwd(),
-            stdin=subprocess.DEVNULL,
-        )
+        out = subprocess.run(["git", *args], capture_output=True, timeout=10, cwd=cwd, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.decode("utf-8", errors="replace") if out.returncode == 0 else None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10, cwd=os.getcwd(), stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None

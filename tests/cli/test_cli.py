@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.cli.main import CONFIG_PACKAGE, describe_hydra_error, help_text
+from runtree_pipeline.tracking.provenance import cli_command
 from tests.conftest import all_runs, cli_env
 
 
@@ -544,20 +545,30 @@ stages:
 
 
 def as_typed_in_a_shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A printed command line, pasted into a shell in `cwd` whose `python` is the one running the tests."""
-    env = cli_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    """A printed command line, pasted into a shell in `cwd` with the PATH the command was started with: its
+    `python` need not be the interpreter running the tests, nor be there at all."""
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
-def test_ctrl_c_prints_the_whole_command_that_finishes_the_execution(store, tmp_path):
+@pytest.mark.parametrize(
+    "config_dir",
+    [
+        pytest.param(["--config-dir", "./my_conf"], id="config-dir"),
+        pytest.param(["-cd=./my_conf"], id="short-with-equals"),
+        pytest.param(["--config-d", "./my_conf"], id="abbreviated"),
+    ],
+)
+def test_ctrl_c_prints_the_whole_command_that_finishes_the_execution(store, tmp_path, config_dir):
     """Issue 18: only `resume=ID` was printed; pasted onto the plain command it looked in the sweep's experiment,
-    not in `experiment=ctrlc`, and exited 2. The printed line, pasted as is, finishes the same execution."""
+    not in `experiment=ctrlc`, and exited 2. The printed line, pasted as is, finishes the same execution; the config
+    flag is written as Hydra read it, whichever spelling its parser took (`-cd=DIR` and `--config-d DIR` were
+    dropped, and the pasted line did not find the sweep)."""
     (tmp_path / "my_conf" / "sweep").mkdir(parents=True)
     (tmp_path / "my_conf" / "sweep" / "slow.yaml").write_text(SLOW_PIPELINE)
-    args = ["--config-dir", "./my_conf", "+sweep=slow", "experiment=ctrlc", "tracking_uri=sqlite:///store.db"]
+    args = ["+sweep=slow", "experiment=ctrlc", "tracking_uri=sqlite:///store.db"]
     args += ["+tags.note='two words'", "progress=false", "plots=false"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtree_pipeline", *args],
+        [sys.executable, "-m", "runtree_pipeline", *config_dir, *args],
         cwd=tmp_path,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -580,7 +591,9 @@ def test_ctrl_c_prints_the_whole_command_that_finishes_the_execution(store, tmp_
     (line,) = [ln for ln in err.splitlines() if ln.startswith("runtree: error: ")] or [err]
     message, _, command = line.partition("; finish with: ")
     assert message.startswith("runtree: error: interrupted during stage 'fit': "), err
-    assert command == shlex.join(["python", "-m", "runtree_pipeline", *args, f"resume={pipeline_id}"])
+    program, *rest = shlex.split(command)
+    assert rest == ["-m", "runtree_pipeline", "--config-dir", "./my_conf", *args, f"resume={pipeline_id}"]
+    assert program in ("python", os.path.basename(sys.executable), sys.executable)
 
     again = as_typed_in_a_shell(command, tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -588,6 +601,61 @@ def test_ctrl_c_prints_the_whole_command_that_finishes_the_execution(store, tmp_
     assert {r.data.tags["runtree.pipeline_id"] for r in runs} == {pipeline_id}
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len(_by_level(runs)["subvariant"]) == 8
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> Path:
+    """A real venv (its `python` a link to the interpreter running the tests), in a directory with a space."""
+    where = tmp_path_factory.mktemp("venv") / "a venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
+    return where
+
+
+@pytest.mark.parametrize(
+    ("started_as", "path", "printed"),
+    [
+        pytest.param("python", ["venv"], "python", id="python-on-PATH-is-this-one"),
+        pytest.param("python3", ["venv"], "python3", id="python3-on-PATH-is-this-one"),
+        pytest.param("python", ["base", "venv"], "venv", id="python-on-PATH-is-its-base-interpreter"),
+        pytest.param("python", ["empty"], "venv", id="no-python-on-PATH"),
+    ],
+)
+def test_the_printed_interpreter_is_the_one_that_ran(venv, tmp_path, started_as, path, printed):
+    """`python -m runtree_pipeline` was printed whatever ran: wrong for `.venv/bin/python -m ...` run without
+    activating the venv (the `python` on PATH, even the very file the venv's links to, lacks the venv's packages),
+    and useless where PATH has no `python`. Here the venv's interpreter prints the command with a PATH of `venv`
+    (its bin directory), `base` (a `python` linked to the same file) or `empty`."""
+    dirs = {"venv": venv / "bin", "base": tmp_path / "base", "empty": tmp_path / "empty"}
+    dirs["base"].mkdir()
+    dirs["empty"].mkdir()
+    (dirs["base"] / "python").symlink_to(os.path.realpath(venv / "bin" / "python"))
+    assert os.path.realpath(dirs["base"] / "python") == os.path.realpath(venv / "bin" / "python")
+    code = (
+        "from runtree_pipeline.tracking.provenance import cli_command; "
+        "print(cli_command('-c', ['+sweep=x'], config_dir='./my_conf'))"
+    )
+    env = cli_env(PATH=os.pathsep.join(str(dirs[name]) for name in path))
+    proc = subprocess.run(
+        [str(venv / "bin" / started_as), "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    program = printed if printed != "venv" else str(venv / "bin" / started_as)
+    assert shlex.split(proc.stdout) == [program, "-m", "runtree_pipeline", "--config-dir", "./my_conf", "+sweep=x"]
+
+
+def test_the_console_script_is_printed_by_the_name_on_path_only_if_that_finds_it(tmp_path, monkeypatch):
+    """A `runtree-pipeline` found first on PATH may be another install's, which the pasted line would run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "runtree-pipeline"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "runtree-pipeline").symlink_to("/bin/true")
+    for path, printed in ((bin_dir, "runtree-pipeline"), (other, str(script)), (tmp_path, str(script))):
+        monkeypatch.setenv("PATH", str(path))
+        assert shlex.split(cli_command(str(script), ["+sweep=x"])) == [printed, "+sweep=x"]
 
 
 @pytest.mark.fresh_store
@@ -645,3 +713,44 @@ def test_output_directories_of_earlier_runs_and_of_a_run_that_recorded_something
     proc = run_cli("--config-dir", str(user_conf), "+sweep=mine", "+stages.b.params.nope=1")
     assert proc.returncode == 2
     assert [p.relative_to(tmp_path) for p in tmp_path.glob("outputs/*/*")] == [summary.parent.relative_to(tmp_path)]
+
+
+@pytest.mark.fresh_store
+def test_a_job_that_records_nothing_leaves_alone_the_output_directory_another_launch_is_using(user_project, store):
+    """Two launches started in the same second share `outputs/DATE/TIME/` (here both are given the same
+    `hydra.run.dir`). The one interrupted before it recorded anything removed it, with the other's `.hydra/` and
+    log, and the other then failed to write its summary there."""
+    (user_project / "slowmod.py").write_text(SLOW_IMPORT)
+    (user_project / "my_conf" / "sweep" / "slow.yaml").write_text(SLOW_PIPELINE)
+    common = [sys.executable, "-m", "runtree_pipeline", "--config-dir", "./my_conf", "hydra.run.dir=shared"]
+    common += [f"tracking_uri={store}", "progress=false", "plots=false"]
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*common, *args],
+            cwd=user_project,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_for(path: Path, proc: subprocess.Popen) -> None:
+        deadline = time.time() + 120
+        while not path.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline
+            time.sleep(0.05)
+
+    first = start("+sweep=mine", "stages.a._target_=slowmod.f", "~stages.a.params", "stages.b.depends_on=[]")
+    wait_for(user_project / "importing", first)  # its plan is being built: nothing recorded yet
+    second = start("+sweep=slow")
+    wait_for(user_project / "calls.txt", second)
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, out + err
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, out + err
+    shared = user_project / "shared"
+    assert (shared / "summary.json").is_file()
+    assert (shared / ".hydra" / "config.yaml").is_file()

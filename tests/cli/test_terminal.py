@@ -129,8 +129,12 @@ def test_the_summary_is_clean_and_80_columns_at_most_after_the_bars(tmp_path, st
     assert code == 0, "\n".join(screen)
     _no_bar_left(screen)
     summary = _summary(screen)
-    assert max(len(line) for line in summary) <= 80, "\n".join(summary)
+    look = next(i for i, line in enumerate(summary) if line.startswith("look: "))
+    assert max(len(line) for line in summary[:look]) <= 80, "\n".join(summary)
     assert "]" not in "".join(summary), "\n".join(summary)
+    # The one line allowed past 80 columns: the command to copy, whole (the terminal may still wrap it at its edge).
+    command = f"    mlflow ui --backend-store-uri {store}"
+    assert command in ("".join(screen) if columns < len(command) else screen), "\n".join(screen)
     assert summary[0].endswith("— experiment 'screen' (ok)")
     assert summary[1:3] == ["  prep  FINISHED   1 run", "    leaves: executed=1 reused=0 redone=0 failed=0"]
     fit = summary.index("  fit   FINISHED  11 runs")
@@ -186,4 +190,4 @@ def test_ctrl_c_while_the_bars_show_leaves_only_the_error_line(tmp_path, store):
     assert code == 130, "\n".join(screen)
     _no_bar_left(screen)
     error = next(i for i, line in enumerate(screen) if line.startswith("runtree: error: interrupted"))
-    assert screen[error - 1].startswith("stage prep: FINISHED — 1/1 leaves"), "\n".join(screen)
+    assert any(line.startswith("stage prep: FINISHED — 1/1 leaves") for line in screen[:error]), "\n".join(screen)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
+import itertools
 import json
 import logging
 import os
+import re
 import struct
 import subprocess
 import termios
@@ -15,12 +18,14 @@ import threading
 from collections.abc import Iterator
 
 import pyte
+import pytest
 
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.plan.params import flatten
 from runtree_pipeline.plan.sweeps import format_value
 from runtree_pipeline.reports.progress import BarProgress, LogProgress, make_progress
-from runtree_pipeline.reports.summary import render, write_json
+from runtree_pipeline.reports.summary import PARAM_LINES, render, write_json
 from tests.conftest import all_runs
 
 
@@ -164,7 +169,8 @@ def test_the_summary_fits_the_terminal_and_never_exceeds_80_columns(store, tmp_p
     plan = build_plan(config)
     result = run_plan(plan, plots=False)
     best = result.stages[name].best
-    where = f"experiment 'x' in {store} — run `mlflow ui --backend-store-uri {store}` and open that experiment"
+    long_uri = f"sqlite:///{deep}/mlflow.db"  # longer than any line: it must still be copyable whole
+    assert len(long_uri) > 90
     params = ", ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
     assert len(params) > 80
 
@@ -173,10 +179,18 @@ def test_the_summary_fits_the_terminal_and_never_exceeds_80_columns(store, tmp_p
         80: [f"  {name}  FINISHED  4 runs", counts, f"    best loss=0.5 (min)  run {best.run_id}"],
         60: [f"  {name}  FINISHED", "      4 runs", counts, "    best loss=0.5 (min)", f"      run {best.run_id}"],
     }
-    for columns, width in ((200, 80), (80, 80), (60, 60)):
+    for (columns, width), uri in itertools.product(((200, 80), (80, 80), (60, 60)), (store, long_uri)):
         monkeypatch.setenv("COLUMNS", str(columns))
+        where = f"experiment 'x' in {uri} — run `mlflow ui --backend-store-uri {uri}` and open that experiment"
         lines = render(result, plan, where=where).splitlines()
-        assert max(len(line) for line in lines) <= width, "\n".join(lines)
+        look = next(i for i, line in enumerate(lines) if line.startswith("look: experiment 'x' in"))
+        assert max(len(line) for line in lines[:look]) <= width, "\n".join(lines)
+        command = f"    mlflow ui --backend-store-uri {uri}"
+        assert command in lines[look:], "the command to copy is whole, on a line of its own:\n" + "\n".join(lines)
+        assert all(len(line) <= width or line in (command, f"  {uri}") for line in lines[look:]), "\n".join(lines)
+        if uri == long_uri:
+            expected_look = ["look: experiment 'x' in", f"  {uri}", "  run", command, "  and open that experiment"]
+            assert lines[look:] == expected_look, "\n".join(lines)
         assert lines[:2] == [
             f"runtree pipeline {result.pipeline_id} — experiment",
             "  'a_fairly_long_experiment_name_as_people_write_them' (ok)",
@@ -185,13 +199,41 @@ def test_the_summary_fits_the_terminal_and_never_exceeds_80_columns(store, tmp_p
         start = next(i for i, line in enumerate(lines) if line.startswith("    params: "))
         block = [lines[start], *(line for line in lines[start + 1 :] if line.startswith("      "))]
         assert "".join(block).replace(" ", "") == f"params: {params}".replace(" ", ""), "a param was lost"
-        look = next(i for i, line in enumerate(lines) if line.startswith("look: experiment 'x' in"))
         assert all(line.startswith("  ") for line in lines[look + 1 :])
         said = "".join(lines[look:]).replace(" ", "")
-        assert said == f"look: {where}".replace(" — ", "").replace(" ", ""), "each part after a dash on its own line"
+        expected = f"look: {where}".replace(" — ", "").replace("`", "")
+        assert said == expected.replace(" ", ""), "each part after a dash on its own line"
 
     on_disk = json.loads(write_json(result, tmp_path / "summary.json").read_text())
     assert on_disk["stages"][name]["best"]["params"]["log_file"] == str(deep / "calls.txt")
+
+
+def test_params_beyond_four_lines_are_cut_at_a_param_and_say_how_many_are_left(store, tmp_path):
+    """Past four lines the params stop at a whole param and say how many more summary.json has: a list that just
+    stops reads as if it were all of them."""
+    opt = {"lr": 0.1, **{f"setting_number_{i}": i / 8 for i in range(30)}}
+    config = {
+        "tracking_uri": store,
+        "experiment": "many",
+        "objective": {"metric": "loss"},
+        "stages": {"fit": {"_target_": "tests.targets.nested", "params": {"opt": opt}}},
+    }
+    plan = build_plan(config)
+    result = run_plan(plan, plots=False)
+    every = [f"{k}={format_value(v)}" for k, v in flatten(result.stages["fit"].best.params).items()]
+    assert len(every) == 31
+    for width in (80, 60):
+        lines = render(result, plan, where="here", width=width).splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("    params: "))
+        block = [lines[start], *itertools.takewhile(lambda line: line.startswith("      "), lines[start + 1 :])]
+        assert len(block) == PARAM_LINES and max(len(line) for line in block) <= width, "\n".join(lines)
+        shown, more = " ".join(line.strip() for line in block).removeprefix("params: ").split(", … ")
+        left = re.fullmatch(r"(\d+) more, all in summary\.json", more)
+        assert left, "\n".join(block)
+        assert shown.split(", ") == every[: len(every) - int(left[1])], "a param is cut or out of order"
+
+    on_disk = json.loads(write_json(result, tmp_path / "summary.json").read_text())
+    assert len(flatten(on_disk["stages"]["fit"]["best"]["params"])) == 31
 
 
 class _Terminal:
@@ -275,3 +317,42 @@ def test_a_run_that_stops_before_any_stage_draws_no_bar():
         progress.close()
         terminal.stream.write("runtree: error: tracking store x is not usable\n")
     assert terminal.screen() == ["runtree: error: tracking store x is not usable"]
+
+
+def _console_streams() -> dict[logging.Handler, object]:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = {h for x in loggers for h in getattr(x, "handlers", ())}
+    return {h: h.stream for h in handlers if isinstance(h, logging.StreamHandler)}
+
+
+@pytest.mark.parametrize("hung_up", ["while the bars show", "as the first bar appears"])
+def test_log_handlers_get_their_streams_back_when_the_terminal_goes_away(hung_up):
+    """A bar that cannot be taken off the screen (the terminal hung up: BrokenPipeError) or that never appeared must
+    not leave the console log handlers writing through the bars: the error that follows has to be logged."""
+    logger = logging.getLogger("tests.progress.hangup")
+    console = io.StringIO()
+    handler = logging.StreamHandler(console)
+    logger.addHandler(handler)
+    read, write = os.pipe()
+    bars = open(write, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below, after its reader is gone
+    try:
+        before = _console_streams()
+        progress = BarProgress(bars)
+        if hung_up == "while the bars show":
+            progress.stage_started("fit", total=3, objective=Objective("loss"))
+            assert handler.stream is not console, "log lines did not go above the bars"
+            os.close(read)
+            with pytest.raises(BrokenPipeError):
+                progress.close()
+        else:
+            os.close(read)
+            with pytest.raises(BrokenPipeError):
+                progress.stage_started("fit", total=3, objective=Objective("loss"))
+            progress.close()
+        assert _console_streams() == before
+        logger.warning("runtree: error: the terminal went away")
+        assert console.getvalue() == "runtree: error: the terminal went away\n"
+    finally:
+        logger.removeHandler(handler)
+        with contextlib.suppress(BrokenPipeError):
+            bars.close()

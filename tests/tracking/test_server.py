@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import shlex
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -154,12 +153,12 @@ def test_a_write_that_finally_fails_is_loud_and_resumable(restartable_server, tm
     last = err.strip().splitlines()[-1]
     assert last.startswith("runtree: error: could not "), err
     _, _, command = last.partition("; redo what is missing with: ")
-    assert command.startswith("python -m runtree_pipeline --config-dir ") and " resume=" in command, last
+    assert shlex.split(command)[1:4] == ["-m", "runtree_pipeline", "--config-dir"] and " resume=" in command, last
 
     restartable_server.start()
-    # The line as printed, pasted in the same directory: it finishes the same execution (one stage run in all).
-    env = cli_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    again = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+    # The line as printed, pasted in the same directory with the PATH it was started with: it finishes the same
+    # execution (one stage run in all).
+    again = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     _assert_complete(restartable_server.url, "finally_fails")
 
