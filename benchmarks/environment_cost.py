@@ -30,18 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tracking_overhead import env  # noqa: E402
+from whole_process import FIXED_SWEEP as SWEEP  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
-SWEEP = """
-# @package _global_
-objective: {metric: metric1, mode: min}
-stages:
-  trial:
-    _target_: runtree_pipeline.examples.tutorial.trial
-    params: {test_no: 0, param1: a, param2: d, draw: 0.5}
-"""
 
 COLLECT = """
 import json, time

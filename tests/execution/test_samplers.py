@@ -12,6 +12,7 @@ import random
 import statistics
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -501,6 +502,16 @@ TPE_OVER_TPE = {
 }
 
 
+
+def stopping_config(store: str, tmp_path: Path, levels: dict, experiment: str, stop: int) -> dict:
+    """A one-stage sweep of `stops_once` over `levels`, interrupted at its `stop`-th leaf (never when negative)."""
+    fit = {
+        "_target_": "tests.execution.test_samplers.stops_once",
+        "params": {"log_file": str(tmp_path / f"{experiment}.txt"), "stop_at": stop},
+        **levels,
+    }
+    return {"tracking_uri": store, "experiment": experiment, "objective": {"metric": "loss"}, "stages": {"fit": fit}}
+
 @pytest.mark.parametrize(
     ("levels", "stop_at"),
     [
@@ -515,17 +526,7 @@ def test_an_interrupted_tpe_sweep_resumes_as_the_uninterrupted_one(store, client
     finished, and leaves the same record of asks and tells for a later resume."""
 
     def config(experiment: str, stop: int) -> dict:
-        fit = {
-            "_target_": "tests.execution.test_samplers.stops_once",
-            "params": {"log_file": str(tmp_path / f"{experiment}.txt"), "stop_at": stop},
-            **levels,
-        }
-        return {
-            "tracking_uri": store,
-            "experiment": experiment,
-            "objective": {"metric": "loss"},
-            "stages": {"fit": fit},
-        }
+        return stopping_config(store, tmp_path, levels, experiment, stop)
 
     def leaves(experiment: str) -> dict:
         return {
@@ -634,17 +635,7 @@ def test_a_store_from_before_per_parent_seeds_resumes_with_the_seeds_it_was_draw
     of its own."""
 
     def config(experiment: str, stop: int) -> dict:
-        fit = {
-            "_target_": "tests.execution.test_samplers.stops_once",
-            "params": {"log_file": str(tmp_path / f"{experiment}.txt"), "stop_at": stop},
-            **levels,
-        }
-        return {
-            "tracking_uri": store,
-            "experiment": experiment,
-            "objective": {"metric": "loss"},
-            "stages": {"fit": fit},
-        }
+        return stopping_config(store, tmp_path, levels, experiment, stop)
 
     def variants_of(experiment: str) -> dict:
         return {r.info.run_name: r for r in all_runs(client, experiment) if r.data.tags["runtree.level"] == "variant"}
