@@ -5,6 +5,8 @@ Run by hand (not a test):
     python benchmarks/whole_process.py [--repeats 3] [--only fixed,warmup,throughput] [--quick]
     python benchmarks/whole_process.py --only scale       # minutes at full size; not in the default set
     python benchmarks/whole_process.py --only server      # against a local `mlflow server`; not in the default set
+    python benchmarks/whole_process.py --only pictures    # plots on vs plots=false at the tutorial's shapes
+    python benchmarks/whole_process.py --only pictures-scale --repeats 1   # the same at 20,000 leaves; 15-30 min
 
 Sections (the performance targets of issue 10; `--quick` shrinks every size for a smoke run, where only the
 size-independent targets mean anything):
@@ -19,6 +21,11 @@ size-independent targets mean anything):
 - scale: 2,000 and 20,000 leaves of a trivial target, plots off: ms/run at each size and their ratio (<= 1.2),
   peak RSS and its slope per leaf (<= 2 KB); then on the larger store `resume=last` with nothing left to do and
   `runtree tree`, each <= 10 s and <= 500 MB.
+- pictures: plots on vs plots=false, default settings otherwise, at the tutorial's shapes 5 x 25 and 5 x 60 on
+  sqlite. Target: pictures' share of the whole command, (on - off) / off, <= 10% at each shape (issue 18).
+- pictures-scale: the same at 20,000 leaves in 2,000 parents (the scale section's pipeline), and the driver's peak
+  RSS slope per leaf with plots on, between 2,000 and 20,000 leaves (`%M` covers the painter too, which it reaps,
+  but the painter stays far below the driver). Targets: share <= 10%; slope <= 2 KB/leaf.
 - server: the tutorial shape 5 x 25 against `mlflow server` in its default form: ms/run from the store's own run
   timestamps (as in tracking_overhead.py) and the whole command's wall. Target: loop ÷ runtree >= 10 per run.
 
@@ -57,7 +64,7 @@ from runtree_pipeline.tracking.localserver import LocalMlflowServer  # noqa: E40
 
 PY = sys.executable
 TIME = Path("/usr/bin/time")
-SECTIONS = ("fixed", "warmup", "throughput", "scale", "server")
+SECTIONS = ("fixed", "warmup", "throughput", "scale", "server", "pictures", "pictures-scale")
 DEFAULT_SECTIONS = ("fixed", "warmup", "throughput")
 
 
@@ -71,11 +78,12 @@ class Sizes:
     variants: int = 5  # throughput and server: parents (the tutorial's tests)
     subvariants: int = 60  # throughput: children per parent
     server_subvariants: int = 25  # server: children per parent
-    scale: tuple[int, int] = (2_000, 20_000)  # scale: leaves, smaller and larger
+    scale: tuple[int, int] = (2_000, 20_000)  # scale and pictures-scale: leaves, smaller and larger
+    pictured: tuple[int, ...] = (25, 60)  # pictures: children per parent, each with `variants` parents
 
 
 FULL = Sizes()
-QUICK = Sizes(sleepers=8, sleep_s=0.5, subvariants=10, server_subvariants=5, scale=(200, 2_000))
+QUICK = Sizes(sleepers=8, sleep_s=0.5, subvariants=10, server_subvariants=5, scale=(200, 2_000), pictured=(5, 10))
 
 # Targets written into the scratch working directory: the benchmark must not depend on tests/, and the working
 # directory is importable for `_target_`s (and for processes and Ray workers, which inherit it).
@@ -407,6 +415,93 @@ def scale(bench: Bench) -> None:
         bench.add("scale", f"{label}, peak RSS", f"{mb:.0f} MB", "≤ 500 MB", mb <= 500)
 
 
+def pictures(bench: Bench) -> None:
+    """What the pictures cost a user: the same command with and without them, alternated on fresh stores, at the
+    tutorial's shape and a longer one. The painter draws on the second core while the driver records, so its share
+    depends on what else the machine runs: repeat, and read the medians."""
+    sizes = bench.sizes
+    for children in sizes.pictured:
+
+        def runtree(*extra: str, children: int = children) -> Callable[[str, str], list[str]]:
+            return lambda uri, tag: bench.pipeline(
+                "+sweep=tutorial",
+                f"stages.tuning.subvariants.n={children}",
+                f"tracking_uri={uri}",
+                f"experiment={tag}",
+                *extra,
+                tag=tag,
+            )
+
+        shape = f"{sizes.variants} × {children}"
+        on = Contender(f"runtree +sweep=tutorial, plots on ({shape})", runtree())
+        off = Contender(f"runtree +sweep=tutorial, plots=false ({shape})", runtree("plots=false"))
+        samples = bench.alternate(f"pictures{children}", [on, off])
+        for contender in (on, off):
+            bench.add("pictures", contender.label, f"{median_wall(samples[contender.label]):.2f} s")
+        _share(bench, "pictures", shape, samples[on.label], samples[off.label])
+
+
+def pictures_scale(bench: Bench) -> None:
+    """Pictures at scale: 2,000 parents of 10 leaves each, every one pictured, against plots=false; and whether the
+    pictures make the driver's memory grow with the tree (peak RSS at two sizes, plots on)."""
+    small, large = bench.sizes.scale
+
+    def size(leaves: int, *extra: str) -> Contender:
+        what = "plots=false" if extra else "plots on"
+        return Contender(
+            f"{leaves:,} leaves, {what}",
+            lambda uri, tag: bench.pipeline(
+                f"+sweep=scale{leaves}", f"tracking_uri={uri}", f"experiment={tag}", *extra, tag=tag
+            ),
+        )
+
+    contenders = [size(small), size(small, "plots=false"), size(large), size(large, "plots=false")]
+    samples = bench.alternate("pictures-scale", contenders, rss=True)
+    peak_kb: dict[str, float] = {}
+    for contender in contenders:
+        runs = samples[contender.label]
+        leaves = small if contender.label.startswith(f"{small:,} ") else large
+        wall = median_wall(runs)
+        peak_kb[contender.label] = statistics.median(s.rss_kb or 0 for s in runs)
+        per_run = wall / (1 + leaves // 10 + leaves) * 1000
+        summary = f"{wall:.1f} s, {per_run:.2f} ms/run, {peak_kb[contender.label] / 1024:.0f} MB"
+        bench.add("pictures-scale", contender.label, summary)
+    for leaves in (small, large):
+        shape = f"{leaves:,} leaves in {leaves // 10:,} parents"
+        _share(
+            bench,
+            "pictures-scale",
+            shape,
+            samples[f"{leaves:,} leaves, plots on"],
+            samples[f"{leaves:,} leaves, plots=false"],
+            target=leaves == large,
+        )
+    for what in ("plots on", "plots=false"):
+        slope = (peak_kb[f"{large:,} leaves, {what}"] - peak_kb[f"{small:,} leaves, {what}"]) / (large - small)
+        on = what == "plots on"
+        bench.add(
+            "pictures-scale",
+            f"peak RSS slope, {small:,} → {large:,} leaves, {what}",
+            f"{slope:.2f} KB/leaf",
+            "≤ 2 KB/leaf" if on else "",
+            slope <= 2 if on else None,
+        )
+
+
+def _share(bench: Bench, section: str, shape: str, on: list[Sample], off: list[Sample], *, target: bool = True) -> None:
+    """Pictures' share of the whole command from medians, and the spread of the paired runs beside it: on a
+    shared machine one pair can say 30% and the next -1%."""
+    share = (median_wall(on) - median_wall(off)) / median_wall(off)
+    pairs = ", ".join(f"{(a.wall - b.wall) / b.wall:+.0%}" for a, b in zip(on, off, strict=True))
+    bench.add(
+        section,
+        f"pictures' share ({shape}), (on - off) / off; pairs: {pairs}",
+        f"{share:.1%}",
+        "≤ 10%" if target else "",
+        share <= 0.10 if target else None,
+    )
+
+
 def server(bench: Bench) -> None:
     """Against a server every round trip costs milliseconds, so whether runtree overlaps them shows; ms/run comes
     from the store's own timestamps (start-up counts for nobody), the wall from the whole command beside it."""
@@ -474,6 +569,8 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
     "throughput": throughput,
     "scale": scale,
     "server": server,
+    "pictures": pictures,
+    "pictures-scale": pictures_scale,
 }
 
 
@@ -499,8 +596,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shrink every size: a smoke run, not a measurement")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (stores, logs) afterwards")
     args = parser.parse_args()
-    if not TIME.exists() and "scale" in args.only:
-        parser.error(f"the scale section reads peak RSS from {TIME} (GNU time), which is missing")
+    if not TIME.exists() and {"scale", "pictures-scale"} & set(args.only):
+        parser.error(f"the scale sections read peak RSS from {TIME} (GNU time), which is missing")
 
     bench = Bench(Path(tempfile.mkdtemp(prefix="runtree-whole-")), QUICK if args.quick else FULL, args.repeats)
     try:

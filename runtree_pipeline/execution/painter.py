@@ -8,6 +8,10 @@ The helper is a plain `python -m runtree_pipeline.execution.painter`, fed pickle
 multiprocessing worker: those import the caller's main module again, which re-runs a user's script that calls
 `run_pipeline` without an `if __name__ == "__main__"` guard. It exits when its stdin closes, so a driver killed
 outright (`kill -9`) leaves no painter behind.
+
+The driver stores pictures as they come back, not at the end, and keeps at most `window` out at once: when 2,000
+small parents closed faster than the painter drew them, every parent's PNGs stayed in the driver until the last
+run (5-7 KB per leaf, against about 1 KB per leaf for the tree itself).
 """
 
 from __future__ import annotations
@@ -15,15 +19,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import itertools
 import logging
 import pickle
 import queue
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, wait
 from typing import IO, Any
 
 from runtree_pipeline.futures import settle
@@ -33,19 +38,33 @@ from runtree_pipeline.results import NodeResult
 
 log = logging.getLogger(__name__)
 
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+WINDOW = 8
+
 
 class Painter:
     """Draws off the critical path; a picture that fails, or a painter that dies, costs a warning, never a run."""
 
-    def __init__(self, stall_s: float = 120.0) -> None:
+    def __init__(self, stall_s: float = 120.0, window: int | None = None) -> None:
         """`stall_s`: how long the end of a pipeline waits for the next picture before it goes on without the rest;
-        pictures arrive in order, so that is how long the painter may make no progress at all."""
+        pictures arrive in order, so that is how long the painter may make no progress at all. `window`: how many
+        pictures may be out at once, sent or drawn and not yet handed back; the parents that close while the
+        painter is that far behind wait their turn as references to results the driver keeps anyway (default
+        `WINDOW`)."""
         self.stall_s = stall_s
+        self.window = max(1, WINDOW if window is None else window)
         self._process: subprocess.Popen[bytes] | None = None
         self._broken = False
+        self._ids = itertools.count()
         self._calls: dict[int, Future[Any]] = {}
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._pending: list[tuple[NodeResult, Future[dict[str, bytes]]]] = []
+        self._waiting: deque[tuple[NodeResult | None, Callable[[], Call]]] = deque()
+        self._out: deque[tuple[NodeResult | None, Future[Any]]] = deque()
+
+    @property
+    def held(self) -> int:
+        """Pictures out now: sent to the painter, being drawn, or drawn and not yet handed back."""
+        return len(self._out)
 
     def start(self) -> None:
         """Start the process and import matplotlib there now, while the driver still has runs to record."""
@@ -59,9 +78,12 @@ class Painter:
             return
         from runtree_pipeline.reports.plots import parent_plots
 
-        leaves = [dataclasses.replace(leaf, metrics={}, outputs={}, error=None) for leaf in node.leaves]
-        best = node.best.run_id if node.best else None
-        self._submit(node, parent_plots, leaves, objective=objective, best_run_id=best)
+        def call() -> Call:
+            leaves = [dataclasses.replace(leaf, metrics={}, outputs={}, error=None) for leaf in node.leaves]
+            best = node.best.run_id if node.best else None
+            return parent_plots, (leaves,), {"objective": objective, "best_run_id": best}
+
+        self._later(node, call)
 
     def dag(self, node: NodeResult, edges: Sequence[tuple[str, str]], nodes: Sequence[str], **kw: Any) -> None:
         """The stage DAG with this stage highlighted; a one-stage pipeline has no DAG worth a picture."""
@@ -71,23 +93,41 @@ class Painter:
 
         self._submit(node, dag_files, edges, nodes, **kw)
 
+    def drawn(self) -> list[tuple[NodeResult, dict[str, bytes]]]:
+        """What is drawn by now, without waiting; room in the window goes to the parents waiting for it."""
+        done = []
+        while self._out and self._out[0][1].done():
+            done.extend(self._handed(*self._out.popleft()))
+        self._send()
+        return done
+
     def pictures(self) -> Iterator[tuple[NodeResult, dict[str, bytes]]]:
-        """Each node with everything drawn for it, once all of it is drawn; a painter that hangs costs its pictures."""
-        drawn: dict[str, tuple[NodeResult, dict[str, bytes]]] = {}
-        for i, (node, future) in enumerate(self._pending):
-            try:
-                files = future.result(timeout=self.stall_s)
-            except FutureTimeout:  # not the builtin TimeoutError before Python 3.11
-                self._give_up(f"no picture came back for {self.stall_s:g} s; {len(self._pending) - i} are left undrawn")
+        """Everything still to draw, each call's files as they come (a node may come twice: its own pictures, then
+        its DAG); a painter that hangs costs its pictures."""
+        while self._out or (self._waiting and not self._broken):
+            if not self._out:
+                self._send()
+                continue
+            node, future = self._out[0]
+            if not wait([future], timeout=self.stall_s).done:
+                left = len(self._out) + len(self._waiting)
+                self._give_up(f"no picture came back for {self.stall_s:g} s; {left} are left undrawn")
                 self.close()
                 break
-            except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
+            self._out.popleft()
+            self._send()
+            yield from self._handed(node, future)
+        self._out.clear()
+        self._waiting.clear()
+
+    def _handed(self, node: NodeResult | None, future: Future[Any]) -> list[tuple[NodeResult, dict[str, bytes]]]:
+        try:
+            files = future.result()
+        except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
+            if node is not None:
                 log.warning("could not draw plots for %s: %s", node.name, e)
-                continue
-            if files:
-                drawn.setdefault(node.run_id, (node, {}))[1].update(files)
-        self._pending.clear()
-        yield from drawn.values()
+            return []
+        return [(node, files)] if node is not None and files else []
 
     def close(self) -> None:
         """Stop drawing at once: after an interrupt nobody waits for pictures."""
@@ -98,26 +138,38 @@ class Painter:
         with contextlib.suppress(Exception):
             process.kill()
             process.wait(5)
-        for future in self._calls.values():
+        for future in list(self._calls.values()):
             settle(future, RuntimeError("the painter was stopped"))
 
     def _submit(self, node: NodeResult | None, draw: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._later(node, lambda: (draw, args, kwargs))
+
+    def _later(self, node: NodeResult | None, call: Callable[[], Call]) -> None:
+        """`call` is made when it is sent, so what it sends exists only while it is out."""
         if not self._broken and self._process is not None and self._process.poll() is not None:
             self._give_up("the painter process ended")
         if self._broken:
             return
-        future: Future[Any] = Future()
-        try:
-            if self._process is None:
-                self._launch()
-            call = len(self._calls)
-            self._calls[call] = future
-            self._outbox.put((call, draw.__module__, draw.__qualname__, args, kwargs))
-        except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
-            self._give_up(f"the painter failed ({e})")
-            return
-        if node is not None:
-            self._pending.append((node, future))
+        self._waiting.append((node, call))
+        self._send()
+
+    def _send(self) -> None:
+        while self._waiting and len(self._out) < self.window and not self._broken:
+            node, call = self._waiting.popleft()
+            future: Future[Any] = Future()
+            try:
+                draw, args, kwargs = call()
+                if self._process is None:
+                    self._launch()
+                number = next(self._ids)
+                self._calls[number] = future
+                self._outbox.put((number, draw.__module__, draw.__qualname__, args, kwargs))
+            except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
+                self._give_up(f"the painter failed ({e})")
+                break
+            self._out.append((node, future))
+        if self._broken:
+            self._waiting.clear()
 
     def _give_up(self, why: str) -> None:
         if not self._broken:
@@ -146,7 +198,7 @@ class Painter:
         with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
             while True:
                 call, ok, value = pickle.load(pipe)
-                future = self._calls.get(call)
+                future = self._calls.pop(call, None)
                 if future is not None:
                     if ok:
                         settle(future, value)
@@ -159,9 +211,9 @@ class Painter:
 
 
 def _warm() -> None:
-    from runtree_pipeline.reports.plots import _pyplot
+    from runtree_pipeline.reports.plots import warm
 
-    _pyplot()
+    warm()
 
 
 def _serve(calls: IO[bytes], answers: IO[bytes]) -> None:

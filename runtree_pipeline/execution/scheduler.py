@@ -16,7 +16,7 @@ import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
 from typing import Any
@@ -557,6 +557,7 @@ class Runner:
         )
         if self._painter is not None:
             self._painter.parent(node, objective)
+            self._store_pictures(self._painter.drawn())
         up = parent.up
         if up is None:
             self._stage_ended(parent.stage, node)
@@ -742,8 +743,8 @@ class Runner:
         return killed
 
     def _draw(self) -> None:
-        """Store the pictures: each parent's were drawn as it closed, the DAG (which shows how every stage ended)
-        is drawn now."""
+        """Store the pictures still out: each parent's were drawn as it closed, and stored as they came back while
+        the tree was recorded; the DAG (which shows how every stage ended) is drawn now."""
         if self._painter is None:
             return
         edges = [(dep, s.name) for s in self.plan.stages.values() for dep in s.depends_on]
@@ -751,7 +752,10 @@ class Runner:
         for name, result in self._results.items():
             if result.node is not None:
                 self._painter.dag(result.node, edges, self.plan.order, highlight=name, status=status)
-        for node, files in self._painter.pictures():
+        self._store_pictures(self._painter.pictures())
+
+    def _store_pictures(self, pictures: Iterable[tuple[NodeResult, dict[str, bytes]]]) -> None:
+        for node, files in pictures:
             try:
                 self.store.attach(self._ref(node), files)
             except TrackingFailed as e:

@@ -2,6 +2,12 @@
 
 Plain functions of plain data, so that they can be drawn in another process while the tree is still being
 recorded (see `execution.painter`).
+
+A sweep of 2,000 small parents asks for 4,000 of these, and the painter's CPU is what pictures cost when the
+machine has no idle core. So each is drawn once, on a bare Agg figure kept per layout and redrawn with the next
+parent's data (no pyplot; no new axes and ticks per picture), with margins fixed in inches rather than found by
+`bbox_inches="tight"`, which draws the whole figure a second time to measure it. A parent's two pictures take
+2.5-2.8x less CPU than with a new pyplot figure each (40 ms instead of 112 ms for 10 leaves and one param).
 """
 
 from __future__ import annotations
@@ -22,21 +28,34 @@ log = logging.getLogger(__name__)
 OBJECTIVE_PLOT = "plots/objective_vs_params.png"
 PARALLEL_PLOT = "plots/parallel_coordinates.png"
 DAG_PLOT = "plots/dag.png"
+DPI = 100
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def warm() -> None:
+    """Import what drawing needs, ahead of the first picture."""
+    _figure(1.0, 1.0, margins=(0.1, 0.1, 0.1, 0.1))
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    return plt
+def _figure(width: float, height: float, *, margins: tuple[float, float, float, float], **space: float) -> Any:
+    """A figure of `width` x `height` inches whose axes leave `margins` (left, right, bottom, top) in inches free
+    for labels; `space` is `wspace`/`hspace` between subplots."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    left, right, bottom, top = margins
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height, **space
+    )
+    return fig
 
 
 def _png(fig: Any) -> bytes:
+    """zlib's fastest level: at the default one, compressing was a tenth of a picture's time; files are about 10%
+    larger."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 
@@ -75,37 +94,41 @@ def parent_plots(
 
 
 def _objective_vs_params(rows, keys, values, best, objective: Objective) -> bytes:
-    plt = _pyplot()
     cols = min(len(keys), 3)
-    fig, axes = plt.subplots(
-        math.ceil(len(keys) / cols), cols, figsize=(4.2 * cols, 3.4 * math.ceil(len(keys) / cols)), squeeze=False
-    )
-    for ax, key in zip(axes.flat, keys, strict=False):
+    grid = _canvas(("objective", math.ceil(len(keys) / cols), cols), _ScatterGrid)
+    plain = [i for i, b in enumerate(best) if not b]
+    top = [i for i, b in enumerate(best) if b]
+    for n, ax in enumerate(grid.axes):
+        ax.set_visible(n < len(keys))
+    for ax, (others, stars), key in zip(grid.axes, grid.points, keys, strict=False):
         xs, labels = _axis_values([r.get(key) for r in rows])
-        plain = [i for i, b in enumerate(best) if not b]
-        ax.scatter([xs[i] for i in plain], [values[i] for i in plain], s=22, alpha=0.7, color="#4C72B0")
-        top = [i for i, b in enumerate(best) if b]
-        ax.scatter([xs[i] for i in top], [values[i] for i in top], s=160, marker="*", color="#D62728", label="best")
+        others.set_offsets(_points([xs[i] for i in plain], [values[i] for i in plain]))
+        stars.set_offsets(_points([xs[i] for i in top], [values[i] for i in top]))
+        ax.set_xlim(*_span(xs))
+        ax.set_ylim(*_span(values))
         if labels:
-            ax.set_xticks(range(len(labels)), [lbl[:12] for lbl in labels], rotation=30)
+            ax.set_xticks(range(len(labels)), [lbl[:12] for lbl in labels])
+        else:
+            from matplotlib.ticker import AutoLocator, ScalarFormatter
+
+            ax.xaxis.set_major_locator(AutoLocator())
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", labelrotation=30 if labels else 0)
         ax.set_xlabel(key)
         ax.set_ylabel(objective.metric)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.set_visible(False)
-    axes.flat[0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"{objective.metric} ({objective.mode}) over {len(rows)} runs")
-    return _png(fig)
+    grid.title.set_text(f"{objective.metric} ({objective.mode}) over {len(rows)} runs")
+    return _png(grid.fig)
 
 
 def _parallel(rows, keys, values, best, objective: Objective) -> bytes:
-    plt = _pyplot()
+    import matplotlib
+
     columns = []
     for key in keys:
         xs, labels = _axis_values([r.get(key) for r in rows])
         columns.append((key, xs, labels))
     columns.append((objective.metric, list(values), None))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(columns)), 4.0))
+    chart = _canvas(("parallel", len(columns)), _Parallel)
     norm = []
     for _, xs, _ in columns:
         lo, hi = min(xs), max(xs)
@@ -113,30 +136,88 @@ def _parallel(rows, keys, values, best, objective: Objective) -> bytes:
     lo, hi = min(values), max(values)
     # Shades run from the lowest value to the highest; the map turns so that the best end is always the dark one.
     higher_is_better = objective.better(1.0, 0.0)
-    cmap = plt.get_cmap("viridis_r" if higher_is_better else "viridis")
-    from matplotlib.collections import LineCollection
-
-    # One collection for all the other runs: a Line2D each made the picture cost a second per 40 parents.
+    cmap = matplotlib.colormaps["viridis_r" if higher_is_better else "viridis"]
     xs = list(range(len(columns)))
     others = [i for i in range(len(rows)) if not best[i]]
     shades = [(values[i] - lo) / (hi - lo) if hi > lo else 0.5 for i in others]
-    lines = [list(zip(xs, [column[i] for column in norm], strict=True)) for i in others]
-    ax.add_collection(LineCollection(lines, colors=[cmap(shade) for shade in shades], linewidths=1.0, alpha=0.6))
-    for i in (i for i in range(len(rows)) if best[i]):
-        ax.plot(xs, [column[i] for column in norm], color="#D62728", linewidth=3.0, label="best", zorder=3)
-    ax.set_xlim(-0.2, len(columns) - 0.8)
-    ax.set_xticks(range(len(columns)), [c[0] for c in columns], rotation=20)
-    for x, (_, xs, labels) in enumerate(columns):
-        ax.axvline(x, color="grey", linewidth=0.8)
-        low, high = (labels[0], labels[-1]) if labels else (f"{min(xs):.3g}", f"{max(xs):.3g}")
-        ax.annotate(low, (x, -0.04), ha="center", va="top", fontsize=7, annotation_clip=False)
-        ax.annotate(high, (x, 1.04), ha="center", va="bottom", fontsize=7, annotation_clip=False)
-    ax.set_yticks([])
-    ax.set_ylim(-0.1, 1.1)
-    if any(best):
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"parameters → {objective.metric} ({objective.mode}); darker is better", fontsize=10)
-    return _png(fig)
+    chart.others.set_segments([list(zip(xs, [column[i] for column in norm], strict=True)) for i in others])
+    chart.others.set_color([cmap(shade) for shade in shades])
+    top = [i for i in range(len(rows)) if best[i]][:1]
+    chart.best.set_data(xs if top else [], [column[top[0]] for column in norm] if top else [])
+    chart.legend.set_visible(bool(top))
+    chart.ax.set_xticks(xs, [c[0] for c in columns])
+    for (low_text, high_text), (_, column, labels) in zip(chart.ends, columns, strict=True):
+        low, high = (labels[0], labels[-1]) if labels else (f"{min(column):.3g}", f"{max(column):.3g}")
+        low_text.set_text(low)
+        high_text.set_text(high)
+    chart.ax.set_title(f"parameters → {objective.metric} ({objective.mode}); darker is better", fontsize=10)
+    return _png(chart.fig)
+
+
+_CANVASES: dict[tuple[Any, ...], Any] = {}
+
+
+def _canvas(layout: tuple[Any, ...], make: Any) -> Any:
+    """One figure per layout, redrawn with each parent's data: making the axes and their ticks anew cost about
+    as much as drawing them."""
+    if layout not in _CANVASES:
+        _CANVASES[layout] = make(*layout[1:])
+    return _CANVASES[layout]
+
+
+def _points(xs: Sequence[float], ys: Sequence[float]) -> Any:
+    import numpy as np
+
+    return np.column_stack([xs, ys]) if xs else np.empty((0, 2))
+
+
+def _span(values: Sequence[float]) -> tuple[float, float]:
+    """Matplotlib's own default limits: the data and 5% on either side."""
+    finite = [v for v in values if math.isfinite(v)] or [0.0]
+    lo, hi = min(finite), max(finite)
+    pad = (hi - lo) * 0.05 if hi > lo else abs(lo) * 0.05 or 0.5
+    return lo - pad, hi + pad
+
+
+class _ScatterGrid:
+    """`lines` x `cols` scatter plots of the objective against one param each, the best run starred."""
+
+    def __init__(self, lines: int, cols: int) -> None:
+        self.fig = _figure(4.2 * cols, 3.4 * lines, margins=(0.75, 0.2, 0.85, 0.45), wspace=0.35, hspace=0.55)
+        self.axes = list(self.fig.subplots(lines, cols, squeeze=False).flat)
+        self.points = []
+        for ax in self.axes:
+            others = ax.scatter([], [], s=22, alpha=0.7, color="#4C72B0")
+            stars = ax.scatter([], [], s=160, marker="*", color="#D62728", label="best")
+            ax.grid(alpha=0.3)
+            self.points.append((others, stars))
+        self.axes[0].legend(loc="best", fontsize=8)
+        self.title = self.fig.suptitle("")
+
+
+class _Parallel:
+    """Parallel coordinates over `columns` axes: every other run one line of a collection, the best one on top."""
+
+    def __init__(self, columns: int) -> None:
+        from matplotlib.collections import LineCollection
+
+        self.fig = _figure(max(5.0, 1.6 * columns), 4.0, margins=(0.35, 0.35, 0.95, 0.55))
+        self.ax = ax = self.fig.subplots()
+        # One collection for all the other runs: a Line2D each made the picture cost a second per 40 parents.
+        self.others = LineCollection([], linewidths=1.0, alpha=0.6)
+        ax.add_collection(self.others)
+        (self.best,) = ax.plot([], [], color="#D62728", linewidth=3.0, label="best", zorder=3)
+        self.legend = ax.legend(loc="upper right", fontsize=8)
+        ax.set_xlim(-0.2, columns - 0.8)
+        ax.tick_params(axis="x", labelrotation=20)
+        self.ends = []
+        for x in range(columns):
+            ax.axvline(x, color="grey", linewidth=0.8)
+            low = ax.annotate("", (x, -0.04), ha="center", va="top", fontsize=7, annotation_clip=False)
+            high = ax.annotate("", (x, 1.04), ha="center", va="bottom", fontsize=7, annotation_clip=False)
+            self.ends.append((low, high))
+        ax.set_yticks([])
+        ax.set_ylim(-0.1, 1.1)
 
 
 def dag_plot(
@@ -145,7 +226,6 @@ def dag_plot(
     """The stage DAG left to right, this stage highlighted, each stage coloured by how it ended."""
     import networkx as nx
 
-    plt = _pyplot()
     graph = nx.DiGraph()
     graph.add_nodes_from(nodes)
     graph.add_edges_from(edges)
@@ -154,7 +234,9 @@ def dag_plot(
             graph.nodes[node]["layer"] = layer
     pos = nx.multipartite_layout(graph, subset_key="layer")
     colours = {Status.FINISHED: "#9BD69B", Status.FAILED: "#F2A0A0", Status.SKIPPED: "#DDDDDD"}
-    fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * (1 + max(graph.nodes[n]["layer"] for n in graph))), 3.0))
+    width = max(4.0, 2.2 * (1 + max(graph.nodes[n]["layer"] for n in graph)))
+    fig = _figure(width, 3.0, margins=(0.5, 0.5, 0.3, 0.45))
+    ax = fig.subplots()
     nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=16, node_size=2600)
     nx.draw_networkx_nodes(
         graph,

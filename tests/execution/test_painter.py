@@ -55,13 +55,58 @@ def test_each_parent_and_the_dag_come_back_as_pngs_under_their_artifact_paths():
         painter.parent(a, LOSS)
         painter.parent(b, LOSS)
         painter.dag(a, [("a", "b")], ["a", "b"], highlight="a", status={"a": "FINISHED", "b": "FAILED"})
-        drawn = dict((n.name, files) for n, files in painter.pictures())
+        drawn: dict[str, dict[str, bytes]] = {}
+        for n, files in painter.pictures():
+            drawn.setdefault(n.name, {}).update(files)
     finally:
         painter.close()
     assert set(drawn) == {"a", "b"}
     assert set(drawn["a"]) == {OBJECTIVE_PLOT, PARALLEL_PLOT, DAG_PLOT}
     assert set(drawn["b"]) == {OBJECTIVE_PLOT, PARALLEL_PLOT}
     assert all(png[:8] == PNG for files in drawn.values() for png in files.values())
+
+
+def test_the_driver_holds_at_most_a_window_of_pictures_and_every_parent_still_gets_its_own():
+    """2,000 small parents closing faster than the painter draws once queued all their PNGs in the driver; now the
+    parents beyond the window wait as references, go out as pictures come back, and none is dropped."""
+    painter = Painter(window=2)
+    drawn: dict[str, dict[str, bytes]] = {}
+    most = 0
+    try:
+        for i in range(12):
+            painter.parent(node(f"p{i}", xs=tuple(float(x) for x in range(30))), LOSS)
+            most = max(most, painter.held)
+            for n, files in painter.drawn():
+                drawn.setdefault(n.name, {}).update(files)
+            most = max(most, painter.held)
+        assert painter._waiting, "the painter kept up: nothing waited, so the window was not tested"
+        for n, files in painter.pictures():
+            most = max(most, painter.held)
+            drawn.setdefault(n.name, {}).update(files)
+    finally:
+        painter.close()
+    assert most <= 2
+    assert set(drawn) == {f"p{i}" for i in range(12)}
+    assert all(set(files) == {OBJECTIVE_PLOT, PARALLEL_PLOT} for files in drawn.values())
+
+
+def test_pictures_drawn_by_now_are_handed_back_without_waiting_for_the_rest():
+    """What lets the driver store each parent's pictures while it records the rest of the tree."""
+    painter = Painter()
+    try:
+        painter.parent(node("first"), LOSS)
+        deadline = time.monotonic() + 60
+        while not (done := painter.drawn()):
+            assert time.monotonic() < deadline, "the first parent's pictures never came back"
+            time.sleep(0.05)
+        assert [n.name for n, _ in done] == ["first"]
+        painter._submit(node("slow"), time.sleep, 30)
+        started = time.monotonic()
+        assert painter.drawn() == []
+        assert time.monotonic() - started < 1
+        assert painter.held == 1
+    finally:
+        painter.close()
 
 
 def test_nothing_is_drawn_and_no_process_started_for_what_has_no_picture():
