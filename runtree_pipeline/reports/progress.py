@@ -249,13 +249,16 @@ def _logs_above(tqdm: Any, bars: TextIO) -> Iterator[None]:
     handlers = {h for x in loggers for h in getattr(x, "handlers", ())}  # a PlaceHolder has none
     swapped = []
     for handler in handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            swapped.append((handler, handler.setStream(_AboveBars(handler.stream, tqdm, bars))))
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and handler.stream is not None:  # a handler with no stream yet writes nowhere
+            stream = handler.stream
+            handler.setStream(_AboveBars(stream, tqdm, bars))
+            swapped.append((handler, stream))
     try:
         yield
     finally:
         for handler, stream in swapped:
-            handler.setStream(stream)
+            handler.stream = stream  # not setStream: its flush of a stream that has gone away must not stop the rest
 
 
 class _AboveBars:

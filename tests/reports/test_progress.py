@@ -356,3 +356,21 @@ def test_log_handlers_get_their_streams_back_when_the_terminal_goes_away(hung_up
         logger.removeHandler(handler)
         with contextlib.suppress(BrokenPipeError):
             bars.close()
+
+
+def test_a_console_handler_without_a_stream_is_left_alone(tmp_path):
+    """Some handlers have no stream until they first write; swapping one in would hand the bars a None to write
+    and flush, and its restore would fail every later log line (seen once another test had left one behind)."""
+    logger = logging.getLogger("tests.progress.streamless")
+    streamless = logging.StreamHandler()
+    streamless.stream = None
+    logger.addHandler(streamless)
+    try:
+        with open(tmp_path / "bars.txt", "w", encoding="utf-8") as bars:
+            progress = BarProgress(bars)
+            progress.stage_started("fit", total=1, objective=Objective("loss"))
+            progress.leaf_done("fit", objective=0.5, failed=False)
+            progress.close()
+        assert streamless.stream is None
+    finally:
+        logger.removeHandler(streamless)
