@@ -332,24 +332,31 @@ def warmup(bench: Bench) -> None:
         )
 
 
-def throughput(bench: Bench) -> None:
-    """The tutorial's own job, done both ways, end to end: the hand-written loop pays no plots and no tree
-    bookkeeping, runtree pays its imports and plots; plots off separates the two."""
-    sizes = bench.sizes
+def tutorial_with_and_without_plots(bench: Bench, children: int) -> tuple[Contender, Contender]:
+    """`+sweep=tutorial` with `children` trials per test, plots on and plots=false."""
 
     def runtree(*extra: str) -> Callable[[str, str], list[str]]:
         return lambda uri, tag: bench.pipeline(
             "+sweep=tutorial",
-            f"stages.tuning.subvariants.n={sizes.subvariants}",
+            f"stages.tuning.subvariants.n={children}",
             f"tracking_uri={uri}",
             f"experiment={tag}",
             *extra,
             tag=tag,
         )
 
-    shape = f"{sizes.variants} × {sizes.subvariants}"
+    shape = f"{bench.sizes.variants} × {children}"
     on = Contender(f"runtree +sweep=tutorial, plots on ({shape})", runtree())
-    off = Contender(f"runtree +sweep=tutorial, plots=false ({shape})", runtree("plots=false"))
+    return on, Contender(f"runtree +sweep=tutorial, plots=false ({shape})", runtree("plots=false"))
+
+
+def throughput(bench: Bench) -> None:
+    """The tutorial's own job, done both ways, end to end: the hand-written loop pays no plots and no tree
+    bookkeeping, runtree pays its imports and plots; plots off separates the two."""
+    sizes = bench.sizes
+
+    on, off = tutorial_with_and_without_plots(bench, sizes.subvariants)
+    shape = f"{sizes.variants} × {sizes.subvariants}"
     loop = Contender(
         f"tutorial loop as written ({shape})",
         lambda uri, tag: [PY, "-c", SEED_LOOP, uri, tag, str(sizes.variants), str(sizes.subvariants)],
@@ -422,19 +429,8 @@ def pictures(bench: Bench) -> None:
     sizes = bench.sizes
     for children in sizes.pictured:
 
-        def runtree(*extra: str, children: int = children) -> Callable[[str, str], list[str]]:
-            return lambda uri, tag: bench.pipeline(
-                "+sweep=tutorial",
-                f"stages.tuning.subvariants.n={children}",
-                f"tracking_uri={uri}",
-                f"experiment={tag}",
-                *extra,
-                tag=tag,
-            )
-
+        on, off = tutorial_with_and_without_plots(bench, children)
         shape = f"{sizes.variants} × {children}"
-        on = Contender(f"runtree +sweep=tutorial, plots on ({shape})", runtree())
-        off = Contender(f"runtree +sweep=tutorial, plots=false ({shape})", runtree("plots=false"))
         samples = bench.alternate(f"pictures{children}", [on, off])
         for contender in (on, off):
             bench.add("pictures", contender.label, f"{median_wall(samples[contender.label]):.2f} s")
