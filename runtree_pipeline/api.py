@@ -35,9 +35,11 @@ def run_plan(
     progress: Progress | None = None,
     command: str | None = None,
     plots: bool = True,
+    output_dir: str | None = None,
 ) -> PipelineResult:
     """Run a validated plan. `command` is recorded on every stage run as the way to reproduce it; `plots` draws
-    the children of every parent and the DAG as artifacts once the tree is recorded.
+    the children of every parent and the DAG as artifacts once the tree is recorded; `output_dir` holds what
+    programs run as leaves write (default `.runtree/outputs/<pipeline_id>` here).
 
     The executor is checked against the store before the store is opened, so a refused combination raises
     ConfigErrors with no store file, experiment or run left behind; a `resume` where there is no store file raises
@@ -62,7 +64,15 @@ def run_plan(
     try:
         executor.start(tracking_uri=uri)
         store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)
-        runner = Runner(plan, store=store, executor=executor, progress=progress, command=command, plots=plots)
+        runner = Runner(
+            plan,
+            store=store,
+            executor=executor,
+            progress=progress,
+            command=command,
+            plots=plots,
+            output_dir=output_dir,
+        )
         return runner.run()
     except BaseException:
         with shielded(discard=True):

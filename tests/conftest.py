@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 LONGEST_FIRST = (
     "tests/execution/test_executors.py",
     "tests/cli/test_signals.py",
+    "tests/cli/test_command_signals.py",
+    "tests/execution/test_commands.py",
     "tests/tracking/test_server.py",
     "tests/cli/test_cli.py",
 )

@@ -104,6 +104,22 @@ def timed(*, x: float = 0.0, sleep: float = 0.5) -> dict:
     return {"loss": x, "began": began, "ended": time.time()}
 
 
+def on_device(
+    *, x: float = 0.0, sleep: float = 0.3, naps_at: tuple = (), nap: float = 60.0, dies_at: tuple = ()
+) -> dict:
+    """`timed`, with the device its worker was given as an output. At the points in `naps_at` it hangs `nap` seconds,
+    at those in `dies_at` it kills its worker."""
+    import os
+    import time
+
+    began = time.time()
+    device = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if x in dies_at:
+        os._exit(3)
+    time.sleep(nap if x in naps_at else sleep)
+    return {"loss": x, "began": began, "ended": time.time(), "device": device}
+
+
 def logs_steps_grouped(*, x: float, group: int, steps: int = 3) -> dict:
     return logs_steps(x=x + 100 * group, steps=steps)
 
@@ -248,3 +264,16 @@ def reports_from_a_thread(*, x: float) -> dict:
     worker.start()
     worker.join()
     return {"loss": x}
+
+
+def counts_monitors(*, x: float = 0.0, sleep: float = 0.0, fail: bool = False) -> dict:
+    """How many of MLflow's system metrics monitors run beside the leaf's work, as a metric; raises at the end
+    when `fail`, so a failed leaf's sampling can be checked too."""
+    import threading
+    import time
+
+    time.sleep(sleep)
+    monitors = sum(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
+    if fail:
+        raise RuntimeError(f"failing on purpose with {monitors} monitor(s)")
+    return {"loss": x, "monitors": monitors}

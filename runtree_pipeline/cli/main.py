@@ -182,6 +182,7 @@ def _execute(cfg: Any) -> None:
             progress=make_progress(bool(cfg.get("progress", True))),
             command=_command(hydra_cfg.overrides),
             plots=bool(cfg.get("plots", True)),
+            output_dir=hydra_cfg.runtime.output_dir,
         )
     except BaseException as e:
         if not _recorded_anything(e):

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from runtree_pipeline.errors import Pruned
+from runtree_pipeline.execution.commands import KILL_GRACE_S, ProgramFailed, run_program
 from runtree_pipeline.execution.reporting import Desk, in_leaf
 from runtree_pipeline.plan.params import lookup, merge
-from runtree_pipeline.plan.targets import FunctionTarget, Target
+from runtree_pipeline.plan.targets import CommandTarget, FunctionTarget, Target
 from runtree_pipeline.tracking.records import RunRef
 
 
@@ -38,6 +39,22 @@ class LeafTask:
     """The stage's `limits.timeout_s`: the executor stops the leaf's worker past it."""
     fetch: tuple[str, ...] = ()
     """Dotted keys of `kwargs` holding an upstream artifact's `runs:/` URI: the target gets a local copy's path."""
+    leaf_dir: str | None = None
+    """A program's own directory (its working directory with `workdir: leaf`, its Hydra output directory, its logs
+    before upload), kept after the pipeline."""
+    groups: str | None = None
+    """Where a program's process group is listed, for the pipeline to stop it: set by the executor."""
+    system_metrics_s: float | None = None
+    """`system_metrics_interval_s` when the config sets `system_metrics: true`: MLflow's monitor samples the machine
+    onto the leaf's run at this interval while the leaf's work runs."""
+
+
+    @property
+    def worker_timeout_s(self) -> float | None:
+        """When the executor stops the worker: at the timeout itself, unless the target stops its own process."""
+        if self.timeout_s is None or not self.target.runs_as_process:
+            return self.timeout_s
+        return self.timeout_s + KILL_GRACE_S + _WORKER_TIMEOUT_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -64,16 +81,26 @@ class LeafOutcome:
         return self.error is None and self.pruned_at is None
 
 
+#: A program stops itself at its timeout; the executor's own stop, later, is only for a worker that hangs.
+_WORKER_TIMEOUT_MARGIN_S = 30.0
+
+
 def execute(task: LeafTask) -> LeafOutcome:
     """Run the target with its leaf run active; an exception becomes a failed outcome, not a crash."""
-    from runtree_pipeline.tracking.active import active_run
+    from runtree_pipeline.tracking.active import active_run, system_metrics
 
     try:
         kwargs = _with_local_copies(task)
-        with active_run(task.run), in_leaf(task.run, task.desk) as leaf:
-            returned = run(task.target, kwargs)
+        with (
+            active_run(task.run),
+            in_leaf(task.run, task.desk) as leaf,
+            system_metrics(task.run, task.system_metrics_s),
+        ):
+            returned = run(task.target, kwargs, task)
     except Pruned as e:
         return LeafOutcome(pruned_at=e.step, ended_at=time.time())
+    except ProgramFailed as e:
+        return LeafOutcome(error=str(e), ended_at=time.time())
     except Exception as e:  # noqa: BLE001 - a failing target fails its own run only
         return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=time.time())
     ended_at = time.time()
@@ -82,7 +109,7 @@ def execute(task: LeafTask) -> LeafOutcome:
     except Exception as e:  # noqa: BLE001 - a path that cannot be logged fails this run only
         return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=ended_at)
     outcome = split_returned(returned, objective=task.objective)
-    logged = tuple(k for k, v in outcome.metrics.items() if leaf.last.get(k) == (leaf.step, v))
+    logged = tuple(k for k, v in outcome.metrics.items() if k in leaf.last and leaf.last[k][1] == v)
     return replace(
         outcome,
         ended_at=ended_at,
@@ -93,17 +120,24 @@ def execute(task: LeafTask) -> LeafOutcome:
 
 
 @singledispatch
-def run(target: Target, params: Mapping[str, Any]) -> Any:
+def run(target: Target, params: Mapping[str, Any], task: LeafTask | None = None) -> Any:
     """The leaf's work for one kind of target, in a worker with the leaf's run active: what it returns is the
     leaf's result (numbers become metrics, other values outputs, paths artifacts)."""
     raise TypeError(f"no way to run a {type(target).__name__}")
 
 
 @run.register
-def _(target: FunctionTarget, params: Mapping[str, Any]) -> Any:
+def _(target: FunctionTarget, params: Mapping[str, Any], task: LeafTask | None = None) -> Any:
     from hydra.utils import get_object
 
     return get_object(target.path)(**params)
+
+
+@run.register
+def _(target: CommandTarget, params: Mapping[str, Any], task: LeafTask | None = None) -> Any:
+    if task is None:
+        raise TypeError("a command runs as a leaf of a pipeline, with its run")
+    return run_program(target, params, task)
 
 
 def _with_local_copies(task: LeafTask) -> Mapping[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import numbers
 import os
@@ -35,10 +36,16 @@ class Desk:
     metric: str
 
 
+LEAF_ENV = "RUNTREE_LEAF"
+"""Carries a program's leaf (its run, its desk, where to note a pruning) into the program's `report`."""
+
+
 @dataclass
 class _Leaf:
     run: RunRef
     desk: Desk | None
+    pruned_file: str | None = None
+    """A program's leaf: where `report` notes the step it was pruned at, read once the program exits."""
     step: int | None = None
     """The highest step reported so far."""
     last: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -61,16 +68,21 @@ def report(step: int, **metrics: float) -> None:
     Call it once per epoch (or evaluation) from a target the pipeline runs. The pruner is asked only when the leaf's
     level has one and the stage's objective metric is among `metrics`; otherwise nothing is ever raised.
     """
-    leaf = _current.get() or (_in_process[0] if len(_in_process) == 1 else None)
-    if leaf is None:
-        raise RuntimeError(
-            "runtree_pipeline.report() was called outside a leaf: call it from a target that a pipeline runs"
-        )
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise TypeError(f"report(): step must be a non-negative int, got {step!r}")
     bad = [k for k, v in metrics.items() if not isinstance(v, numbers.Real) or isinstance(v, bool)]
     if bad:
         raise TypeError(f"report(): metric(s) {', '.join(bad)} must be numbers")
+    leaf = _current.get() or (_in_process[0] if len(_in_process) == 1 else None) or _program_leaf()
+    if leaf is None:
+        from runtree_pipeline.tracking.active import log_to_active_run
+
+        if not log_to_active_run(step, metrics):
+            raise RuntimeError(
+                "runtree_pipeline.report() was called outside a leaf and outside an MLflow run: call it from a "
+                "target or a program that a pipeline runs, or inside mlflow.start_run()"
+            )
+        return
     if metrics:
         from runtree_pipeline.tracking.active import log_step
 
@@ -79,7 +91,51 @@ def report(step: int, **metrics: float) -> None:
         leaf.step = step if leaf.step is None else max(leaf.step, step)
     desk = leaf.desk
     if desk is not None and desk.metric in metrics and _ask(desk, leaf.run.run_id, step, float(metrics[desk.metric])):
+        if leaf.pruned_file is not None:
+            with open(leaf.pruned_file, "w") as fh:
+                fh.write(str(step))
         raise Pruned(step)
+
+
+def note_logged(metrics: dict[str, tuple[int, float]]) -> None:
+    """What a program logged to its leaf run itself, as (step, value): the calling leaf's result does not log it
+    again, and what it adds is logged at the program's last step."""
+    leaf = _current.get()
+    if leaf is None or not metrics:
+        return
+    leaf.last.update(metrics)
+    highest = max(step for step, _ in metrics.values())
+    leaf.step = highest if leaf.step is None else max(leaf.step, highest)
+
+
+def leaf_env(run: RunRef, desk: Desk | None, pruned_file: str) -> dict[str, str]:
+    """The environment variable that lets `report` inside a program launched as a command find its leaf."""
+    leaf = {
+        "run": [run.run_id, run.experiment_id, run.tracking_uri, run.name],
+        "desk": None if desk is None else [list(desk.address), desk.authkey.hex(), desk.metric],
+        "pruned_file": pruned_file,
+    }
+    return {LEAF_ENV: json.dumps(leaf)}
+
+
+_from_env: list[_Leaf | None] = []
+
+
+def _program_leaf() -> _Leaf | None:
+    """The leaf of the program this process is, when a pipeline launched it; read from its environment once."""
+    if not _from_env:
+        raw = os.environ.get(LEAF_ENV)
+        leaf = None
+        if raw:
+            data = json.loads(raw)
+            desk = data["desk"]
+            leaf = _Leaf(
+                RunRef(*data["run"]),
+                None if desk is None else Desk((desk[0][0], int(desk[0][1])), bytes.fromhex(desk[1]), desk[2]),
+                pruned_file=data["pruned_file"],
+            )
+        _from_env.append(leaf)
+    return _from_env[0]
 
 
 @contextlib.contextmanager

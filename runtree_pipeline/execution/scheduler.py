@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import time
 import uuid
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -82,8 +84,10 @@ class Runner:
         progress: Progress | None = None,
         command: str | None = None,
         plots: bool = True,
+        output_dir: str | None = None,
     ) -> None:
         self.plan = plan
+        self.output_dir = output_dir
         self.store = store
         self.executor = executor or LocalExecutor()
         self.progress = progress or Progress()
@@ -246,14 +250,24 @@ class Runner:
             self._reporting[slot.ref.run_id] = (leaf.parent.sampler, leaf.point)
         task = LeafTask(
             target=leaf.stage.spec.target,
+            leaf_dir=self._leaf_dir(leaf, slot.ref) if leaf.stage.spec.target.runs_as_process else None,
             kwargs=leaf.params,
             run=slot.ref,
             objective=metric if leaf.parent is not None else None,
             desk=desk,
             timeout_s=leaf.stage.spec.limits.timeout_s,
+            system_metrics_s=self.plan.system_metrics_s,
             fetch=tuple(k for k, v in flatten(leaf.params).items() if isinstance(v, str) and v in stage.artifact_uris),
         )
         self._running[self.executor.submit(task)] = leaf
+
+    def _leaf_dir(self, leaf: LeafJob, ref: RunRef) -> str:
+        """A program's directory of its own, under the pipeline's output directory: readable by the leaf's name,
+        unique by its run."""
+        root = Path(self.output_dir) if self.output_dir else Path.cwd() / ".runtree" / "outputs" / self.pipeline_id
+        stage = leaf.stage.spec.name
+        name = re.sub(r"[^\w.=,+-]+", "_", leaf.name.removeprefix(f"{stage}/")).strip("_") or stage
+        return str(root / "leaves" / stage / f"{name}-{ref.run_id[:8]}")
 
     def _retried(self, leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> bool:
         """`limits.retries`: a leaf that failed (raised, lost its worker, timed out) runs again in the same run, its

@@ -169,6 +169,8 @@ class Plan:
     config: Mapping[str, Any]
     resume: str | None = None
     cache: Cache = Cache()
+    system_metrics_s: float | None = None
+    """`system_metrics_interval_s` when `system_metrics: true`: every leaf samples the machine at this interval."""
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -275,6 +277,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
     if resume is not None and not (resume == "last" or re.fullmatch(r"[0-9a-f]{12}", str(resume))):
         errors.append(ConfigError(f"must be 'last' or a pipeline id (12 hex digits), got {resume!r}", key="resume"))
     cache = _cache(top.get("cache"), errors)
+    system_metrics_s = _system_metrics(top, errors)
     if errors:
         raise ConfigErrors(errors)
     experiment = top.get("experiment") or default_experiment
@@ -289,6 +292,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         config=config,
         resume=str(resume) if resume is not None else None,
         cache=cache,
+        system_metrics_s=system_metrics_s,
     )
 
 
@@ -308,7 +312,7 @@ def _resolve_top(cfg: DictConfig, errors: list[ConfigError]) -> dict[str, Any]:
 
 def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) -> StageSpec:
     if not OmegaConf.is_dict(node):
-        raise ConfigError("must be a mapping with a `_target_`", stage=name)
+        raise ConfigError("must be a mapping with a `_target_` or a `command`", stage=name)
     errors.extend(_unknown_keys(node, STAGE_KEYS, stage=name))
     try:
         raw, refs = references.resolve_recording(node)
@@ -628,6 +632,20 @@ def _cache(raw: Any, errors: list[ConfigError]) -> Cache:
         if not isinstance(value, bool):
             errors.append(ConfigError(f"must be true or false, got {value!r}", key=f"cache.{key}"))
     return Cache(enabled=enabled is True, code=code is not False)
+
+
+def _system_metrics(top: Mapping[str, Any], errors: list[ConfigError]) -> float | None:
+    """`system_metrics: true` and its `system_metrics_interval_s` (default 10); the interval is checked even while
+    off, so a typo fails now rather than on the day it is turned on."""
+    on, interval = top.get("system_metrics", False), top.get("system_metrics_interval_s", 10)
+    if on is not None and not isinstance(on, bool):
+        errors.append(ConfigError(f"must be true or false, got {on!r}", key="system_metrics"))
+    if not positive_number(interval):
+        errors.append(
+            ConfigError(f"must be a positive number of seconds, got {interval!r}", key="system_metrics_interval_s")
+        )
+        return None
+    return float(interval) if on is True else None
 
 
 def _unknown_keys(raw: Any, allowed: tuple[str, ...], *, stage: str | None, under: str = "") -> list[ConfigError]:

@@ -4,10 +4,14 @@ state is touched only here), its reported steps, and the artifacts it returns or
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+from runtree_pipeline.errors import first_line
 from runtree_pipeline.tracking.records import RunRef
 
 
@@ -49,6 +53,132 @@ def active_run(ref: RunRef) -> Iterator[None]:
                 pass
 
 
+@contextlib.contextmanager
+def system_metrics(ref: RunRef, interval_s: float | None) -> Iterator[None]:
+    """MLflow's own system metrics monitor on the leaf's run while its work runs; nothing when `interval_s` is None.
+
+    MLflow's monitor publishes a sample only once a whole interval has passed, and drops what it holds when stopped:
+    a leaf shorter than the interval would get no system metric at all. Such a leaf gets one sample at its end,
+    taken with the monitor's own collectors, its CPU share measured over the whole leaf (psutil counts CPU time per
+    calling thread, hence the first call here). Stopping wakes the monitor at once: it adds no interval to a leaf.
+    """
+    if interval_s is None:
+        yield
+        return
+    import psutil
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    with _monitor_quiet():
+        psutil.cpu_percent()
+        monitor = SystemMetricsMonitor(
+            ref.run_id, sampling_interval=interval_s, samples_before_logging=1, tracking_uri=ref.tracking_uri
+        )
+        monitor.start()
+        try:
+            yield
+        except Exception:
+            _stop(monitor, ref)
+            raise
+        except BaseException:
+            monitor.finish()  # interrupted: stop sampling, log nothing more
+            raise
+        else:
+            _stop(monitor, ref)
+
+
+def _stop(monitor: Any, ref: RunRef) -> None:
+    monitor.finish()
+    if monitor._logging_step:  # samples it published; nothing public says so
+        return
+    try:
+        for collector in monitor.monitors:
+            collector.clear_metrics()  # the monitor's first sample, whose CPU share psutil cannot know yet
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as e:  # noqa: BLE001 - like MLflow's monitor: a lost sample never fails the leaf
+        logging.getLogger(__name__).warning("no system metrics for run %s: %s", ref.name, first_line(e))
+
+
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_quiet_level = logging.NOTSET
+
+
+@contextlib.contextmanager
+def _monitor_quiet() -> Iterator[None]:
+    """The monitor's INFO lines (started, no GPU, stopping, stopped) would be four console lines per leaf; its
+    warnings stay. Counted, as leaves may overlap in one process."""
+    global _quiet_users, _quiet_level
+    logger = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+    with _quiet_lock:
+        if _quiet_users == 0:
+            _quiet_level = logger.level
+            logger.setLevel(logging.WARNING)
+        _quiet_users += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                logger.setLevel(_quiet_level)
+
+
+def program_env(ref: RunRef, launch_dir: str) -> dict[str, str]:
+    """What a program needs in its environment for MLflow's own `start_run()` to continue its leaf run rather than
+    start one of its own: the store (a relative sqlite path made the launch directory's, wherever the program runs),
+    the experiment and the run."""
+    from runtree_pipeline.tracking.sqlite import sqlite_path
+
+    uri = ref.tracking_uri
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        uri = f"sqlite:///{Path(launch_dir, path)}"
+    return {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": ref.experiment_id, "MLFLOW_RUN_ID": ref.run_id}
+
+
+def log_params(ref: RunRef, params: Mapping[str, object]) -> None:
+    """A program's params on its run before it starts: its own `log_params` of the same values is then a no-op
+    (MLflow refuses a param logged twice with different values, so the two must agree)."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    batch = [Param(str(k), str(v)) for k, v in params.items()]
+    if batch:
+        MlflowClient(ref.tracking_uri).log_batch(ref.run_id, params=batch, synchronous=True)
+
+
+def logged_metrics(ref: RunRef) -> dict[str, tuple[int, float]]:
+    """The run's latest value of each metric and its step, as a program left them: MLflow keeps a metric's latest
+    value by step first, so a curve logged over epochs reads as its last epoch. MLflow's own system metrics are not
+    the program's results."""
+    from mlflow.tracking import MlflowClient
+
+    data = MlflowClient(ref.tracking_uri).get_run(ref.run_id).data.to_proto()
+    return {m.key: (int(m.step), float(m.value)) for m in data.metrics if not m.key.startswith("system/")}
+
+
+def local_artifact_dir(ref: RunRef) -> Path | None:
+    """Where the run's artifacts live when that is a directory of this machine: a program's logs are then written
+    there as they come, and a live run shows them; None for a store that takes artifacts only by upload."""
+    uri = ref.artifact_uri or ""
+    if uri.startswith("file:"):
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        return Path(local_file_uri_to_path(uri))
+    if uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def upload_file(ref: RunRef, path: Path, artifact_path: str) -> None:
+    """One file into `artifact_path/` of the run, replacing an earlier upload of the same name."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(ref.tracking_uri).log_artifact(ref.run_id, str(path), artifact_path=artifact_path)
+
+
 def preload() -> None:
     """What a worker needs before its first leaf, imported while the pool warms up rather than inside that leaf."""
     from runtree_pipeline.tracking.mlflow_store import quiet_mlflow_env
@@ -88,6 +218,20 @@ def log_step(ref: RunRef, step: int, metrics: Mapping[str, float]) -> None:
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
     MlflowClient(ref.tracking_uri).log_batch(ref.run_id, metrics=batch, synchronous=True)
+
+
+def log_to_active_run(step: int, metrics: Mapping[str, float]) -> bool:
+    """`report` in a script run by hand: its metrics go to the script's own MLflow run, if it started one."""
+    import sys
+
+    if "mlflow" not in sys.modules:
+        return False
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return False
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    return True
 
 
 def upload(ref: RunRef, key: str, path: Path) -> str:

@@ -433,7 +433,7 @@ def test_help_lists_real_sweeps_every_key_and_the_executors(user_conf):
         assert len(line.split()) > 1, f"no description for {key}: {line!r}"
     for name, keys in {
         "local": [],
-        "processes": ["workers", "start_method"],
+        "processes": ["workers", "start_method", "gpus"],
         "ray": ["address", "workers", "num_cpus", "num_gpus"],
     }.items():
         start = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])

@@ -305,7 +305,8 @@ ONE_ERROR = [
         {"a": quad(depend_on=["b"])},
         "a",
         "depend_on",
-        r"unknown key \(did you mean 'depends_on'\?\) \(allowed: _target_, params",
+        r"unknown key \(did you mean 'depends_on'\?\) \(allowed: _target_, command, command_args, result_file, "
+        r"workdir, params",
         id="unknown-stage-key",
     ),
     pytest.param(

@@ -40,9 +40,9 @@ def messages(errors) -> list[tuple[str | None, str | None, str]]:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({}, "missing `_target_` (a dotted path to a callable)"),
-        ({"_target_": None}, "missing `_target_` (a dotted path to a callable)"),
-        ({"_target_": ""}, "missing `_target_` (a dotted path to a callable)"),
+        ({}, "missing `_target_` (a dotted path to a callable) or `command` (a program to run)"),
+        ({"_target_": None}, "missing `_target_` (a dotted path to a callable) or `command` (a program to run)"),
+        ({"_target_": ""}, "missing `_target_` (a dotted path to a callable) or `command` (a program to run)"),
         ({"_target_": 3}, "must be a dotted path to a callable (a string), got 3"),
     ],
     ids=repr,
