@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtree_pipeline.errors import Pruned
 from runtree_pipeline.execution.reporting import leaf_env, note_logged
-from runtree_pipeline.plan.params import flatten
+from runtree_pipeline.plan.params import flatten, hydra_quoted
 from runtree_pipeline.plan.targets import CommandTarget
 
 if TYPE_CHECKING:
@@ -145,8 +144,7 @@ def _override_value(value: Any) -> str:
     text = str(value)
     if text and set(text) <= _BARE and not _reads_as_other(text):
         return text
-    # Hydra takes a backslash as an escape only before a quote or at the end of the string
-    return "'" + re.sub(r"\\+(?='|\Z)", lambda m: m.group(0) * 2, text).replace("'", "\\'") + "'"
+    return hydra_quoted(text)
 
 
 def _reads_as_other(text: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,3 +46,9 @@ def lookup(params: Mapping[str, Any], dotted: str) -> Any:
             raise KeyError(dotted)
         node = node[part]
     return node
+
+
+def hydra_quoted(text: str) -> str:
+    """`text` as a quoted string of Hydra's override grammar, which reads it back unchanged: a quote is escaped, and
+    a backslash only where Hydra takes one as an escape (before a quote, or at the end)."""
+    return "'" + re.sub(r"\\+(?='|\Z)", lambda m: m.group(0) * 2, text).replace("'", "\\'") + "'"

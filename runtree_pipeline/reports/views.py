@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 
 from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.plan.params import hydra_quoted
 from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.tracking.index import RunIndex, is_kept
@@ -183,7 +184,7 @@ def _hydra_value(text: str) -> str:
         parsed = None
     if parsed is not None and not parsed.is_sweep_override() and str(parsed.value()) == text:
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return hydra_quoted(text)
 
 
 def render_list(stage_runs: Iterable[RunRecord], experiments: dict[str, str]) -> str:
