@@ -7,6 +7,7 @@ Run by hand (not a test):
     python benchmarks/whole_process.py --only server      # against a local `mlflow server`; not in the default set
     python benchmarks/whole_process.py --only pictures    # plots on vs plots=false at the tutorial's shapes
     python benchmarks/whole_process.py --only pictures-scale --repeats 1   # the same at 20,000 leaves; 15-30 min
+    python benchmarks/whole_process.py --only commands    # command leaves vs a subprocess loop; not in the default set
 
 Sections (the performance targets of issue 10; `--quick` shrinks every size for a smoke run, where only the
 size-independent targets mean anything):
@@ -26,6 +27,9 @@ size-independent targets mean anything):
 - pictures-scale: the same at 20,000 leaves in 2,000 parents (the scale section's pipeline), and the driver's peak
   RSS slope per leaf with plots on, between 2,000 and 20,000 leaves (`%M` covers the painter too, which it reaps,
   but the painter stays far below the driver). Targets: share <= 10%; slope <= 2 KB/leaf.
+- commands: 40 leaves that each run a trivial Python script (no MLflow import) as a `command`, `executor=processes`
+  with 2 workers, plots off, vs a plain program that runs the same 40 scripts with `subprocess.run` over 2 threads
+  and records each as a child run with the three-call floor. Target: runtree ÷ loop <= 1.3 (issue 19).
 - server: the tutorial shape 5 x 25 against `mlflow server` in its default form: ms/run from the store's own run
   timestamps (as in tracking_overhead.py) and the whole command's wall. Target: loop ÷ runtree >= 10 per run.
 
@@ -64,7 +68,7 @@ from runtree_pipeline.tracking.localserver import LocalMlflowServer  # noqa: E40
 
 PY = sys.executable
 TIME = Path("/usr/bin/time")
-SECTIONS = ("fixed", "warmup", "throughput", "scale", "server", "pictures", "pictures-scale")
+SECTIONS = ("fixed", "warmup", "throughput", "scale", "server", "pictures", "pictures-scale", "commands")
 DEFAULT_SECTIONS = ("fixed", "warmup", "throughput")
 
 
@@ -80,10 +84,14 @@ class Sizes:
     server_subvariants: int = 25  # server: children per parent
     scale: tuple[int, int] = (2_000, 20_000)  # scale and pictures-scale: leaves, smaller and larger
     pictured: tuple[int, ...] = (25, 60)  # pictures: children per parent, each with `variants` parents
+    commands: int = 40  # commands: leaves, each a program
+    command_workers: int = 2  # commands: processes / threads
 
 
 FULL = Sizes()
-QUICK = Sizes(sleepers=8, sleep_s=0.5, subvariants=10, server_subvariants=5, scale=(200, 2_000), pictured=(5, 10))
+QUICK = Sizes(
+    sleepers=8, sleep_s=0.5, subvariants=10, server_subvariants=5, scale=(200, 2_000), pictured=(5, 10), commands=10
+)
 
 # Targets written into the scratch working directory: the benchmark must not depend on tests/, and the working
 # directory is importable for `_target_`s (and for processes and Ray workers, which inherit it).
@@ -134,6 +142,50 @@ stages:
       params: {{v: "range(0, {variants})"}}
     subvariants:
       params: {{s: "range(0, 10)"}}
+"""
+
+# A program as trivial as a leaf can be: no MLflow, one result written where runtree (or the loop) asks.
+COMMAND_LEAF = """
+import json, os, sys
+
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+with open(os.environ["RUNTREE_RESULT"], "w") as fh:
+    json.dump({"loss": float(args["i"])}, fh)
+"""
+
+COMMAND_SWEEP = """
+# @package _global_
+objective: {{metric: loss}}
+stages:
+  leaves:
+    command: python bench_leaf.py
+    subvariants:
+      params: {{i: "range(0, {leaves})"}}
+"""
+
+# The same leaves without runtree: a parent run, the scripts over a thread pool, each recorded as a child run with
+# the three-call floor (create_run, log_batch, set_terminated), its result read back from the file it wrote.
+COMMAND_LOOP = """
+import json, os, subprocess, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+client = MlflowClient(sys.argv[1])
+exp = client.create_experiment(sys.argv[2])
+parent = client.create_run(exp, run_name="leaves").info.run_id
+results = tempfile.mkdtemp()
+def leaf(i):
+    run = client.create_run(exp, run_name=f"i={i}", tags={"mlflow.parentRunId": parent}).info.run_id
+    path = os.path.join(results, f"{i}.json")
+    subprocess.run([sys.executable, "bench_leaf.py", f"i={i}"], check=True, env={**os.environ, "RUNTREE_RESULT": path})
+    with open(path) as fh:
+        result = json.load(fh)
+    now = int(time.time() * 1000)
+    client.log_batch(run, metrics=[Metric(k, v, now, 0) for k, v in result.items()], params=[Param("i", str(i))])
+    client.set_terminated(run)
+with ThreadPoolExecutor(int(sys.argv[4])) as pool:
+    list(pool.map(leaf, range(int(sys.argv[3]))))
+client.set_terminated(parent)
 """
 
 OPEN_STORE = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
@@ -187,6 +239,7 @@ class Bench:
         """Targets, sweep files and the template store are made once, before anything is timed."""
         self.work.mkdir(parents=True)
         (self.work / "bench_targets.py").write_text(TARGETS.lstrip())
+        (self.work / "bench_leaf.py").write_text(COMMAND_LEAF.lstrip())
         sweeps = self.conf / "sweep"
         sweeps.mkdir(parents=True)
         (sweeps / "fixed.yaml").write_text(FIXED_SWEEP.lstrip())
@@ -194,6 +247,7 @@ class Bench:
         (sweeps / "warmup.yaml").write_text(warmup.lstrip())
         for leaves in self.sizes.scale:
             (sweeps / f"scale{leaves}.yaml").write_text(SCALE_SWEEP.format(variants=leaves // 10).lstrip())
+        (sweeps / "commands.yaml").write_text(COMMAND_SWEEP.format(leaves=self.sizes.commands).lstrip())
         (self.root / "stores").mkdir()
         template = self.root / "template.db"
         self.run([PY, "-c", OPEN_STORE, f"sqlite:///{template}"], tag="template")
@@ -498,6 +552,37 @@ def _share(bench: Bench, section: str, shape: str, on: list[Sample], off: list[S
     )
 
 
+def commands(bench: Bench) -> None:
+    """What running a user's program as a leaf costs over running it by hand: the plain loop pays the programs, one
+    MLflow import and the floor's three calls per run; runtree pays its imports, the worker pool and, per leaf, its
+    program's logs, params and the read-back of what the program logged."""
+    sizes = bench.sizes
+    shape = f"{sizes.commands} leaves, {sizes.command_workers} workers"
+    runtree = Contender(
+        f"runtree, command leaves ({shape})",
+        lambda uri, tag: bench.pipeline(
+            "+sweep=commands",
+            f"tracking_uri={uri}",
+            f"experiment={tag}",
+            "executor=processes",
+            f"executor.workers={sizes.command_workers}",
+            "progress=false",
+            "plots=false",
+            tag=tag,
+        ),
+    )
+    loop = Contender(
+        f"subprocess.run loop, 3 calls/run ({shape})",
+        lambda uri, tag: [PY, "-c", COMMAND_LOOP, uri, tag, str(sizes.commands), str(sizes.command_workers)],
+    )
+    samples = bench.alternate("commands", [runtree, loop])
+    for label, runs in samples.items():
+        walls = ", ".join(f"{s.wall:.2f}" for s in runs)
+        bench.add("commands", f"{label}; runs: {walls} s", f"{median_wall(runs):.2f} s")
+    ratio = median_wall(samples[runtree.label]) / median_wall(samples[loop.label])
+    bench.add("commands", "runtree ÷ loop", f"{ratio:.2f}×", "≤ 1.3×", ratio <= 1.3)
+
+
 def server(bench: Bench) -> None:
     """Against a server every round trip costs milliseconds, so whether runtree overlaps them shows; ms/run comes
     from the store's own timestamps (start-up counts for nobody), the wall from the whole command beside it."""
@@ -567,6 +652,7 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
     "server": server,
     "pictures": pictures,
     "pictures-scale": pictures_scale,
+    "commands": commands,
 }
 
 

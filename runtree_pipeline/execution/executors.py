@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import importlib.util
+import logging
 import multiprocessing
 import os
 import signal
@@ -28,6 +29,8 @@ from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
 from runtree_pipeline.futures import run_now, settle
 from runtree_pipeline.interrupts import shielded, sigint_blocked
 from runtree_pipeline.plan.stages import Plan
+
+log = logging.getLogger(__name__)
 
 STOPPED = "Cancelled: the pipeline was stopped before this leaf finished"
 
@@ -124,6 +127,11 @@ class LocalExecutor(Executor):
     """
 
     stops_leaves = False
+
+    def __init__(self, workers: int | None = None) -> None:
+        """`workers` is accepted so that `executor=local` works with a sweep that sets it for another executor."""
+        if workers not in (None, 1):
+            log.warning("executor=local runs one leaf at a time: executor.workers=%s has no effect", workers)
 
     def _start(self, *, tracking_uri: str) -> None:
         from runtree_pipeline.tracking.active import use_tracking_uri
@@ -302,6 +310,7 @@ WORKER_MODULES = [
     "hydra.utils",
     "mlflow.entities",
     "mlflow.tracking.fluent",
+    "mlflow.store.tracking.sqlalchemy_store",
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from mlflow import MlflowClient
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.cli.main import CONFIG_PACKAGE, describe_hydra_error, help_text
 from runtree_pipeline.tracking.provenance import cli_command
-from tests.conftest import all_runs, cli_env
+from tests.conftest import REPO, all_runs, cli_env
 
 
 def _by_level(runs):
@@ -260,6 +261,37 @@ def test_cnn_and_tutorial_in_one_multirun_keep_their_files_in_the_working_direct
     assert history[-1].value == stages["final"].data.metrics["val_loss"]
 
 
+def test_the_shipped_training_script_runs_unchanged_as_the_leaves_of_script(run_cli, store, client, tmp_path):
+    """`+sweep=script` from a clone's root: each leaf is `python examples/train_digits.py` with its params as Hydra
+    overrides, and what the script logs to MLflow itself (params, a val_loss per epoch) is its leaf run's."""
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    proc = run_cli(
+        "+sweep=script",
+        f"tracking_uri={store}",
+        "stages.search.subvariants.n=2",
+        "stages.search.params.epochs=2",
+        "executor.workers=2",
+        "plots=false",
+        "progress=false",
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    runs = all_runs(client, "script")
+    assert len(runs) == 1 + 2
+    (stage,) = [r for r in runs if r.data.tags["runtree.level"] == "stage"]
+    leaves = [r for r in runs if r.data.tags["runtree.level"] == "subvariant"]
+    assert stage.info.status == "FINISHED" and {r.info.status for r in leaves} == {"FINISHED"}
+    best = min(leaves, key=lambda r: r.data.metrics["val_loss"])
+    assert stage.data.tags["runtree.best_run_id"] == best.info.run_id
+    assert stage.data.metrics["best_val_loss"] == best.data.metrics["val_loss"]
+    for leaf in leaves:
+        history = client.get_metric_history(leaf.info.run_id, "val_loss")
+        assert [m.step for m in history] == [0, 1]
+        assert history[-1].value == leaf.data.metrics["val_loss"]
+        assert leaf.data.params["epochs"] == "2" and leaf.data.params["channels"] == "8"  # the script's own log
+    assert len({r.data.params["lr"] for r in leaves}) == 2
+
+
 # ---- invalid input: exit 2, one line, nothing recorded ---------------------------------------------------------
 
 CLI_ERRORS = [
@@ -372,8 +404,8 @@ HYDRA_ERRORS = [
     ),
     pytest.param(
         ["+sweep=tutorail"],
-        "unknown sweep 'tutorail' (did you mean '+sweep=tutorial'?); available: +sweep=cnn, +sweep=tutorial; "
-        "your own: --config-dir DIR with DIR/sweep/tutorail.yaml",
+        "unknown sweep 'tutorail' (did you mean '+sweep=tutorial'?); available: +sweep=cnn, +sweep=script, "
+        "+sweep=tutorial; your own: --config-dir DIR with DIR/sweep/tutorail.yaml",
         id="unknown-sweep",
     ),
     pytest.param(
@@ -521,7 +553,8 @@ def test_a_misspelt_depends_on_is_the_only_error_line_not_its_knock_on_reference
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert error_lines(proc) == [
         "runtree: error: stage 'b', key 'depnds_on': unknown key (did you mean 'depends_on'?) (allowed: _target_, "
-        "params, depends_on, variants, subvariants, objective, tags, on_failure, limits, register)"
+        "command, command_args, result_file, workdir, params, depends_on, variants, subvariants, objective, tags, "
+        "on_failure, limits, register)"
     ]
     assert not (tmp_path / "store.db").exists()
 
