@@ -327,7 +327,7 @@ CLI_ERRORS = [
     pytest.param(
         ["+sweep=tutorial", "+executor.bogus=1"],
         "key 'executor': cannot create runtree_pipeline.execution.executors.LocalExecutor: "
-        "LocalExecutor() takes no arguments",
+        "LocalExecutor.__init__() got an unexpected keyword argument 'bogus'",
         id="executor-key",
     ),
     pytest.param(
