@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runtree_pipeline.api import run_pipeline, run_plan
     from runtree_pipeline.errors import ConfigError, ConfigErrors, Interrupted, Pruned
+    from runtree_pipeline.execution.checkpoints import Checkpoint, last_checkpoint, save_checkpoint
     from runtree_pipeline.execution.reporting import report
     from runtree_pipeline.plan.stages import Plan, StageSpec, build_plan
     from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult
@@ -24,6 +25,9 @@ _EXPORTS = {
     "Interrupted": "errors",
     "Pruned": "errors",
     "report": "execution.reporting",
+    "Checkpoint": "execution.checkpoints",
+    "last_checkpoint": "execution.checkpoints",
+    "save_checkpoint": "execution.checkpoints",
     "Plan": "plan.stages",
     "StageSpec": "plan.stages",
     "build_plan": "plan.stages",
@@ -34,6 +38,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Checkpoint",
     "ConfigError",
     "ConfigErrors",
     "Interrupted",
@@ -45,9 +50,11 @@ __all__ = [
     "StageResult",
     "StageSpec",
     "build_plan",
+    "last_checkpoint",
     "report",
     "run_pipeline",
     "run_plan",
+    "save_checkpoint",
 ]
 
 

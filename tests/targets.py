@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 
@@ -277,3 +279,32 @@ def counts_monitors(*, x: float = 0.0, sleep: float = 0.0, fail: bool = False) -
     if fail:
         raise RuntimeError(f"failing on purpose with {monitors} monitor(s)")
     return {"loss": x, "monitors": monitors}
+
+
+def resumable(*, x: float, epochs: int, marker: str, fail_at: int = -1, die_at: int = -1) -> dict:
+    """Trains `epochs` steps from its newest checkpoint, noting where each attempt started in `marker`; fails at
+    step `fail_at` (raises) or kills its own process at `die_at` (a kill -9 of a local pipeline), once each."""
+    import tempfile
+
+    from runtree_pipeline import last_checkpoint, report, save_checkpoint
+
+    checkpoint = last_checkpoint()
+    start, state = 0, 0.0
+    if checkpoint is not None:
+        state = float((checkpoint.path / "state.txt").read_text())
+        start = checkpoint.step + 1
+    with open(marker, "a") as fh:
+        fh.write(f"{start}\n")
+    for epoch in range(start, epochs):
+        state += 1
+        report(epoch, loss=x + 1 / state)
+        once = Path(f"{marker}.{epoch}")
+        if epoch in (fail_at, die_at) and not once.exists():  # reported, not saved: the step runs again
+            once.touch()
+            if epoch == die_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"lost at step {epoch}")
+        saved = Path(tempfile.mkdtemp()) / "state.txt"
+        saved.write_text(str(state))
+        save_checkpoint(saved.parent, step=epoch)
+    return {"loss": x + 1 / state, "state": state}

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,8 +58,9 @@ def run_program(target: CommandTarget, params: Mapping[str, Any], task: LeafTask
         tracking = program_env(task.run, target.launch_dir)
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
         env.update(tracking)
-        run = type(task.run)(task.run.run_id, task.run.experiment_id, tracking["MLFLOW_TRACKING_URI"], task.run.name)
-        env.update(leaf_env(run, task.desk, str(pruned_path)))
+        run = replace(task.run, tracking_uri=tracking["MLFLOW_TRACKING_URI"])
+        env.update(leaf_env(run, task.desk, str(pruned_path), keep_checkpoints=task.keep_checkpoints))
+        env.setdefault("RUNTREE_ARTIFACT_CACHE", str(launch / ".runtree" / "artifacts"))  # wherever it runs
         env.update(
             RUNTREE_PARAMS=json.dumps(dict(params), default=str),
             RUNTREE_RESULT=str(result_path),

@@ -44,6 +44,7 @@ class LeafTask:
     before upload), kept after the pipeline."""
     groups: str | None = None
     """Where a program's process group is listed, for the pipeline to stop it: set by the executor."""
+    keep_checkpoints: int = 2
     system_metrics_s: float | None = None
     """`system_metrics_interval_s` when the config sets `system_metrics: true`: MLflow's monitor samples the machine
     onto the leaf's run at this interval while the leaf's work runs."""
@@ -93,7 +94,7 @@ def execute(task: LeafTask) -> LeafOutcome:
         kwargs = _with_local_copies(task)
         with (
             active_run(task.run),
-            in_leaf(task.run, task.desk) as leaf,
+            in_leaf(task.run, task.desk, keep_checkpoints=task.keep_checkpoints) as leaf,
             system_metrics(task.run, task.system_metrics_s),
         ):
             returned = run(task.target, kwargs, task)

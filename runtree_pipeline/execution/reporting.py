@@ -46,6 +46,10 @@ class _Leaf:
     desk: Desk | None
     pruned_file: str | None = None
     """A program's leaf: where `report` notes the step it was pruned at, read once the program exits."""
+    keep_checkpoints: int = 2
+    recorded: dict[str, int] = field(default_factory=dict)
+    """The highest step of each metric its run had recorded when a checkpoint was restored: a step reported again
+    is not logged twice."""
     step: int | None = None
     """The highest step reported so far."""
     last: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -73,7 +77,7 @@ def report(step: int, **metrics: float) -> None:
     bad = [k for k, v in metrics.items() if not isinstance(v, numbers.Real) or isinstance(v, bool)]
     if bad:
         raise TypeError(f"report(): metric(s) {', '.join(bad)} must be numbers")
-    leaf = _current.get() or (_in_process[0] if len(_in_process) == 1 else None) or _program_leaf()
+    leaf = current_leaf()
     if leaf is None:
         from runtree_pipeline.tracking.active import log_to_active_run
 
@@ -83,10 +87,11 @@ def report(step: int, **metrics: float) -> None:
                 "target or a program that a pipeline runs, or inside mlflow.start_run()"
             )
         return
-    if metrics:
+    fresh = {k: v for k, v in metrics.items() if step > leaf.recorded.get(k, -1)}
+    if fresh:
         from runtree_pipeline.tracking.active import log_step
 
-        log_step(leaf.run, step, metrics)
+        log_step(leaf.run, step, fresh)
         leaf.last.update({k: (step, float(v)) for k, v in metrics.items()})
         leaf.step = step if leaf.step is None else max(leaf.step, step)
     desk = leaf.desk
@@ -95,6 +100,12 @@ def report(step: int, **metrics: float) -> None:
             with open(leaf.pruned_file, "w") as fh:
                 fh.write(str(step))
         raise Pruned(step)
+
+
+def current_leaf() -> _Leaf | None:
+    """The calling leaf: this thread's, the one leaf running in this process (from a thread its target started),
+    or the leaf this process is as a program a pipeline launched."""
+    return _current.get() or (_in_process[0] if len(_in_process) == 1 else None) or _program_leaf()
 
 
 def note_logged(metrics: dict[str, tuple[int, float]]) -> None:
@@ -108,12 +119,14 @@ def note_logged(metrics: dict[str, tuple[int, float]]) -> None:
     leaf.step = highest if leaf.step is None else max(leaf.step, highest)
 
 
-def leaf_env(run: RunRef, desk: Desk | None, pruned_file: str) -> dict[str, str]:
-    """The environment variable that lets `report` inside a program launched as a command find its leaf."""
+def leaf_env(run: RunRef, desk: Desk | None, pruned_file: str, *, keep_checkpoints: int = 2) -> dict[str, str]:
+    """The environment variable that lets `report` and the checkpoints inside a program launched as a command find
+    its leaf."""
     leaf = {
-        "run": [run.run_id, run.experiment_id, run.tracking_uri, run.name],
+        "run": [run.run_id, run.experiment_id, run.tracking_uri, run.name, run.artifact_uri],
         "desk": None if desk is None else [list(desk.address), desk.authkey.hex(), desk.metric],
         "pruned_file": pruned_file,
+        "keep_checkpoints": keep_checkpoints,
     }
     return {LEAF_ENV: json.dumps(leaf)}
 
@@ -133,16 +146,17 @@ def _program_leaf() -> _Leaf | None:
                 RunRef(*data["run"]),
                 None if desk is None else Desk((desk[0][0], int(desk[0][1])), bytes.fromhex(desk[1]), desk[2]),
                 pruned_file=data["pruned_file"],
+                keep_checkpoints=int(data.get("keep_checkpoints", 2)),
             )
         _from_env.append(leaf)
     return _from_env[0]
 
 
 @contextlib.contextmanager
-def in_leaf(run: RunRef, desk: Desk | None) -> Iterator[_Leaf]:
+def in_leaf(run: RunRef, desk: Desk | None, *, keep_checkpoints: int = 2) -> Iterator[_Leaf]:
     """While a leaf's target runs: `report` logs to `run` and asks `desk`; yields what was reported, so a returned
     metric is logged at the last step, and not at all when it only repeats that step's report."""
-    leaf = _Leaf(run, desk)
+    leaf = _Leaf(run, desk, keep_checkpoints=keep_checkpoints)
     token = _current.set(leaf)
     _in_process.append(leaf)
     try:

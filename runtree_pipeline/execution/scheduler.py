@@ -257,6 +257,7 @@ class Runner:
             desk=desk,
             timeout_s=leaf.stage.spec.limits.timeout_s,
             system_metrics_s=self.plan.system_metrics_s,
+            keep_checkpoints=leaf.stage.spec.limits.keep_checkpoints,
             fetch=tuple(k for k, v in flatten(leaf.params).items() if isinstance(v, str) and v in stage.artifact_uris),
         )
         self._running[self.executor.submit(task)] = leaf

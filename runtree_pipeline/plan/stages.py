@@ -45,7 +45,7 @@ STAGE_KEYS = (
     "register",
 )
 ON_FAILURE = ("continue", "stop")
-LIMIT_KEYS = ("timeout_s", "retries")
+LIMIT_KEYS = ("timeout_s", "retries", "keep_checkpoints")
 CACHE_KEYS = ("enabled", "code")
 REGISTER_KEYS = ("name", "alias", "only_if_better", "model")
 
@@ -57,6 +57,9 @@ class Limits:
 
     timeout_s: float | None = None
     retries: int = 0
+    keep_checkpoints: int = 2
+    """How many of a leaf's newest checkpoints its run keeps: the one being written never replaces the last good
+    one until it is complete, so 2 survives a kill during a save."""
 
     def describe(self) -> str:
         parts = [f"timeout {format_seconds(self.timeout_s)} s"] if self.timeout_s is not None else []
@@ -534,7 +537,15 @@ def _limits(raw: Any, stage: str, errors: list[ConfigError]) -> Limits:
             ConfigError(f"must be a non-negative integer, got {retries!r}", stage=stage, key="limits.retries")
         )
         retries = None
-    return Limits(timeout_s=float(timeout) if timeout is not None else None, retries=retries or 0)
+    keep = raw.get("keep_checkpoints", 2)
+    if not (isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1):
+        errors.append(
+            ConfigError(f"must be a positive integer, got {keep!r}", stage=stage, key="limits.keep_checkpoints")
+        )
+        keep = 2
+    return Limits(
+        timeout_s=float(timeout) if timeout is not None else None, retries=retries or 0, keep_checkpoints=keep
+    )
 
 
 def _register(raw: Any, objective: Objective, stage: str, errors: list[ConfigError]) -> Register | None:
@@ -610,7 +621,11 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
         "on_failure": spec.on_failure,
     }
     if spec.limits != Limits():
-        config["limits"] = {"timeout_s": spec.limits.timeout_s, "retries": spec.limits.retries}
+        config["limits"] = {
+            "timeout_s": spec.limits.timeout_s,
+            "retries": spec.limits.retries,
+            "keep_checkpoints": spec.limits.keep_checkpoints,
+        }
     if spec.register is not None:
         r = spec.register
         config["register"] = {"name": r.name, "alias": r.alias, "only_if_better": r.only_if_better, "model": r.model}

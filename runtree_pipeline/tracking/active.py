@@ -248,7 +248,63 @@ def upload(ref: RunRef, key: str, path: Path) -> str:
     return f"runs:/{ref.run_id}/{where}/{path.name}"
 
 
-def fetch(uri: str, tracking_uri: str) -> Path:
+CHECKPOINTS = "checkpoints"
+
+
+def store_checkpoint(ref: RunRef, path: Path, step: int, keep: int) -> None:
+    """Files first, then the tag that names them complete, then the older checkpoints beyond `keep` are deleted: a
+    kill at any moment leaves the run's newest complete checkpoint as `last_checkpoint` finds it."""
+    import time
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.tracking import MlflowClient
+
+    from runtree_pipeline.tracking import tags as schema
+
+    client = MlflowClient(ref.tracking_uri)
+    artifact_uri = ref.artifact_uri or client.get_run(ref.run_id).info.artifact_uri
+    repository = get_artifact_repository(artifact_uri)
+    where = f"{CHECKPOINTS}/step-{step}"
+    if client.list_artifacts(ref.run_id, where):  # an earlier attempt's, cut off before its tag was set
+        repository.delete_artifacts(where)
+    if path.is_dir():
+        client.log_artifacts(ref.run_id, str(path), artifact_path=where)
+    else:
+        client.log_artifact(ref.run_id, str(path), artifact_path=where)
+    client.set_tag(ref.run_id, schema.CHECKPOINT_STEP, str(step), synchronous=True)
+    client.set_tag(ref.run_id, schema.CHECKPOINT_AT, str(int(time.time() * 1000)), synchronous=True)
+    saved = sorted(
+        (int(item.path.rsplit("-", 1)[1]), item.path)
+        for item in client.list_artifacts(ref.run_id, CHECKPOINTS)
+        if item.is_dir and item.path.rsplit("/", 1)[-1].startswith("step-") and item.path.rsplit("-", 1)[1].isdigit()
+    )
+    older = [p for s, p in saved if s < step]
+    for old in older[: max(0, len(older) - (keep - 1))]:
+        with contextlib.suppress(Exception):
+            repository.delete_artifacts(old)
+
+
+def newest_checkpoint(ref: RunRef) -> tuple[int, str, dict[str, int]] | None:
+    """The run's newest complete checkpoint (its step and when it was saved) and the highest step of each metric
+    the run has already recorded; None when it has no checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    from runtree_pipeline.tracking import tags as schema
+
+    run = MlflowClient(ref.tracking_uri).get_run(ref.run_id)
+    step = run.data.tags.get(schema.CHECKPOINT_STEP)
+    if step is None:
+        return None
+    recorded = {m.key: int(m.step) for m in run.data.to_proto().metrics}
+    return int(step), run.data.tags.get(schema.CHECKPOINT_AT, ""), recorded
+
+
+def fetch_checkpoint(ref: RunRef, step: int, version: str) -> Path:
+    """A local copy of the run's checkpoint at `step`, through the per-machine artifact cache."""
+    return fetch(f"runs:/{ref.run_id}/{CHECKPOINTS}/step-{step}", ref.tracking_uri, version=version)
+
+
+def fetch(uri: str, tracking_uri: str, *, version: str = "") -> Path:
     """A local copy of an artifact, downloaded once per machine (per cache directory) and kept: leaves that consume
     the same upstream artifact share it. Downloaded aside and renamed into place, so concurrent workers never see
     half a copy; the first rename wins and the others discard theirs.
@@ -261,7 +317,8 @@ def fetch(uri: str, tracking_uri: str) -> Path:
 
     root = Path(os.environ.get("RUNTREE_ARTIFACT_CACHE") or Path.cwd() / ".runtree" / "artifacts")
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    home = root / hashlib.sha256(f"{tracking_uri}\n{uri}".encode()).hexdigest()[:20]
+    identity = "\n".join([tracking_uri, uri, *([version] if version else [])])  # the same key as ever without one
+    home = root / hashlib.sha256(identity.encode()).hexdigest()[:20]
     if not home.exists():
         root.mkdir(parents=True, exist_ok=True)
         aside = Path(tempfile.mkdtemp(prefix=".fetching-", dir=root))

@@ -330,7 +330,7 @@ ONE_ERROR = [
         {"a": quad(limits={"timeout": 5})},
         "a",
         "limits.timeout",
-        r"unknown key \(did you mean 'timeout_s'\?\) \(allowed: timeout_s, retries\)$",
+        r"unknown key \(did you mean 'timeout_s'\?\) \(allowed: timeout_s, retries, keep_checkpoints\)$",
         id="limits-unknown-key",
     ),
     pytest.param(
@@ -901,7 +901,7 @@ def test_limits_parse():
 
 def test_limits_are_stored_only_when_set():
     plan = plan_of({"a": quad(limits={"timeout_s": 600}), "b": quad(), "c": quad(limits={"retries": 0})})
-    assert plan.config["stages"]["a"]["limits"] == {"timeout_s": 600.0, "retries": 0}
+    assert plan.config["stages"]["a"]["limits"] == {"timeout_s": 600.0, "retries": 0, "keep_checkpoints": 2}
     assert plan.config["stages"]["b"] == {
         "_target_": QUAD,
         "depends_on": [],
