@@ -15,7 +15,7 @@ from typing import Any
 
 from runtree_pipeline.futures import run_now
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.records import RunRecord, RunRef
+from runtree_pipeline.tracking.records import RunRecord, RunRef, Write
 
 
 class MemoryStore:
@@ -55,28 +55,16 @@ class MemoryStore:
     def create_later(self, *, name: str, tags: Mapping[str, Any], parent_id: str | None = None) -> Future[RunRef]:
         return run_now(self.create, name=name, tags=tags, parent_id=parent_id)
 
-    def finish(
-        self,
-        run: RunRef,
-        *,
-        status: str,
-        params: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, str | bytes] | None = None,
-        clear_tags: Iterable[str] = (),
-        ended_at: float | None = None,
-        step: int = 0,
-    ) -> None:
+    def finish(self, run: RunRef, write: Write) -> None:
         with self._lock:
             stored = self.runs[run.run_id]
-            stored["params"].update({k: str(v) for k, v in (params or {}).items()})
-            stored["metrics"].update({k: float(v) for k, v in (metrics or {}).items()})
-            stored["tags"].update({k: str(v) for k, v in (tags or {}).items()})
-            stored["artifacts"].update(artifacts or {})
-            for key in clear_tags:
+            stored["params"].update({k: str(v) for k, v in write.params.items()})
+            stored["metrics"].update({k: float(v) for k, v in write.metrics.items()})
+            stored["tags"].update({k: str(v) for k, v in write.tags.items()})
+            stored["artifacts"].update(write.artifacts or {})
+            for key in write.clear_tags:
                 stored["tags"].pop(key, None)
-            stored["status"] = str(status)
+            stored["status"] = str(write.status)
             self.writes["finish"] += 1
 
     def annotate(self, run: RunRef, tags: Mapping[str, Any]) -> None:

@@ -15,7 +15,6 @@ import logging
 import re
 import signal
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -25,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from runtree_pipeline.errors import Interrupted, StageInputError, TrackingFailed, UnknownPipeline
+from runtree_pipeline.errors import Interrupted, StageInputError, TrackingFailed
 from runtree_pipeline.execution.executors import Executor, LocalExecutor
-from runtree_pipeline.execution.keys import content_key
+from runtree_pipeline.execution.identity import RunIdentity
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask
 from runtree_pipeline.execution.painter import Painter
 from runtree_pipeline.execution.reporting import ReportDesk
@@ -45,7 +44,7 @@ from runtree_pipeline.execution.tree import (
 )
 from runtree_pipeline.futures import run_now
 from runtree_pipeline.interrupts import interruptible, received, shielded
-from runtree_pipeline.plan.params import flatten, lookup, merge
+from runtree_pipeline.plan.params import flatten, lookup
 from runtree_pipeline.plan.references import Reference, substitute
 from runtree_pipeline.plan.stages import Plan, StageSpec
 from runtree_pipeline.plan.sweeps import Point, SweepSpec
@@ -53,7 +52,6 @@ from runtree_pipeline.reports.progress import Progress
 from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
 from runtree_pipeline.states import Level, Origin, Status
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.index import RunIndex, is_kept
 from runtree_pipeline.tracking.provenance import (
     ENVIRONMENT,
     GIT_DIRTY,
@@ -62,7 +60,7 @@ from runtree_pipeline.tracking.provenance import (
     invocation_tags,
     resumed_files,
 )
-from runtree_pipeline.tracking.records import RunRecord, RunRef
+from runtree_pipeline.tracking.records import RunRecord, RunRef, Write
 from runtree_pipeline.tracking.redact import redact
 from runtree_pipeline.tracking.store import RunStore
 
@@ -95,8 +93,7 @@ class Runner:
         self.plots = plots
         pictured = len(plan.order) > 1 or any(s.sweeps and s.objective.metric for s in plan.stages.values())
         self._painter = Painter() if plots and pictured else None
-        self.pipeline_id = str(plan.resume) if plan.resume and plan.resume != "last" else uuid.uuid4().hex[:12]
-        self.previous = RunIndex()
+        self.identity = RunIdentity(plan, store)
         self._invocation: dict[str, str] = {}
         self._environment: dict[str, str | bytes] = {}
         self._began = time.time()
@@ -108,7 +105,11 @@ class Runner:
         self._running: dict[Future[LeafOutcome], LeafJob] = {}
         self._desk: ReportDesk | None = None
         self._reporting: dict[str, tuple[Sampler, Point]] = {}
-        self._cache: dict[str, dict[str, RunRecord]] = {}
+
+    @property
+    def pipeline_id(self) -> str:
+        """The execution's id, known from the start except on `resume=last`: then once the previous runs are read."""
+        return self.identity.pipeline_id
 
     def run(self) -> PipelineResult:
         """Everything from reading a previous execution to the last picture happens where a signal is handled.
@@ -119,7 +120,7 @@ class Runner:
         failed = False
         with interruptible():
             try:
-                self._load_previous()
+                self.identity.load_previous()
                 self._invocation = invocation_tags(self.command)
                 self._environment = environment_files(self._invocation.get(GIT_DIRTY) == "true")
                 if self._environment:
@@ -190,7 +191,7 @@ class Runner:
                 self._reporting.pop(slot.ref.run_id, None)
                 if outcome.error:
                     log.warning("run %s failed: %s", leaf.name, outcome.error)
-                leaf_write(leaf, slot, outcome).to(self.store, slot.ref)
+                self.store.finish(slot.ref, leaf_write(leaf, slot, outcome))
                 self._leaf_ended(leaf, leaf_result(leaf, slot, outcome))
 
     def _next_leaf(self) -> LeafJob | None:
@@ -233,7 +234,7 @@ class Runner:
                     self._reopen(leaf.parent)
                 origin = schema.computed_by(slot.record.tags, slot.record.run_id)
                 result = replace(result, run_id=slot.ref.run_id, cached_from=origin)
-                cached_write(leaf, slot, result).to(self.store, slot.ref)
+                self.store.finish(slot.ref, cached_write(leaf, slot, result))
             self._leaf_ended(leaf, result, reported=schema.reported_of(slot.record.tags))
             return
         if leaf.parent is not None:
@@ -256,8 +257,8 @@ class Runner:
             objective=metric if leaf.parent is not None else None,
             desk=desk,
             timeout_s=leaf.stage.spec.limits.timeout_s,
-            system_metrics_s=self.plan.system_metrics_s,
             keep_checkpoints=leaf.stage.spec.limits.keep_checkpoints,
+            system_metrics_s=self.plan.system_metrics_s,
             fetch=tuple(k for k, v in flatten(leaf.params).items() if isinstance(v, str) and v in stage.artifact_uris),
         )
         self._running[self.executor.submit(task)] = leaf
@@ -368,21 +369,15 @@ class Runner:
         except StageInputError as e:
             ref = self.store.create(name=spec.name, tags={**tags, **own})
             self._record_environment(ref, None)
-            self.store.finish(ref, status=Status.FAILED, tags={schema.ROOT_RUN_ID: ref.run_id, schema.ERROR: str(e)})
+            self.store.finish(ref, Write(Status.FAILED, tags={schema.ROOT_RUN_ID: ref.run_id, schema.ERROR: str(e)}))
             log.error("stage %s failed: %s", spec.name, e)
             return StageResult(spec.name, Status.FAILED, reason=str(e), upstream=upstream)
 
         code = spec.target.code() if self.plan.cache.code else None
         if code is not None:
             own[schema.CODE] = code
-        key = content_key(stage=spec.name, params=params, **spec.target.key_parts(code))
-        if code and self.previous.stage_run(spec.name, key) is None:
-            legacy = content_key(stage=spec.name, params=params, **spec.target.key_parts(None))
-            if self._written_before_code(spec.name, legacy):
-                key = legacy  # resuming an execution recorded before keys held the code: its runs are still its runs
-        if self.plan.cache.enabled:
-            self._cache[spec.name] = self._cacheable(spec)
-        slot = self._stage_slot(spec.name, key, tags, {**own, **_seed_tag(levels, spec.name)})
+        key = self.identity.stage_key(spec, params, code)
+        slot = self.identity.stage_slot(spec, key, tags, {**own, **_seed_tag(levels, spec.name)})
         if slot.created or slot.origin is Origin.REDONE:  # a reused one gets them if something runs in it again
             self._record_environment(slot.ref, None if slot.created else slot.record)
         self.progress.stage_started(
@@ -452,37 +447,6 @@ class Runner:
         self._results[result.name] = result
         self.progress.stage_finished(result.name, status=result.status)
 
-    def _written_before_code(self, name: str, key: str) -> bool:
-        found = self.previous.stage_run(name, key)
-        return found is not None and schema.CODE not in found.tags
-
-    def _stage_slot(self, name: str, key: str, tags: Mapping[str, Any], own: Mapping[str, Any]) -> Slot:
-        found = self.previous.stage_run(name, key)
-        cached = self._cache.get(name, {}).get(key) if found is None else None
-        if cached is not None:
-            origin = {schema.KEY: key, schema.CACHED_FROM: schema.computed_by(cached.tags, cached.run_id)}
-            ref = self.store.create(name=name, tags={**tags, **own, **origin})
-            slot = Slot(ref, key, Origin.REUSED, cached, cached=True)
-        elif found is None:
-            slot = Slot(self.store.create(name=name, tags={**tags, **own, schema.KEY: key}), key, Origin.EXECUTED)
-        else:
-            slot = self._existing_slot(found, key)
-        # Also when the current run already exists: an interruption may have come before the old one was marked.
-        # A found run that was itself superseded (the inputs went back to earlier values) must not hide the others.
-        if found is None or schema.SUPERSEDED_BY not in found.tags:
-            for stale in self.previous.stale_stages(name, key):
-                self.store.annotate(stale.ref(self.store.uri), {schema.SUPERSEDED_BY: slot.ref.run_id})
-        return slot
-
-    def _existing_slot(self, found: RunRecord, key: str, *, prunes: bool = False) -> Slot:
-        """Reused when its result stands (see `_stands`); else redone in the same run, without what an earlier
-        pruning said."""
-        ref = found.ref(self.store.uri)
-        if _stands(found, prunes=prunes):
-            return Slot(ref, key, Origin.REUSED, found)
-        self.store.reopen(ref, clear_tags=schema.PRUNING_TAGS if is_kept(found) else ())
-        return Slot(ref, key, Origin.REDONE, found)
-
     def _lookup(self, ref: Reference) -> Any:
         best = self._results[ref.stage].best
         if best is None:
@@ -523,7 +487,7 @@ class Runner:
         seed = _parent_seed(spec, name, slot.record)
         sampler = new_sampler(spec if seed is None else replace(spec, seed=seed), direction=stage.spec.objective.mode)
         if sampler.learns and slot.origin is not Origin.EXECUTED:
-            sampler.replay(self.previous.points_under(slot.ref.run_id))
+            sampler.replay(self.identity.points_under(slot.ref.run_id))
         child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: stage.slot.ref.run_id}
         changed = slot.origin is not Origin.REUSED
         parent = OpenParent(stage, up, point, slot, name, level, params, levels, child_tags, sampler, changed)
@@ -534,8 +498,8 @@ class Runner:
         return parent
 
     def _open_parent(self, parent: OpenParent, point: Point, below: tuple[SweepSpec, ...]) -> None:
-        name, params, key = self._child_identity(parent, point)
-        slot = self._child_slot(parent, name, key, point, own=_seed_tag(below, name)).result()
+        name, params, key = self.identity.child_identity(parent, point)
+        slot = self.identity.child_slot(parent, name, key, point, own=_seed_tag(below, name)).result()
         child = self._parent(
             parent.stage,
             parent,
@@ -558,7 +522,7 @@ class Runner:
         best = select_best(parent.leaves, objective=objective)
         if parent.changed or parent.slot.record is None or parent.slot.record.status != Status.FINISHED:
             self.store.flush()
-            parent_write(parent, best).to(self.store, parent.slot.ref)
+            self.store.finish(parent.slot.ref, parent_write(parent, best))
             parent.changed = True
         node = NodeResult(
             parent.slot.ref.run_id,
@@ -617,61 +581,9 @@ class Runner:
 
     # ---- leaves ------------------------------------------------------------------------------------------------
 
-    def _child_identity(self, parent: OpenParent, point: Point) -> tuple[str, dict[str, Any], str]:
-        params = merge(parent.params, point.params)
-        # A variant with a space of its own may become a leaf or a parent between executions: not the same run.
-        shape = {} if point.below is None else {"leaf": not point.below}
-        return (
-            f"{parent.name}/{point.name}",
-            params,
-            content_key(parent=parent.slot.key, name=point.name, params=params, **shape),
-        )
-
     def _new_leaf(self, parent: OpenParent, point: Point) -> LeafJob:
-        name, params, key = self._child_identity(parent, point)
-        return LeafJob(parent.stage, parent, point, name, params, self._child_slot(parent, name, key, point))
-
-    def _child_slot(
-        self, parent: OpenParent, name: str, key: str, point: Point, *, own: Mapping[str, str] | None = None
-    ) -> Future[Slot]:
-        """The previous execution's run for this child on resume, else a new one (with `own` tags, those of a child
-        that is a parent), created where a round trip can overlap other work (see `RunStore.create_later`)."""
-        if parent.slot.origin is not Origin.EXECUTED and (found := self.previous.child(parent.slot.ref.run_id, key)):
-            return run_now(self._existing_slot, found, key, prunes=parent.levels[0].pruner is not None)
-        tags = {**parent.child_tags, schema.KEY: key, **self._point_tag(parent, point), **(own or {})}
-        cached = self._cache.get(parent.stage.spec.name, {}).get(key)
-        if cached is not None:
-            tags[schema.CACHED_FROM] = schema.computed_by(cached.tags, cached.run_id)
-        creating = self.store.create_later(name=name, tags=tags, parent_id=parent.slot.ref.run_id)
-        if cached is not None:
-            return _chain(creating, lambda ref: Slot(ref, key, Origin.REUSED, cached, cached=True))
-        return _chain(creating, lambda ref: Slot(ref, key, Origin.EXECUTED))
-
-    def _cacheable(self, stage: StageSpec) -> dict[str, RunRecord]:
-        """`cache: true`: the finished (or pruned) leaves of this stage in the experiment's other executions, by
-        content key; one search per stage. A leaf is a run that recorded what its target returned; the oldest such
-        run of a key is the one taken, so every cached copy points at the run that really computed it."""
-        finished: dict[str, RunRecord] = {}
-        pruned: dict[str, RunRecord] = {}
-        for run in sorted(self.store.stage_history(stage.name), key=lambda r: r.start_time or 0):
-            tags = run.tags
-            key = tags.get(schema.KEY)
-            if key is None or schema.RETURNED not in tags or tags.get(schema.PIPELINE_ID) == self.pipeline_id:
-                continue
-            if run.status == Status.FINISHED:
-                finished.setdefault(key, run)
-            elif _stands(run, prunes=stage.prunes):
-                pruned.setdefault(key, run)
-        return {**pruned, **finished}  # never a pruned result over a finished one
-
-    def _point_tag(self, parent: OpenParent, point: Point) -> dict[str, str]:
-        """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with
-        where it was asked, as the replay must ask and tell in the original order (its tell is recorded when it
-        ends, see `tree.told`)."""
-        replays = any(level.sampler == "tpe" for level in parent.stage.spec.all_levels)
-        if not replays:
-            return {}
-        return schema.point_tag(point.params, index=point.index, asked_after=parent.sampler.asked_after(point))
+        name, params, key = self.identity.child_identity(parent, point)
+        return LeafJob(parent.stage, parent, point, name, params, self.identity.child_slot(parent, name, key, point))
 
     def _create_ahead(self, parent: OpenParent) -> None:
         """Against a server, create the next runs while this one works; never for a sampler that learns.
@@ -722,24 +634,9 @@ class Runner:
         if slot.created:
             self.store.discard(slot.ref)
         elif slot.origin is Origin.REDONE:
-            self.store.finish(slot.ref, status=Status.KILLED, tags={schema.ERROR: "not run: the stage stopped first"})
+            self.store.finish(slot.ref, Write(Status.KILLED, tags={schema.ERROR: "not run: the stage stopped first"}))
 
     # ---- around the loop ---------------------------------------------------------------------------------------
-
-    def _load_previous(self) -> None:
-        """On resume, the previous execution's runs: read here, where a signal is handled like any other."""
-        resume = self.plan.resume
-        if not resume:
-            return
-        if resume == "last":
-            self.pipeline_id = self.store.latest_pipeline_id() or ""
-        runs = self.store.pipeline_runs(self.pipeline_id) if self.pipeline_id else []
-        if not runs:
-            raise UnknownPipeline(
-                f"resume={resume}: no pipeline execution {'at all' if resume == 'last' else resume!r} "
-                f"in experiment '{self.store.experiment}'"
-            )
-        self.previous = RunIndex(runs)
 
     def _stop(self, status: str) -> int:
         """Stop the workers so nothing writes after the runs are ended; runs created ahead are removed."""
@@ -778,12 +675,6 @@ class Runner:
 
     def _ref(self, node: NodeResult) -> RunRef:
         return RunRef(node.run_id, self.store.experiment_id, self.store.uri, node.name, node.artifact_uri)
-
-
-def _stands(run: RunRecord, *, prunes: bool) -> bool:
-    """Whether an earlier leaf's result is taken rather than run again: a finished one always; a pruned one only
-    where a pruner still decides, as a pruner is not in the content key."""
-    return run.status == Status.FINISHED or (prunes and is_kept(run))
 
 
 def _resolve_points(level: SweepSpec, lookup_fn: Callable[[Reference], Any]) -> SweepSpec:
@@ -830,20 +721,6 @@ def _parent_seed(spec: SweepSpec, name: str, record: RunRecord | None) -> int | 
 def _below(parent: OpenParent, point: Point) -> tuple[SweepSpec, ...]:
     """The levels under a child: a variant's own space, else the parent's remaining levels (none: a leaf)."""
     return parent.levels[1:] if point.below is None else point.below
-
-
-def _chain(future: Future[Any], then: Callable[[Any], Any]) -> Future[Any]:
-    """A future for `then(result)`, completed when `future` is (on whichever thread completes it)."""
-    chained: Future[Any] = Future()
-
-    def done(f: Future[Any]) -> None:
-        try:
-            chained.set_result(then(f.result()))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the chained future
-            chained.set_exception(e)
-
-    future.add_done_callback(done)
-    return chained
 
 
 def _prunes(plan: Plan) -> bool:

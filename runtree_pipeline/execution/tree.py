@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,9 +22,8 @@ from runtree_pipeline.plan.sweeps import Point, SweepSpec
 from runtree_pipeline.results import LeafResult, NodeResult
 from runtree_pipeline.states import Origin, Status
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.records import RunRecord, RunRef
+from runtree_pipeline.tracking.records import RunRecord, RunRef, Write
 from runtree_pipeline.tracking.redact import redact
-from runtree_pipeline.tracking.store import RunStore
 
 
 @dataclass(frozen=True)
@@ -108,33 +107,6 @@ class OpenParent:
     @property
     def done(self) -> bool:
         return (self.drawing_over or self.stage.stopped_by is not None) and self.open_children == 0
-
-
-@dataclass(frozen=True)
-class Write:
-    """Everything one run records when it ends, in one store call."""
-
-    status: str
-    params: Mapping[str, Any]
-    metrics: Mapping[str, float]
-    tags: Mapping[str, Any]
-    artifacts: Mapping[str, str] | None = None
-    clear_tags: Iterable[str] = ()
-    ended_at: float | None = None
-    step: int = 0
-
-    def to(self, store: RunStore, ref: RunRef) -> None:
-        store.finish(
-            ref,
-            status=self.status,
-            params=self.params,
-            metrics=self.metrics,
-            tags=self.tags,
-            artifacts=self.artifacts,
-            clear_tags=self.clear_tags,
-            ended_at=self.ended_at,
-            step=self.step,
-        )
 
 
 def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:

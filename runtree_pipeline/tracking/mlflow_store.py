@@ -23,7 +23,7 @@ from runtree_pipeline.futures import run_now
 from runtree_pipeline.interrupts import ThreadPool, shielded
 from runtree_pipeline.states import Level, Status
 from runtree_pipeline.tracking import tags as schema
-from runtree_pipeline.tracking.records import RunRecord, RunRef
+from runtree_pipeline.tracking.records import RunRecord, RunRef, Write
 from runtree_pipeline.tracking.redact import REDACTED, is_secret, redact
 from runtree_pipeline.tracking.retry import answered, retrying
 from runtree_pipeline.tracking.sqlite import create_sqlite_store, sqlite_path, use_wal
@@ -312,52 +312,28 @@ class MlflowStore:
         retrying(f"end run {run.name}", self._end, run.run_id, Status.KILLED)
         retrying(f"delete run {run.name}", self.client.delete_run, run.run_id)
 
-    def finish(
-        self,
-        run: RunRef,
-        *,
-        status: str,
-        params: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, str | bytes] | None = None,
-        clear_tags: Iterable[str] = (),
-        ended_at: float | None = None,
-        step: int = 0,
-    ) -> None:
+    def finish(self, run: RunRef, write: Write) -> None:
         """One batch for everything the run learned, its artifacts, then the end: nothing is left RUNNING.
 
         Against a server this happens on an I/O thread, so its round trips overlap with the next run's work;
         `flush` waits for it and raises what failed. The end time is fixed here, not when the call goes out.
         """
-        end_ms = int((ended_at if ended_at is not None else time.time()) * 1000)
-        args = (run, status, params, metrics, tags, artifacts, tuple(clear_tags), end_ms, step)
+        end_ms = int((write.ended_at if write.ended_at is not None else time.time()) * 1000)
         if self._io is None:
-            self._finish(*args)
+            self._finish(run, write, end_ms)
             return
         with shielded():
-            future = self._io.submit(self._finish, *args)
+            future = self._io.submit(self._finish, run, write, end_ms)
             with self._lock:
                 self._inflight.add(future)
             future.add_done_callback(self._landed)
 
-    def _finish(
-        self,
-        run: RunRef,
-        status: str,
-        params: Mapping[str, Any] | None,
-        metrics: Mapping[str, float] | None,
-        tags: Mapping[str, Any] | None,
-        artifacts: Mapping[str, str | bytes] | None,
-        clear_tags: tuple[str, ...],
-        end_ms: int,
-        step: int = 0,
-    ) -> None:
+    def _finish(self, run: RunRef, write: Write, end_ms: int) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        batch_params = [Param(k, REDACTED if is_secret(k) else _text(v)) for k, v in (params or {}).items()]
-        batch_metrics = [Metric(k, float(v), end_ms, step) for k, v in (metrics or {}).items()]
-        batch_tags = [RunTag(k, v) for k, v in _texts(tags or {}).items()]
+        batch_params = [Param(k, REDACTED if is_secret(k) else _text(v)) for k, v in write.params.items()]
+        batch_metrics = [Metric(k, float(v), end_ms, write.step) for k, v in write.metrics.items()]
+        batch_tags = [RunTag(k, v) for k, v in _texts(write.tags).items()]
         if batch_params or batch_metrics or batch_tags:
             retrying(
                 f"record results of run {run.name}",
@@ -367,11 +343,13 @@ class MlflowStore:
                 params=batch_params,
                 tags=batch_tags,
             )
-        for key in clear_tags:
+        for key in write.clear_tags:
             retrying(f"clear tag {key} of run {run.name}", self._delete_tag, run.run_id, key)
-        if artifacts:
-            retrying(f"store artifacts of run {run.name}", _write_artifacts, run.artifact_uri, artifacts, self.uri)
-        retrying(f"end run {run.name}", self._end, run.run_id, status, end_ms)
+        if write.artifacts:
+            retrying(
+                f"store artifacts of run {run.name}", _write_artifacts, run.artifact_uri, write.artifacts, self.uri
+            )
+        retrying(f"end run {run.name}", self._end, run.run_id, write.status, end_ms)
 
     def _delete_tag(self, run_id: str, key: str) -> None:
         """Deleting a tag the run does not have is what we wanted, not a failure."""

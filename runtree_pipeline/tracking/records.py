@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,22 @@ class RunRecord:
         return RunRef(
             self.run_id, self.experiment_id, tracking_uri, self.name, self.artifact_uri, self.start_time, self.tags
         )
+
+
+@dataclass(frozen=True)
+class Write:
+    """Everything one run records when it ends, handed to `RunStore.finish` as one value so that each store reads
+    the same fields instead of repeating them as parameters."""
+
+    status: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    artifacts: Mapping[str, str | bytes] | None = None
+    clear_tags: tuple[str, ...] = ()
+    """Tags the end contradicts (an error a redo no longer has), removed from the run."""
+    ended_at: float | None = None
+    """The recorded end and the metrics' timestamp (seconds since the epoch; now if None), whenever the write goes
+    out."""
+    step: int = 0
+    """The metrics' step: for a leaf that reported steps its last, so what it returned is the run's latest value."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from runtree_pipeline.tracking.records import RunRecord, RunRef
+from runtree_pipeline.tracking.records import RunRecord, RunRef, Write
 
 
 class RunStore(Protocol):
@@ -26,22 +26,8 @@ class RunStore(Protocol):
     def create_later(self, *, name: str, tags: Mapping[str, Any], parent_id: str | None = None) -> Future[RunRef]:
         """`create`, on an I/O thread where a round trip can overlap other work."""
 
-    def finish(
-        self,
-        run: RunRef,
-        *,
-        status: str,
-        params: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        artifacts: Mapping[str, str | bytes] | None = None,
-        clear_tags: Iterable[str] = (),
-        ended_at: float | None = None,
-        step: int = 0,
-    ) -> None:
-        """Everything a run learned, then its end; may complete in the background. `ended_at` (seconds since the
-        epoch; now if None) is the recorded end and the metrics' timestamp, whenever the write goes out; `step` is
-        the metrics' step (a leaf that reported steps: its last, so what it returned is the run's latest value)."""
+    def finish(self, run: RunRef, write: Write) -> None:
+        """Everything a run learned, then its end; may complete in the background."""
 
     def annotate(self, run: RunRef, tags: Mapping[str, Any]) -> None:
         """Tags on a run that is otherwise done."""
