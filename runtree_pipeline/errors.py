@@ -68,6 +68,12 @@ class UnknownPipeline(RuntreeError, LookupError):
     exit_code = 2
 
 
+class ExecutionTaken(RuntreeError):
+    """`resume=` of an execution whose driver still runs it: two drivers would write the same runs."""
+
+    exit_code = 2
+
+
 class UnknownExperiment(RuntreeError, LookupError):
     """An experiment name that the store does not hold."""
 

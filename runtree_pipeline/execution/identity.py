@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from runtree_pipeline.errors import UnknownPipeline
+from runtree_pipeline.errors import ExecutionTaken, UnknownPipeline
 from runtree_pipeline.execution.keys import content_key
 from runtree_pipeline.execution.tree import OpenParent, Slot
 from runtree_pipeline.futures import run_now
@@ -22,6 +22,7 @@ from runtree_pipeline.plan.stages import Plan, StageSpec
 from runtree_pipeline.plan.sweeps import Point
 from runtree_pipeline.states import Origin, Status
 from runtree_pipeline.tracking import tags as schema
+from runtree_pipeline.tracking.heartbeat import holder
 from runtree_pipeline.tracking.index import PreviousPoint, RunIndex, is_kept
 from runtree_pipeline.tracking.records import RunRecord
 from runtree_pipeline.tracking.store import RunStore
@@ -51,6 +52,13 @@ class RunIdentity:
             raise UnknownPipeline(
                 f"resume={resume}: no pipeline execution {'at all' if resume == 'last' else resume!r} "
                 f"in experiment '{self.store.experiment}'"
+            )
+        stage_runs = [r for r in runs if r.tags.get(schema.LEVEL) == "stage"]
+        driver = holder(stage_runs, stale_after_s=self.plan.stale_after_s)
+        if driver is not None:
+            raise ExecutionTaken(
+                f"resume={resume}: execution {self.pipeline_id} is being run by another driver ({driver.describe()}):"
+                " wait for it to end, or stop it first"
             )
         self.previous = RunIndex(runs)
 

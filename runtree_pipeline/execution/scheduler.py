@@ -52,6 +52,7 @@ from runtree_pipeline.reports.progress import Progress
 from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
 from runtree_pipeline.states import Level, Origin, Status
 from runtree_pipeline.tracking import tags as schema
+from runtree_pipeline.tracking.heartbeat import DRIVER, HEARTBEAT, Heartbeat, this_driver
 from runtree_pipeline.tracking.provenance import (
     ENVIRONMENT,
     GIT_DIRTY,
@@ -95,6 +96,9 @@ class Runner:
         self._painter = Painter() if plots and pictured else None
         self.identity = RunIdentity(plan, store)
         self._invocation: dict[str, str] = {}
+        self._driver = this_driver()
+        self._stage_refs: list[RunRef] = []
+        self._heartbeat: Heartbeat | None = None
         self._environment: dict[str, str | bytes] = {}
         self._began = time.time()
         self._results: dict[str, StageResult] = {}
@@ -121,6 +125,7 @@ class Runner:
         with interruptible():
             try:
                 self.identity.load_previous()
+                self._heartbeat = Heartbeat(self.store.uri, lambda: self._stage_refs).start()
                 self._invocation = invocation_tags(self.command)
                 self._environment = environment_files(self._invocation.get(GIT_DIRTY) == "true")
                 if self._environment:
@@ -158,6 +163,8 @@ class Runner:
                         closing.callback(self._painter.close)
                     if self._desk is not None:
                         closing.callback(self._desk.close)
+                    if self._heartbeat is not None:
+                        closing.callback(self._heartbeat.stop)  # after the runs ended: the driver says it ended
                     self.executor.close()
         return PipelineResult(
             pipeline_id=self.pipeline_id,
@@ -377,7 +384,12 @@ class Runner:
         if code is not None:
             own[schema.CODE] = code
         key = self.identity.stage_key(spec, params, code)
-        slot = self.identity.stage_slot(spec, key, tags, {**own, **_seed_tag(levels, spec.name)})
+        driver = {DRIVER: self._driver.tag(), HEARTBEAT: str(int(time.time() * 1000))}
+        slot = self.identity.stage_slot(spec, key, tags, {**own, **driver, **_seed_tag(levels, spec.name)})
+        if slot.origin is Origin.REDONE:
+            self.store.annotate(slot.ref, driver)
+        if slot.created or slot.origin is Origin.REDONE:  # a stage taken as it was is not this driver's to hold
+            self._stage_refs.append(slot.ref)
         if slot.created or slot.origin is Origin.REDONE:  # a reused one gets them if something runs in it again
             self._record_environment(slot.ref, None if slot.created else slot.record)
         self.progress.stage_started(

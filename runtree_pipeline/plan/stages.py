@@ -173,6 +173,8 @@ class Plan:
     resume: str | None = None
     cache: Cache = Cache()
     system_metrics_s: float | None = None
+    stale_after_s: float = 60.0
+    """How old another host's driver's heartbeat must be before `resume=` may take its execution over."""
     """`system_metrics_interval_s` when `system_metrics: true`: every leaf samples the machine at this interval."""
 
     @property
@@ -281,6 +283,11 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         errors.append(ConfigError(f"must be 'last' or a pipeline id (12 hex digits), got {resume!r}", key="resume"))
     cache = _cache(top.get("cache"), errors)
     system_metrics_s = _system_metrics(top, errors)
+    stale_after_s = top.get("stale_after_s", 60)
+    if stale_after_s is None:
+        stale_after_s = 60
+    if not positive_number(stale_after_s):
+        errors.append(ConfigError(f"must be a positive number of seconds, got {stale_after_s!r}", key="stale_after_s"))
     if errors:
         raise ConfigErrors(errors)
     experiment = top.get("experiment") or default_experiment
@@ -296,6 +303,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         resume=str(resume) if resume is not None else None,
         cache=cache,
         system_metrics_s=system_metrics_s,
+        stale_after_s=float(stale_after_s),
     )
 
 

@@ -13,6 +13,7 @@ from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.params import hydra_quoted
 from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
+from runtree_pipeline.tracking.heartbeat import alive
 from runtree_pipeline.tracking.index import RunIndex, is_kept
 from runtree_pipeline.tracking.provenance import COMMAND, CWD
 from runtree_pipeline.tracking.records import RunRecord
@@ -203,6 +204,8 @@ def render_list(stage_runs: Iterable[RunRecord], experiments: dict[str, str]) ->
             if statuses == {"FINISHED"}
             else next(s for s in ("RUNNING", "KILLED", "FAILED", "SCHEDULED", "FINISHED") if s in statuses)
         )
+        if status == "RUNNING" and not any(alive(r) is not False for r in stages if r.status == "RUNNING"):
+            status = "INTERRUPTED"  # its driver died and left its runs open: resume= continues it
         bests = []
         for stage in stages:
             value = _objective_value(stage, schema.objective_of(stage.tags).metric)
@@ -211,9 +214,9 @@ def render_list(stage_runs: Iterable[RunRecord], experiments: dict[str, str]) ->
         experiment = experiments.get(stages[0].experiment_id, stages[0].experiment_id)
         rows.append((start, pipeline_id, experiment, status, " ".join(bests)))
     rows.sort(reverse=True)
-    out = [f"{'pipeline':<14}{'started':<21}{'experiment':<16}{'status':<10}best per stage"]
+    out = [f"{'pipeline':<14}{'started':<21}{'experiment':<16}{'status':<12}best per stage"]
     for start, pipeline_id, experiment, status, bests in rows:
-        out.append(f"{pipeline_id:<14}{_when(start):<21}{_clip(experiment, 15):<16}{status:<10}{bests}")
+        out.append(f"{pipeline_id:<14}{_when(start):<21}{_clip(experiment, 15):<16}{status:<12}{bests}")
     return "\n".join(out)
 
 

@@ -167,7 +167,7 @@ def test_list_shows_a_dash_for_a_stage_without_objective_value(tmp_path, capsys)
     }
     run_plan(build_plan(config), plots=False)
     proc = runtree(capsys, "list", "--tracking-uri", store)
-    assert proc.lines[1].endswith("FINISHED  data=-")
+    assert proc.lines[1].endswith("FINISHED    data=-")
 
 
 @pytest.mark.parametrize(
