@@ -135,6 +135,16 @@ class Pruned(Exception):  # noqa: N818 - named for what happened to the leaf, as
         super().__init__(f"pruned at step {step}")
 
 
+class Preempted(Exception):  # noqa: N818 - named for what happened to the leaf, as Pruned is
+    """Raised once by `report` or `save_checkpoint` inside a leaf after the pipeline got SIGTERM (how Slurm,
+    Kubernetes and spot instances say "you have seconds"): the target may catch it and save a checkpoint first. The
+    pipeline ends once its leaves are done or `preempt_grace_s` has passed, and `resume=` continues each leaf from its
+    newest checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__("the pipeline is stopping (SIGTERM): save a checkpoint now if you can")
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: open runs were ended KILLED and the execution can be finished with `resume`.
 

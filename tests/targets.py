@@ -308,3 +308,33 @@ def resumable(*, x: float, epochs: int, marker: str, fail_at: int = -1, die_at: 
         saved.write_text(str(state))
         save_checkpoint(saved.parent, step=epoch)
     return {"loss": x + 1 / state, "state": state}
+
+
+def preemptible(*, epochs: int, marker: str, step_s: float = 0.2) -> dict:
+    """Reports a step every `step_s`, checkpointing only when told the pipeline is stopping (`Preempted`): then it
+    saves where it is and lets the pipeline end; started again, it continues from there. Notes its starts and steps
+    in `marker`."""
+    import tempfile
+    import time
+
+    from runtree_pipeline import last_checkpoint, report, save_checkpoint
+    from runtree_pipeline.errors import Preempted
+
+    checkpoint = last_checkpoint()
+    start = checkpoint.step + 1 if checkpoint is not None else 0
+    with open(marker, "a") as fh:
+        fh.write(f"start {start}\n")
+    for epoch in range(start, epochs):
+        time.sleep(step_s)
+        try:
+            report(epoch, loss=1 / (epoch + 1))
+        except Preempted:
+            saved = Path(tempfile.mkdtemp()) / "state.txt"
+            saved.write_text(str(epoch))
+            save_checkpoint(saved.parent, step=epoch)
+            with open(marker, "a") as fh:
+                fh.write(f"saved {epoch}\n")
+            raise
+        with open(marker, "a") as fh:
+            fh.write(f"step {epoch}\n")
+    return {"loss": 1 / epochs}

@@ -63,14 +63,18 @@ def train(
     """Train a tiny CNN: real enough to give meaningful curves, small enough for CPU in about a second.
 
     Each epoch is reported, so the run shows its curves and a pruner can stop a trial that falls behind its
-    siblings (`report` raises `Pruned`, which ends this leaf as pruned). With `log_model`, the trained network is
-    logged to the leaf's run as an MLflow model, which `register:` can then make a registered model version.
+    siblings (`report` raises `Pruned`, which ends this leaf as pruned). Each epoch is saved as a checkpoint after
+    its report, so a retry or `resume=` continues after the last saved epoch instead of from scratch. With
+    `log_model`, the trained network is logged to the leaf's run as an MLflow model, which `register:` can then make
+    a registered model version.
     """
+    import tempfile
+
     import numpy as np
     import torch
     from torch import nn
 
-    from runtree_pipeline import report
+    from runtree_pipeline import last_checkpoint, report, save_checkpoint
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -96,7 +100,15 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
 
     train_loss = val_loss = val_acc = float("nan")
-    for epoch in range(epochs):
+    start = 0
+    if (checkpoint := last_checkpoint()) is not None:
+        state = torch.load(checkpoint.path / "state.pt")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        train_loss, val_loss, val_acc = state["metrics"]
+        start = checkpoint.step + 1
+    for epoch in range(start, epochs):
         model.train()
         total, seen = 0.0, 0
         for idx in torch.randperm(len(y_tr), generator=gen).split(batch_size):
@@ -114,6 +126,10 @@ def train(
             val_loss = loss_fn(logits, y_val).item()
             val_acc = (logits.argmax(1) == y_val).float().mean().item()
         report(epoch, val_loss=val_loss, val_accuracy=val_acc, train_loss=train_loss)
+        with tempfile.TemporaryDirectory() as tmp:  # after the report: a kill in between trains this epoch again
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
+            torch.save({**state, "metrics": (train_loss, val_loss, val_acc)}, Path(tmp) / "state.pt")
+            save_checkpoint(tmp, step=epoch)
 
     if log_model:
         import mlflow.pytorch

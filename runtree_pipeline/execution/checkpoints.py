@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtree_pipeline.execution.reporting import current_leaf
+from runtree_pipeline.execution.reporting import current_leaf, stop_if_preempted
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ def save_checkpoint(path: str | os.PathLike[str], step: int) -> None:
     from runtree_pipeline.tracking.active import store_checkpoint
 
     leaf = _leaf("save_checkpoint")
+    stop_if_preempted(leaf)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise TypeError(f"save_checkpoint(): step must be a non-negative int, got {step!r}")
     source = Path(path)

@@ -59,7 +59,9 @@ def run_program(target: CommandTarget, params: Mapping[str, Any], task: LeafTask
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
         env.update(tracking)
         run = replace(task.run, tracking_uri=tracking["MLFLOW_TRACKING_URI"])
-        env.update(leaf_env(run, task.desk, str(pruned_path), keep_checkpoints=task.keep_checkpoints))
+        env.update(
+            leaf_env(run, task.desk, str(pruned_path), keep_checkpoints=task.keep_checkpoints, control=task.groups)
+        )
         env.setdefault("RUNTREE_ARTIFACT_CACHE", str(launch / ".runtree" / "artifacts"))  # wherever it runs
         env.update(
             RUNTREE_PARAMS=json.dumps(dict(params), default=str),
@@ -247,6 +249,10 @@ def _alive(pgid: int) -> bool:
     return False
 
 
+PREEMPTED = "preempted"
+"""The file in the pipeline's control directory that says it got SIGTERM."""
+
+
 class ProgramGroups:
     """The process groups of the programs a pipeline runs, one file each in a directory the pipeline owns: a worker
     adds its program's group there and removes it once the group is gone, and the pipeline stops whatever is still
@@ -276,6 +282,14 @@ class ProgramGroups:
         with contextlib.suppress(OSError):
             return [int(p.name) for p in Path(self._path).iterdir() if p.name.isdigit()]
         return []
+
+    def preempt(self) -> None:
+        """Tell every leaf the pipeline is stopping: a flag file `report` and `save_checkpoint` look for, and SIGTERM
+        to every program's group, which is how a program hears it."""
+        with contextlib.suppress(OSError):
+            Path(self.path, PREEMPTED).touch()
+        for pgid in self.listed():
+            _kill(pgid, signal.SIGTERM)
 
     def stop(self) -> None:
         """Stop every listed group (SIGTERM to all at once, then SIGKILL after the grace period) and forget them."""

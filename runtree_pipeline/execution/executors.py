@@ -86,8 +86,7 @@ class Executor:
 
     def submit(self, task: LeafTask) -> Future[LeafOutcome]:
         """A task submitted while the executor closes gets a stopped outcome instead of a future nobody completes."""
-        if task.target.runs_as_process:
-            task = replace(task, groups=self._groups.path)
+        task = replace(task, groups=self._groups.path)
         with self._gate:
             future = run_now(LeafOutcome, error=STOPPED) if self._closed else self._submit(task)
             self._inflight.add(future)
@@ -96,6 +95,12 @@ class Executor:
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
         raise NotImplementedError
+
+    def preempt(self) -> None:
+        """The pipeline got SIGTERM: every running leaf is told (see `Preempted`), and every program gets SIGTERM."""
+        groups = getattr(self, "_groups", None)
+        if groups is not None:
+            groups.preempt()
 
     def close(self) -> None:
         """Release workers; called when the pipeline ends, also after an error or an interrupt, maybe twice.

@@ -43,7 +43,8 @@ class LeafTask:
     """A program's own directory (its working directory with `workdir: leaf`, its Hydra output directory, its logs
     before upload), kept after the pipeline."""
     groups: str | None = None
-    """Where a program's process group is listed, for the pipeline to stop it: set by the executor."""
+    """The pipeline's control directory, set by the executor: where a program's process group is listed for the
+    pipeline to stop it, and where a SIGTERM of the pipeline is noted for `report` and `save_checkpoint`."""
     keep_checkpoints: int = 2
     system_metrics_s: float | None = None
     """`system_metrics_interval_s` when the config sets `system_metrics: true`: MLflow's monitor samples the machine
@@ -94,7 +95,7 @@ def execute(task: LeafTask) -> LeafOutcome:
         kwargs = _with_local_copies(task)
         with (
             active_run(task.run),
-            in_leaf(task.run, task.desk, keep_checkpoints=task.keep_checkpoints) as leaf,
+            in_leaf(task.run, task.desk, keep_checkpoints=task.keep_checkpoints, control=task.groups) as leaf,
             system_metrics(task.run, task.system_metrics_s),
         ):
             returned = run(task.target, kwargs, task)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from runtree_pipeline.errors import Pruned
+from runtree_pipeline.errors import Preempted, Pruned
 from runtree_pipeline.tracking.records import RunRef
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ class _Leaf:
     pruned_file: str | None = None
     """A program's leaf: where `report` notes the step it was pruned at, read once the program exits."""
     keep_checkpoints: int = 2
+    control: str | None = None
+    """The pipeline's control directory, where a SIGTERM of the pipeline is noted."""
+    preempted: bool = False
+    """`Preempted` was raised: once per leaf, so the target's own `save_checkpoint` in its handler goes through."""
     recorded: dict[str, int] = field(default_factory=dict)
     """The highest step of each metric its run had recorded when a checkpoint was restored: a step reported again
     is not logged twice."""
@@ -94,12 +98,22 @@ def report(step: int, **metrics: float) -> None:
         log_step(leaf.run, step, fresh)
         leaf.last.update({k: (step, float(v)) for k, v in metrics.items()})
         leaf.step = step if leaf.step is None else max(leaf.step, step)
+    stop_if_preempted(leaf)  # after logging: the step it was told at is in the history
     desk = leaf.desk
     if desk is not None and desk.metric in metrics and _ask(desk, leaf.run.run_id, step, float(metrics[desk.metric])):
         if leaf.pruned_file is not None:
             with open(leaf.pruned_file, "w") as fh:
                 fh.write(str(step))
         raise Pruned(step)
+
+
+def stop_if_preempted(leaf: _Leaf) -> None:
+    """Raise `Preempted` in a leaf once the pipeline got SIGTERM: the first time it is asked, and only then."""
+    if leaf.control is None or leaf.preempted:
+        return
+    if os.path.exists(os.path.join(leaf.control, "preempted")):
+        leaf.preempted = True
+        raise Preempted()
 
 
 def current_leaf() -> _Leaf | None:
@@ -119,7 +133,9 @@ def note_logged(metrics: dict[str, tuple[int, float]]) -> None:
     leaf.step = highest if leaf.step is None else max(leaf.step, highest)
 
 
-def leaf_env(run: RunRef, desk: Desk | None, pruned_file: str, *, keep_checkpoints: int = 2) -> dict[str, str]:
+def leaf_env(
+    run: RunRef, desk: Desk | None, pruned_file: str, *, keep_checkpoints: int = 2, control: str | None = None
+) -> dict[str, str]:
     """The environment variable that lets `report` and the checkpoints inside a program launched as a command find
     its leaf."""
     leaf = {
@@ -127,6 +143,7 @@ def leaf_env(run: RunRef, desk: Desk | None, pruned_file: str, *, keep_checkpoin
         "desk": None if desk is None else [list(desk.address), desk.authkey.hex(), desk.metric],
         "pruned_file": pruned_file,
         "keep_checkpoints": keep_checkpoints,
+        "control": control,
     }
     return {LEAF_ENV: json.dumps(leaf)}
 
@@ -147,16 +164,19 @@ def _program_leaf() -> _Leaf | None:
                 None if desk is None else Desk((desk[0][0], int(desk[0][1])), bytes.fromhex(desk[1]), desk[2]),
                 pruned_file=data["pruned_file"],
                 keep_checkpoints=int(data.get("keep_checkpoints", 2)),
+                control=data.get("control"),
             )
         _from_env.append(leaf)
     return _from_env[0]
 
 
 @contextlib.contextmanager
-def in_leaf(run: RunRef, desk: Desk | None, *, keep_checkpoints: int = 2) -> Iterator[_Leaf]:
+def in_leaf(
+    run: RunRef, desk: Desk | None, *, keep_checkpoints: int = 2, control: str | None = None
+) -> Iterator[_Leaf]:
     """While a leaf's target runs: `report` logs to `run` and asks `desk`; yields what was reported, so a returned
     metric is logged at the last step, and not at all when it only repeats that step's report."""
-    leaf = _Leaf(run, desk, keep_checkpoints=keep_checkpoints)
+    leaf = _Leaf(run, desk, keep_checkpoints=keep_checkpoints, control=control)
     token = _current.set(leaf)
     _in_process.append(leaf)
     try:

@@ -143,6 +143,8 @@ class Runner:
                 # A library interrupted mid-way may turn the KeyboardInterrupt into an error of its own.
                 signum = getattr(e, "signum", signal.SIGINT) if isinstance(e, KeyboardInterrupt) else received()
                 with shielded(discard=True):
+                    if signum == signal.SIGTERM:
+                        self._preempt()
                     killed = self._stop(Status.FAILED if signum is None else Status.KILLED)
                 if signum is not None:
                     raise Interrupted(
@@ -649,6 +651,18 @@ class Runner:
             self.store.finish(slot.ref, Write(Status.KILLED, tags={schema.ERROR: "not run: the stage stopped first"}))
 
     # ---- around the loop ---------------------------------------------------------------------------------------
+
+    def _preempt(self) -> None:
+        """SIGTERM: the running leaves are told (`Preempted` from their next `report` or `save_checkpoint`, SIGTERM to
+        programs) and get `preempt_grace_s` to save a checkpoint and end; their runs then end KILLED like any other
+        interrupted run, and `resume=` continues each from its newest checkpoint."""
+        if not self._running or not self.plan.preempt_grace_s:
+            return
+        grace = self.plan.preempt_grace_s
+        log.warning("SIGTERM: %d running leaves get up to %g s to save a checkpoint", len(self._running), grace)
+        with contextlib.suppress(Exception):
+            self.executor.preempt()
+            wait(list(self._running), timeout=grace)
 
     def _stop(self, status: str) -> int:
         """Stop the workers so nothing writes after the runs are ended; runs created ahead are removed."""

@@ -173,6 +173,8 @@ class Plan:
     resume: str | None = None
     cache: Cache = Cache()
     system_metrics_s: float | None = None
+    preempt_grace_s: float = 30.0
+    """After SIGTERM, how long running leaves get to save a checkpoint before the pipeline ends."""
     stale_after_s: float = 60.0
     """How old another host's driver's heartbeat must be before `resume=` may take its execution over."""
     """`system_metrics_interval_s` when `system_metrics: true`: every leaf samples the machine at this interval."""
@@ -288,6 +290,14 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         stale_after_s = 60
     if not positive_number(stale_after_s):
         errors.append(ConfigError(f"must be a positive number of seconds, got {stale_after_s!r}", key="stale_after_s"))
+    preempt_grace_s = top.get("preempt_grace_s", 30)
+    if preempt_grace_s is None:
+        preempt_grace_s = 30
+    if not (positive_number(preempt_grace_s) or preempt_grace_s == 0) or isinstance(preempt_grace_s, bool):
+        errors.append(
+            ConfigError(f"must be a number of seconds, 0 or more, got {preempt_grace_s!r}", key="preempt_grace_s")
+        )
+        preempt_grace_s = 30
     if errors:
         raise ConfigErrors(errors)
     experiment = top.get("experiment") or default_experiment
@@ -304,6 +314,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         cache=cache,
         system_metrics_s=system_metrics_s,
         stale_after_s=float(stale_after_s),
+        preempt_grace_s=float(preempt_grace_s),
     )
 
 

@@ -252,10 +252,12 @@ CHECKPOINTS = "checkpoints"
 
 
 def store_checkpoint(ref: RunRef, path: Path, step: int, keep: int) -> None:
-    """Files first, then the tag that names them complete, then the older checkpoints beyond `keep` are deleted: a
-    kill at any moment leaves the run's newest complete checkpoint as `last_checkpoint` finds it."""
+    """Files first, then the tags that name them complete (one write), then the older checkpoints beyond `keep` are
+    deleted: a kill at any moment leaves the run's newest complete checkpoint as `last_checkpoint` finds it. Straight
+    through the run's artifact repository, listed once: the client's calls each read the run again."""
     import time
 
+    from mlflow.entities import RunTag
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.tracking import MlflowClient
 
@@ -263,22 +265,23 @@ def store_checkpoint(ref: RunRef, path: Path, step: int, keep: int) -> None:
 
     client = MlflowClient(ref.tracking_uri)
     artifact_uri = ref.artifact_uri or client.get_run(ref.run_id).info.artifact_uri
-    repository = get_artifact_repository(artifact_uri)
+    repository = get_artifact_repository(artifact_uri, tracking_uri=ref.tracking_uri)
+    saved = {}
+    for item in repository.list_artifacts(CHECKPOINTS):
+        name = item.path.rsplit("/", 1)[-1]
+        if item.is_dir and name.startswith("step-") and name[5:].isdigit():
+            saved[int(name[5:])] = item.path
     where = f"{CHECKPOINTS}/step-{step}"
-    if client.list_artifacts(ref.run_id, where):  # an earlier attempt's, cut off before its tag was set
+    if step in saved:  # an earlier attempt's, cut off before its tags were set
         repository.delete_artifacts(where)
     if path.is_dir():
-        client.log_artifacts(ref.run_id, str(path), artifact_path=where)
+        repository.log_artifacts(str(path), where)
     else:
-        client.log_artifact(ref.run_id, str(path), artifact_path=where)
-    client.set_tag(ref.run_id, schema.CHECKPOINT_STEP, str(step), synchronous=True)
-    client.set_tag(ref.run_id, schema.CHECKPOINT_AT, str(int(time.time() * 1000)), synchronous=True)
-    saved = sorted(
-        (int(item.path.rsplit("-", 1)[1]), item.path)
-        for item in client.list_artifacts(ref.run_id, CHECKPOINTS)
-        if item.is_dir and item.path.rsplit("/", 1)[-1].startswith("step-") and item.path.rsplit("-", 1)[1].isdigit()
-    )
-    older = [p for s, p in saved if s < step]
+        repository.log_artifact(str(path), where)
+    now = str(int(time.time() * 1000))
+    tags = [RunTag(schema.CHECKPOINT_STEP, str(step)), RunTag(schema.CHECKPOINT_AT, now)]
+    client.log_batch(ref.run_id, tags=tags, synchronous=True)
+    older = [saved[s] for s in sorted(saved) if s < step]
     for old in older[: max(0, len(older) - (keep - 1))]:
         with contextlib.suppress(Exception):
             repository.delete_artifacts(old)
