@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtree_pipeline.execution.reporting import current_leaf, stop_if_preempted
+from runtree_pipeline.execution.reporting import current_leaf, stop_if_preempted, tell_restored
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ def last_checkpoint() -> Checkpoint | None:
         return None
     step, saved_at, recorded = found
     leaf.recorded.update(recorded)
+    tell_restored(leaf, max(recorded.values(), default=step))
     return Checkpoint(fetch_checkpoint(leaf.run, step, saved_at), step)
 
 

@@ -116,6 +116,19 @@ def stop_if_preempted(leaf: _Leaf) -> None:
         raise Preempted()
 
 
+def tell_restored(leaf: _Leaf, until: int) -> None:
+    """A leaf continued from a checkpoint tells its pruner the objective values its run recorded up to there, so a
+    new execution's study (a resume) judges it on its whole curve; a study that heard them already ignores them."""
+    desk = leaf.desk
+    if desk is None:
+        return
+    from runtree_pipeline.tracking.active import metric_history
+
+    for step, value in metric_history(leaf.run, desk.metric):
+        if step <= until:
+            _ask(desk, leaf.run.run_id, step, value)
+
+
 def current_leaf() -> _Leaf | None:
     """The calling leaf: this thread's, the one leaf running in this process (from a thread its target started),
     or the leaf this process is as a program a pipeline launched."""

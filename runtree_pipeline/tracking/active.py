@@ -302,6 +302,15 @@ def newest_checkpoint(ref: RunRef) -> tuple[int, str, dict[str, int]] | None:
     return int(step), run.data.tags.get(schema.CHECKPOINT_AT, ""), recorded
 
 
+def metric_history(ref: RunRef, key: str) -> list[tuple[int, float]]:
+    """One metric's recorded values by step, the latest value of a step that was logged more than once."""
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(ref.tracking_uri).get_metric_history(ref.run_id, key)
+    by_step = {int(m.step): float(m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
+    return sorted(by_step.items())
+
+
 def fetch_checkpoint(ref: RunRef, step: int, version: str) -> Path:
     """A local copy of the run's checkpoint at `step`, through the per-machine artifact cache."""
     return fetch(f"runs:/{ref.run_id}/{CHECKPOINTS}/step-{step}", ref.tracking_uri, version=version)

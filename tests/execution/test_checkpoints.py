@@ -4,6 +4,7 @@ step in the metric history once."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -129,3 +130,44 @@ def test_keep_checkpoints_must_be_a_positive_integer(store):
 
     with pytest.raises(ConfigErrors, match=r"stage 'fit', key 'limits.keep_checkpoints': must be a positive integer"):
         build_plan(config(store, "bad", {"x": 1, "epochs": 1, "marker": "m"}, {"keep_checkpoints": 0}))
+
+
+def test_a_leaf_resumed_from_its_checkpoint_tells_the_new_study_its_whole_curve(store, client, tmp_path):
+    """After kill -9 at step 4 and `resume=last`, the pruner of the new execution has heard steps 0-4 from the
+    run's history as well as 5-7 from the continued leaf: it judges the leaf on its whole curve."""
+    marker = tmp_path / "starts"
+    params = {"epochs": 8, "marker": str(marker), "die_at": 4}
+    cfg = config(store, "pruned_resume", params)
+    never = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 100}
+    cfg["stages"]["fit"]["subvariants"] = {"params": {"x": "choice(1.0)"}, "pruner": never}
+    script = (
+        "import sys\n"
+        "from runtree_pipeline import build_plan, run_plan\n"
+        f"config = {cfg!r}\n"
+        "if len(sys.argv) > 1:\n"
+        "    config['resume'] = 'last'\n"
+        "run_plan(build_plan(config), plots=False)\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=cli_env(), capture_output=True, timeout=300)
+    assert first.returncode == -9, first.stderr
+    second = subprocess.run([sys.executable, "-c", script, "resume"], cwd=REPO, env=cli_env(), capture_output=True)
+    assert second.returncode == 0, second.stderr
+
+    (leaf,) = [r for r in all_runs(client, "pruned_resume") if r.data.tags["runtree.level"] != "stage"]
+    assert marker.read_text().split() == ["0", "4"]
+    assert [step for step, _ in json.loads(leaf.data.tags["runtree.reported"])] == list(range(8))
+
+
+def test_the_cache_never_hands_a_new_execution_another_runs_half_trained_checkpoint(store, client, tmp_path):
+    marker = tmp_path / "starts"
+    cfg = {**config(store, "cached", {"x": 1.0, "epochs": 6, "marker": str(marker), "die_at": 3}), "cache": True}
+    script = f"from runtree_pipeline import build_plan, run_plan\nrun_plan(build_plan({cfg!r}), plots=False)\n"
+    first = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=cli_env(), capture_output=True, timeout=300)
+    assert first.returncode == -9, first.stderr
+    (killed,) = all_runs(client, "cached")
+
+    result = run_plan(build_plan(cfg), executor=LocalExecutor(), plots=False)  # a new execution, not a resume
+
+    assert marker.read_text().split() == ["0", "0"], "it trained from scratch, in a run of its own"
+    assert result.stages["fit"].best.run_id != killed.info.run_id
+    assert steps(client, result.stages["fit"].best.run_id) == list(range(6))
