@@ -19,6 +19,7 @@ threads before it ends the open runs.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -52,13 +53,52 @@ def received() -> int | None:
 
 
 def _handler(signum: int, frame: Any) -> None:
-    global _pending, _stopping
+    global _pending, _stopping, _preempt_noted
+    if signum == signal.SIGTERM and _preempt_hook is not None and not _preempt_noted and _stopping is None:
+        _preempt_noted = True
+        _preempt_hook()
+        return
     if _depth > 0 or _scopes == 0 or _stopping is not None:
         if _pending is None:
             _pending = signum
         return
     _stopping = signum
     raise Signalled(signum)
+
+
+_preempt_hook: Callable[[], None] | None = None
+_preempt_noted = False
+
+
+@contextlib.contextmanager
+def preemptible(notify: Callable[[], None], grace_s: float) -> Iterator[None]:
+    """A leaf running on the main thread (the local executor): a first SIGTERM does not stop it where it is.
+    `notify` tells it (its next `report` raises `Preempted`) and it gets `grace_s` to save a checkpoint; the SIGTERM
+    is then raised when the leaf ends, or when the grace is over (the timer sends it again), whichever comes first."""
+    global _preempt_hook, _preempt_noted, _stopping
+    if not _on_main_thread() or grace_s <= 0:
+        yield
+        return
+    timer: threading.Timer | None = None
+
+    def noted() -> None:
+        nonlocal timer
+        notify()
+        timer = threading.Timer(grace_s, os.kill, args=(os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
+
+    _preempt_hook, _preempt_noted = noted, False
+    try:
+        yield
+    finally:
+        was_noted = _preempt_noted
+        _preempt_hook, _preempt_noted = None, False
+        if timer is not None:
+            timer.cancel()
+        if was_noted and _stopping is None:
+            _stopping = signal.SIGTERM
+            raise Signalled(signal.SIGTERM)
 
 
 def _on_main_thread() -> bool:

@@ -27,7 +27,7 @@ from runtree_pipeline.errors import ConfigError, ConfigErrors
 from runtree_pipeline.execution.commands import ProgramGroups
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
 from runtree_pipeline.futures import run_now, settle
-from runtree_pipeline.interrupts import shielded, sigint_blocked
+from runtree_pipeline.interrupts import preemptible, shielded, sigint_blocked
 from runtree_pipeline.plan.stages import Plan
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class Executor:
     stops_leaves = True
     """Whether a leaf that overruns `limits.timeout_s` can be stopped without harm to the pipeline."""
     report_host = "127.0.0.1"
+    preempt_grace_s = 30.0
+    """After SIGTERM, how long a leaf running in the pipeline's own thread gets to save a checkpoint (the runner sets
+    the plan's `preempt_grace_s`)."""
     """The address a leaf's `report` reaches the driver on: loopback, unless workers run on other machines."""
     _started = False
 
@@ -144,7 +147,8 @@ class LocalExecutor(Executor):
         self._restore = use_tracking_uri(tracking_uri)
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
-        return run_now(execute, task)
+        with preemptible(self.preempt, self.preempt_grace_s):
+            return run_now(execute, task)
 
     def _shutdown(self) -> None:
         restore, self._restore = getattr(self, "_restore", None), None

@@ -130,6 +130,7 @@ class Runner:
                 self._environment = environment_files(self._invocation.get(GIT_DIRTY) == "true")
                 if self._environment:
                     self._invocation[ENVIRONMENT] = environment_digest(self._environment)
+                self.executor.preempt_grace_s = self.plan.preempt_grace_s
                 self.executor.start(tracking_uri=self.store.uri)
                 if self._painter is not None:
                     self._painter.start()

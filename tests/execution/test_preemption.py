@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.execution.executors import ProcessExecutor
 from tests.conftest import REPO, all_runs, cli_env
@@ -20,15 +22,16 @@ def config(store: str, marker: str) -> dict:
     return {"tracking_uri": store, "experiment": "preempted", "objective": {"metric": "loss"}, "stages": {"fit": stage}}
 
 
-def test_sigterm_lets_a_target_save_a_checkpoint_and_the_resume_continues_from_it(store, client, tmp_path):
+@pytest.mark.parametrize("executor", ["LocalExecutor()", "ProcessExecutor(workers=1)"], ids=["local", "processes"])
+def test_sigterm_lets_a_target_save_a_checkpoint_and_the_resume_continues_from_it(store, client, tmp_path, executor):
     marker = tmp_path / "marker"
     script = (
         "import sys\n"
         "from runtree_pipeline import build_plan, run_plan\n"
         "from runtree_pipeline.errors import Interrupted\n"
-        "from runtree_pipeline.execution.executors import ProcessExecutor\n"
+        "from runtree_pipeline.execution.executors import LocalExecutor, ProcessExecutor\n"
         "try:\n"
-        f"    run_plan(build_plan({config(store, str(marker))!r}), executor=ProcessExecutor(workers=1), plots=False)\n"
+        f"    run_plan(build_plan({config(store, str(marker))!r}), executor={executor}, plots=False)\n"
         "except Interrupted as e:\n"
         "    sys.exit(e.exit_code)\n"
     )
@@ -57,3 +60,32 @@ def test_sigterm_lets_a_target_save_a_checkpoint_and_the_resume_continues_from_i
     ]
     history = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert history == list(range(40)), "each step once: the one reported before the save, and after the resume"
+
+
+def test_a_local_leaf_that_never_reports_is_stopped_when_the_grace_is_over(store, client, tmp_path):
+    stage = {
+        "_target_": "tests.execution.test_driver_guard.waits",
+        "params": {"x": 1, "go_on": str(tmp_path / "never")},
+    }
+    cfg = {"tracking_uri": store, "experiment": "deaf", "preempt_grace_s": 2, "stages": {"fit": stage}}
+    script = (
+        "import sys\n"
+        "from runtree_pipeline import build_plan, run_plan\n"
+        "from runtree_pipeline.errors import Interrupted\n"
+        "try:\n"
+        f"    run_plan(build_plan({cfg!r}), plots=False)\n"
+        "except Interrupted as e:\n"
+        "    sys.exit(e.exit_code)\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=cli_env(), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(r.info.status == "RUNNING" for r in all_runs(client, "deaf")):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    driver.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = driver.communicate(timeout=60)
+
+    assert driver.returncode == 143, stderr.decode()
+    assert 2 <= time.monotonic() - sent < 20, "it waited for the grace, and no longer"
+    assert {r.info.status for r in all_runs(client, "deaf")} == {"KILLED"}
