@@ -1,5 +1,5 @@
-"""`runtree tree | best | list | export | why`: look at recorded pipelines without writing `search_runs` filters by
-hand.
+"""`runtree tree | best | list | export | why | diff`: look at recorded pipelines without writing `search_runs`
+filters by hand.
 
 Exit codes scripts can rely on: 0 found and printed; 2 no such experiment, pipeline, stage or run (or nothing
 recorded, or a run runtree did not record), or an export file that cannot be written; 3 the tracking store cannot
@@ -82,11 +82,24 @@ def _parser() -> argparse.ArgumentParser:
     why.add_argument(
         "run_id", metavar="RUN_ID", help="a run id, from the MLflow UI, 'runtree best' or 'runtree export'"
     )
+    diff = commands.add_parser(
+        "diff",
+        parents=[common],
+        help="two executions side by side: config, code, best and leaves per stage",
+        description="Compare two executions stage by stage: the config keys that differ (params, sweeps, limits), "
+        "whether the target's code changed, the best value and params, and the leaves executed, reused and "
+        "failed. Without pipeline ids: the two newest executions of --experiment (default: the newest "
+        "execution's experiment), older first.",
+    )
+    diff.add_argument("pipelines", nargs="*", metavar="PIPELINE", help="two pipeline ids, older first (or none)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "diff" and len(args.pipelines) not in (0, 2):
+        parser.error("runtree diff takes two pipeline ids, or none for the two newest executions")
     try:
         text = _run(args)
     except RuntreeError as e:
@@ -111,6 +124,8 @@ def _run(args: argparse.Namespace) -> str | None:
     where = f"experiment '{args.experiment}' of {reader.uri}" if args.experiment else f"any experiment of {reader.uri}"
     if args.command == "why":
         return _why(reader, args.run_id, where)
+    if args.command == "diff":
+        return _diff(reader, args.pipelines, where)
     if args.pipeline != "last":
         pipeline_id = args.pipeline
     elif args.command == "best":
@@ -181,6 +196,42 @@ def _why(reader: TrackingReader, run_id: str, where: str) -> str:
     for upstream in sorted({name for r in runs for name in schema.upstream_of(r.tags)} - {stage}):
         runs += reader.stage_history(upstream)
     return render_why(run, runs)
+
+
+def _diff(reader: TrackingReader, pipelines: Sequence[str], where: str) -> str:
+    """Two searches for the runs, one artifact download per stage run for its config."""
+    from runtree_pipeline.reports.views import render_diff
+    from runtree_pipeline.tracking.index import RunIndex
+
+    if not pipelines:
+        pipelines = _two_newest(reader, where)
+    indexes = []
+    for pipeline_id in pipelines:
+        index = RunIndex(reader.pipeline_runs(pipeline_id))
+        if not index.stages:
+            raise NotRecorded(f"no pipeline '{pipeline_id}' in {where}")
+        indexes.append(index)
+    old, new = indexes
+    configs = {stage.run_id: reader.config_of(stage) for index in indexes for stage in index.stages}
+    return render_diff(old, new, configs, experiments=reader.experiment_names())
+
+
+def _two_newest(reader: TrackingReader, where: str) -> list[str]:
+    """The two newest executions, older first, of the experiment asked for or else of the newest execution's."""
+    started: dict[str, int] = {}
+    experiment: dict[str, str] = {}
+    for run in reader.stage_runs():
+        pipeline_id = run.tags.get(schema.PIPELINE_ID)
+        if pipeline_id is None or schema.SUPERSEDED_BY in run.tags:
+            continue
+        started[pipeline_id] = min(started.get(pipeline_id, run.start_time or 0), run.start_time or 0)
+        experiment[pipeline_id] = run.experiment_id
+    newest = sorted(started, key=lambda p: started[p], reverse=True)
+    if newest:
+        newest = [p for p in newest if experiment[p] == experiment[newest[0]]]
+    if len(newest) < 2:
+        raise NotRecorded(f"fewer than two pipeline executions in {where} (found {len(newest)}): nothing to compare")
+    return newest[1::-1]
 
 
 def _no_pipeline(args: argparse.Namespace, where: str) -> NotRecorded:

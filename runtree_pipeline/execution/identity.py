@@ -164,7 +164,7 @@ class RunIdentity:
         """Kept on every child in a stage with a learning sampler, so it can replay its points on resume; with
         where it was asked, as the replay must ask and tell in the original order (its tell is recorded when it
         ends, see `tree.told`)."""
-        replays = any(level.sampler == "tpe" for level in parent.stage.spec.all_levels)
+        replays = any(level.learns for level in parent.stage.spec.all_levels)
         if not replays:
             return {}
         return schema.point_tag(point.params, index=point.index, asked_after=parent.sampler.asked_after(point))

@@ -1,18 +1,20 @@
 """Samplers: ask/tell over one parent's points, so a parallel executor can ask for several before any is told.
 
-That is what lets `tpe` work with more than one worker; random and tpe go through Optuna, grid and explicit points
-through a fixed list.
+That is what lets `tpe` work with more than one worker; random, tpe, qmc, gp, cmaes, nsga2 and any Optuna sampler given
+by `_target_` go through Optuna, grid and explicit points through a fixed list.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 from runtree_pipeline.plan.sweeps import Dimension, Point, SweepSpec, UniqueNames, point_name, swept
@@ -31,22 +33,71 @@ PRUNERS = {
 other is given the Hydra way, `{_target_: ..., ...}`."""
 
 
+SAMPLERS = {
+    "random": ("optuna.samplers.RandomSampler", {}),
+    "tpe": ("optuna.samplers.TPESampler", {}),
+    "qmc": ("optuna.samplers.QMCSampler", {"scramble": True}),
+    "gp": ("optuna.samplers.GPSampler", {}),
+    "cmaes": ("optuna.samplers.CmaEsSampler", {}),
+    "nsga2": ("optuna.samplers.NSGAIISampler", {}),
+}
+"""The samplers a level names in one word, with Optuna's defaults but a scrambled qmc: unscrambled, its seed moves
+only the first point, and sibling parents would search the same Sobol points."""
+
+
 def study_seed(spec: SweepSpec, parent: str) -> int | None:
-    """The seed of one parent's random or tpe study, from its level's `seed` and the parent's run name: siblings
-    draw different points, and a rerun of the same config the same ones. None when the level draws nothing seeded.
+    """The seed of one parent's study, from its level's `seed` and the parent's run name: siblings draw different
+    points, and a rerun of the same config the same ones. None when the level draws nothing seeded, or its
+    `_target_` sampler has a `seed` of its own (which it keeps) or takes none.
 
     sha256, as Python's `hash()` of a string changes from one process to the next.
     """
-    if spec.sampler not in ("random", "tpe") or spec.seed is None:
+    if not spec.drawn or spec.seed is None or not _takes_seed(spec.sampler):
         return None
     digest = hashlib.sha256(json.dumps([spec.seed, parent]).encode()).digest()
     return int.from_bytes(digest[:4], "big")  # Optuna's samplers seed numpy, which takes 32 bits
 
 
+def _takes_seed(sampler: str | Mapping[str, Any]) -> bool:
+    if isinstance(sampler, str):
+        return True
+    return "seed" not in sampler and _has_seed_parameter(str(sampler["_target_"]))
+
+
+@cache
+def _has_seed_parameter(path: str) -> bool:
+    from hydra.utils import get_object
+
+    try:
+        return "seed" in inspect.signature(get_object(path)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def optuna_sampler(spec: SweepSpec) -> Any:
+    """The level's Optuna sampler, seeded with `spec.seed` unless a `_target_` sampler has a seed of its own.
+    Optuna's warning that qmc or gp is experimental would repeat for every parent, and the user can do nothing."""
+    import warnings
+
+    from hydra.utils import instantiate
+    from optuna.exceptions import ExperimentalWarning
+
+    if isinstance(spec.sampler, str):
+        path, defaults = SAMPLERS[spec.sampler]
+        raw: dict[str, Any] = {"_target_": path, **defaults, "seed": spec.seed}
+    else:
+        raw = dict(spec.sampler)
+        if spec.seed is not None and _takes_seed(spec.sampler):
+            raw["seed"] = spec.seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return instantiate(raw)
+
+
 def new_sampler(spec: SweepSpec, *, direction: str) -> Sampler:
     """A fresh sampler for one parent; every parent gets its own so that tpe learns, and a pruner compares, per
     parent."""
-    if spec.sampler in ("random", "tpe"):
+    if spec.drawn:
         return OptunaSampler(spec, direction=direction)
     if spec.pruner is None:
         return FixedSampler(spec.points)
@@ -223,7 +274,7 @@ class _Diverged(Exception):
 
 
 class OptunaSampler(Sampler):
-    """Random search or TPE through Optuna's ask/tell, seeded so that a sweep draws the same points every time.
+    """An Optuna sampler through Optuna's ask/tell, seeded so that a sweep draws the same points every time.
 
     Seeded, a study is a function of the order of its asks and tells and of the values told, so a resume replays
     exactly that order: enqueued trials would not advance the samplers' random state, and the resumed study would
@@ -231,17 +282,11 @@ class OptunaSampler(Sampler):
     """
 
     def __init__(self, spec: SweepSpec, *, direction: str) -> None:
-        import optuna
-
-        if spec.sampler == "tpe":
-            sampler = optuna.samplers.TPESampler(seed=spec.seed)
-        else:
-            sampler = optuna.samplers.RandomSampler(seed=spec.seed)
-        self._study = _study(spec, direction=direction, sampler=sampler)
+        self._study = _study(spec, direction=direction, sampler=optuna_sampler(spec))
         self._trials = _Trials(self._study)
         self._prunes = spec.pruner is not None
         self._spec = spec
-        self.learns = spec.sampler == "tpe"
+        self.learns = spec.learns
         swept = [d for d in spec.dimensions if d.is_sweep]
         self._choices = {d.key: _choices(d) for d in swept}
         self._distributions = {d.key: _distribution(d, self._choices[d.key]) for d in swept}
@@ -289,7 +334,9 @@ class OptunaSampler(Sampler):
         """
         n = self._spec.n or 0
         told = [p.told + 1 for p in history if p.told is not None]
-        if self._spec.seed is None or any(p.index is None or p.asked_after is None for p in history):
+        own_seed = isinstance(self._spec.sampler, Mapping) and "seed" in self._spec.sampler
+        unrecorded = any(p.index is None or p.asked_after is None for p in history)
+        if (self._spec.seed is None and not own_seed) or unrecorded:
             # Without a seed nothing replays; a store from before asks were recorded cannot.
             self._tells = max([self._tells, *told])
             self._enqueue([p.params for p in history][:n])
@@ -313,7 +360,7 @@ class OptunaSampler(Sampler):
             log.warning(
                 "the %s sampler does not replay the previous execution (%s): its remaining points are enqueued, "
                 "and those drawn after them will differ from an uninterrupted sweep's",
-                self._spec.sampler,
+                self._spec.sampler_name,
                 e,
             )
             self._enqueue([p.params for p in asks[len(self._replayed) :]])

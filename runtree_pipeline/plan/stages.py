@@ -143,12 +143,13 @@ class StageSpec:
     def order_dependent(self, *, workers: int) -> tuple[str, ...]:
         """What in this stage decides by timing, so a rerun with the same seeds may prune, draw or stop differently
         and pick another best: a time budget always; with several workers, what decides from the leaves finished
-        so far (a pruner, tpe, `on_failure: stop`), since which ones those are depends on which finished first."""
+        so far (a pruner, a learning sampler, `on_failure: stop`), since which ones those are depends on which
+        finished first."""
         levels = self.all_levels
         found = ["time_budget_s"] if any(level.time_budget_s is not None for level in levels) else []
         if workers > 1:
             found += ["pruner"] if self.prunes else []
-            found += ["tpe"] if any(level.sampler == "tpe" for level in levels) else []
+            found += sorted({level.sampler_name for level in levels if level.learns})
             found += ["on_failure=stop"] if self.on_failure == "stop" else []
         return tuple(found)
 
@@ -216,7 +217,7 @@ class Plan:
 
 
 def _describe_level(level: SweepSpec) -> str:
-    how = level.sampler if level.dimensions else "points"
+    how = level.sampler_name if level.dimensions else "points"
     size = f"{level.size()} ({how})"
     if level.time_budget_s is not None:
         size = f"up to {size} or {format_seconds(level.time_budget_s)} s"

@@ -9,6 +9,7 @@ searches whose variants are different models with different knobs.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import itertools
 import math
@@ -19,7 +20,13 @@ from typing import Any
 from runtree_pipeline.errors import ConfigError, first_line
 from runtree_pipeline.plan.params import flatten
 
-SAMPLERS = ("grid", "random", "tpe")
+SAMPLERS = ("grid", "random", "tpe", "qmc", "gp", "cmaes", "nsga2")
+LEARNING = ("tpe", "qmc", "gp", "cmaes", "nsga2")
+"""The named samplers whose next point depends on what was told so far, so they replay their history on resume:
+all but random. Even qmc, whose points do not depend on the values: Optuna's QMCSampler takes its space from the first
+trial finished or running, so when its first point fails before the next is asked, that one is drawn at random."""
+SAMPLER_NEEDS = {"gp": ("torch", "scipy"), "cmaes": ("cmaes",)}
+"""What a named sampler imports beyond Optuna, checked when the plan is built rather than at its first ask."""
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving")
 SWEEP_KEYS = ("points", "params", "sampler", "n", "seed", "tags", "pruner", "time_budget_s")
 OWN_SPACE = "_subvariants_"
@@ -63,7 +70,7 @@ class SweepSpec:
     """A validated `variants` or `subvariants` block."""
 
     level: str
-    sampler: str
+    sampler: str | Mapping[str, Any]
     points: tuple[Point, ...] = ()
     dimensions: tuple[Dimension, ...] = ()
     n: int | None = None
@@ -78,8 +85,24 @@ class SweepSpec:
             return tuple(d.key for d in self.dimensions)
         return tuple(sorted({k for p in self.points for k in p.params}))
 
+    @property
+    def drawn(self) -> bool:
+        """The level's points are drawn, n of them, by an Optuna sampler rather than enumerated."""
+        return self.sampler != "grid"
+
+    @property
+    def learns(self) -> bool:
+        """Its sampler may draw from the values told so far, so a resume must replay them in order. A `_target_`
+        sampler is taken to learn: replaying a sampler that does not costs a little time, not replaying one that
+        does draws other points."""
+        return isinstance(self.sampler, Mapping) or self.sampler in LEARNING
+
+    @property
+    def sampler_name(self) -> str:
+        return self.sampler if isinstance(self.sampler, str) else str(self.sampler["_target_"])
+
     def size(self) -> int:
-        if self.sampler in ("random", "tpe"):
+        if self.drawn:
             return int(self.n or 0)
         return len(self.points)
 
@@ -179,11 +202,7 @@ def parse_sweep(raw: Any, *, stage: str, level: str, key: str | None = None) -> 
         points = _explicit_points(raw["points"], stage, where, own_spaces=level == "variant")
         return SweepSpec(level=level, sampler="grid", points=points, **common)
 
-    sampler = raw.get("sampler") or "grid"
-    if sampler not in SAMPLERS:
-        raise ConfigError(
-            f"unknown sampler '{sampler}' (choose one of: {', '.join(SAMPLERS)})", stage=stage, key=f"{where}.sampler"
-        )
+    sampler = _sampler(raw.get("sampler") or "grid", stage, where)
     dimensions = _dimensions(raw["params"], stage, where)
     if sampler == "grid":
         continuous = [d.key for d in dimensions if d.is_continuous]
@@ -205,10 +224,37 @@ def parse_sweep(raw: Any, *, stage: str, level: str, key: str | None = None) -> 
 
     n, seed = raw.get("n"), raw.get("seed")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"sampler {sampler} needs a positive integer n, got {n!r}", stage=stage, key=f"{where}.n")
+        name = sampler if isinstance(sampler, str) else sampler["_target_"]
+        raise ConfigError(f"sampler {name} needs a positive integer n, got {n!r}", stage=stage, key=f"{where}.n")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ConfigError(f"seed must be an integer, got {seed!r}", stage=stage, key=f"{where}.seed")
     return SweepSpec(level=level, sampler=sampler, dimensions=dimensions, n=n, seed=seed, **common)
+
+
+def _sampler(raw: Any, stage: str, where: str) -> str | dict[str, Any]:
+    key = f"{where}.sampler"
+    if isinstance(raw, str) and raw in SAMPLERS:
+        missing = [module for module in SAMPLER_NEEDS.get(raw, ()) if importlib.util.find_spec(module) is None]
+        if missing:
+            raise ConfigError(
+                f"sampler {raw} needs {', '.join(missing)}, not installed: pip install {' '.join(missing)}",
+                stage=stage,
+                key=key,
+            )
+        return raw
+    if isinstance(raw, Mapping) and "_target_" in raw:
+        path = raw["_target_"]
+        if not isinstance(path, str) or not path:
+            raise ConfigError(
+                f"must be a dotted path to a sampler class, got {path!r}", stage=stage, key=f"{key}._target_"
+            )
+        _check_call(import_object(path, stage=stage, key=f"{key}._target_"), path, raw, stage=stage, key=key)
+        return {str(k): v for k, v in raw.items()}
+    raise ConfigError(
+        f"unknown sampler {raw!r} (choose one of: {', '.join(SAMPLERS)}, or a mapping with `_target_`)",
+        stage=stage,
+        key=key,
+    )
 
 
 def _pruner(raw: Any, stage: str, where: str) -> str | dict[str, Any] | None:
@@ -230,8 +276,8 @@ def _pruner(raw: Any, stage: str, where: str) -> str | dict[str, Any] | None:
 
 
 def _check_call(target: Any, path: str, raw: Mapping[str, Any], *, stage: str, key: str) -> None:
-    """Bind the pruner's arguments now, so a misspelt one fails the plan rather than the first trial. Hydra's
-    other special keys (`_args_`, `_partial_`, ...) change how it calls; then the call is left to Hydra."""
+    """Bind a pruner's or sampler's arguments now, so a misspelt one fails the plan rather than the first trial.
+    Hydra's other special keys (`_args_`, `_partial_`, ...) change how it calls; then the call is left to Hydra."""
     if any(k != "_target_" and k.startswith("_") and k.endswith("_") for k in raw):
         return
     kwargs = {str(k): v for k, v in raw.items() if k != "_target_"}

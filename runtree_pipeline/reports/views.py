@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.params import hydra_quoted
@@ -123,6 +125,10 @@ _RACES = {
 """How `runtree best` names what decided by timing (`runtree.order_dependent`)."""
 
 
+def _race(what: str) -> str:
+    return _RACES.get(what, f"{what} with several workers")  # another learning sampler
+
+
 def render_best(stage: RunRecord, leaf: RunRecord, *, experiment: str | None = None) -> str:
     objective = schema.objective_of(stage.tags)
     metric, mode = objective.metric, objective.mode
@@ -137,7 +143,7 @@ def render_best(stage: RunRecord, leaf: RunRecord, *, experiment: str | None = N
     if command:
         raced = stage.tags.get(schema.ORDER_DEPENDENT)
         same = (
-            f"same seeds; {' or '.join(_RACES.get(r, r) for r in raced.split(','))} may decide differently"
+            f"same seeds; {' or '.join(map(_race, raced.split(',')))} may decide differently"
             if raced
             else "same seeds, same best"
         )
@@ -438,3 +444,174 @@ def _leaves_under(run: RunRecord, tree: RunIndex) -> list[RunRecord]:
 def _of_pipeline(run: RunRecord | None) -> str:
     pipeline_id = run.tags.get(schema.PIPELINE_ID) if run is not None else None
     return f" of pipeline {pipeline_id}" if pipeline_id else ""
+
+
+def render_diff(
+    old: RunIndex,
+    new: RunIndex,
+    configs: Mapping[str, Mapping[str, Any] | None],
+    *,
+    experiments: Mapping[str, str] | None = None,
+) -> str:
+    """Two executions side by side, stage by stage, so a user sees what they changed and what it did to the result
+    without reading two trees. `configs` maps a stage run's id to its resolved config (`config.yaml`), None when it
+    has none; superseded stage runs are left out, as `runtree tree` leaves them out.
+    """
+    experiments = experiments or {}
+    olds = {r.tags.get(schema.STAGE, "?"): r for r in old.stages}
+    news = {r.tags.get(schema.STAGE, "?"): r for r in new.stages}
+    lines = [_diff_head(old, new, experiments)]
+    old_top, new_top = (_top_config(configs, index) for index in (old, new))
+    if old_top is not None and new_top is not None:
+        changed = _config_rows(old_top, new_top)
+        if changed:
+            lines += ["pipeline", *_labelled("config", changed)]
+    for name in [*news, *(n for n in olds if n not in news)]:
+        before, after = olds.get(name), news.get(name)
+        if before is None or after is None:
+            only = old if after is None else new
+            lines.append(f"stage {name}  — only in {only.pipeline_id}")
+            continue
+        rows = _stage_rows(name, before, after, old, new, configs)
+        lines += [f"stage {name}", *rows] if rows else [f"stage {name}  — nothing differs"]
+    return "\n".join(lines)
+
+
+def _diff_head(old: RunIndex, new: RunIndex, experiments: Mapping[str, str]) -> str:
+    def side(index: RunIndex) -> str:
+        start = min((r.start_time or 0 for r in index.stages), default=0)
+        return f"{index.pipeline_id} ({_when(start)})"
+
+    names = [experiments.get(i.stages[0].experiment_id, i.stages[0].experiment_id) for i in (old, new) if i.stages]
+    where = f"experiment '{names[0]}'" if len(set(names)) == 1 else f"experiments '{names[0]}' → '{names[-1]}'"
+    return f"diff {side(old)} → {side(new)}, {where}"
+
+
+def _top_config(configs: Mapping[str, Mapping[str, Any] | None], index: RunIndex) -> dict[str, Any] | None:
+    """What the execution's stage configs share (all but `stages`), so a pipeline-wide change is said once."""
+    for stage in index.stages:
+        config = configs.get(stage.run_id)
+        if config is not None:
+            return {k: v for k, v in config.items() if k != "stages"}
+    return None
+
+
+def _stage_rows(
+    name: str,
+    before: RunRecord,
+    after: RunRecord,
+    old: RunIndex,
+    new: RunIndex,
+    configs: Mapping[str, Mapping[str, Any] | None],
+) -> list[str]:
+    """The stage's rows, or none when nothing differs."""
+    differs = False
+    rows: list[str] = []
+    if before.status != after.status:
+        rows += _labelled("status", [f"{before.status} → {after.status}"])
+        differs = True
+    old_config, new_config = configs.get(before.run_id), configs.get(after.run_id)
+    if old_config is None or new_config is None:
+        missing = ", ".join(r.run_id for r, c in ((before, old_config), (after, new_config)) if c is None)
+        rows += _labelled("config", [f"not recorded ({schema.CONFIG_ARTIFACT} missing on run {missing})"])
+        differs = True
+    else:
+        changed = _config_rows(_stage_section(old_config, name), _stage_section(new_config, name))
+        rows += _labelled("config", changed or ["same"])
+        differs = differs or bool(changed)
+    old_code, new_code = before.tags.get(schema.CODE), after.tags.get(schema.CODE)
+    if old_code == new_code:
+        rows += _labelled("code", ["same" if old_code else "not fingerprinted (cache: {code: false})"])
+    else:
+        rows += _labelled("code", [f"changed ({(old_code or 'none')[:12]} → {(new_code or 'none')[:12]})"])
+        differs = True
+    best, best_differs = _best_row(before, after)
+    rows += _labelled("best", [best])
+    old_counts, new_counts = _leaf_counts(before, old), _leaf_counts(after, new)
+    words = ("executed", "reused", "failed")
+    counts = ", ".join(f"{w} {a} → {b}" for w, a, b in zip(words, old_counts, new_counts, strict=True))
+    rows += _labelled("leaves", [counts])
+    return rows if differs or best_differs or old_counts != new_counts else []
+
+
+def _stage_section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    section = (config.get("stages") or {}).get(name)
+    return section if isinstance(section, Mapping) else {}
+
+
+def _config_rows(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    before, after = _flat(old), _flat(new)
+    unset = object()
+    return [
+        f"{key}: {_config_value(before.get(key, unset), unset)} → {_config_value(after.get(key, unset), unset)}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key, unset) != after.get(key, unset)
+    ]
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config as dotted keys; a list or an empty mapping is one value."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _config_value(value: Any, unset: object) -> str:
+    if value is unset:
+        return "unset"
+    if isinstance(value, float):
+        return _fmt(value)
+    if isinstance(value, (list, tuple, Mapping)) or value is None:
+        return _clip(json.dumps(value, default=str), 40)
+    return _clip(str(value), 40)
+
+
+def _labelled(label: str, rows: Sequence[str]) -> list[str]:
+    return [f"  {label if i == 0 else '':<9}{row}" for i, row in enumerate(rows)]
+
+
+def _best_row(before: RunRecord, after: RunRecord) -> tuple[str, bool]:
+    """The best value and the best params that differ, as `runtree best` formats them; and whether either differs."""
+    old_metric, new_metric = schema.objective_of(before.tags).metric, schema.objective_of(after.tags).metric
+    old_value, new_value = _objective_value(before, old_metric), _objective_value(after, new_metric)
+    old_params, new_params = _best_params(before), _best_params(after)
+    keys = _changed_params(old_params, new_params)
+
+    def value(number: float | None) -> str:
+        return _fmt(number) if number is not None else "none"
+
+    if old_metric == new_metric:
+        text = f"{new_metric or 'value'} {value(old_value)}"
+        if old_value != new_value:
+            text += f" → {value(new_value)}"
+    else:
+        text = f"{old_metric} {value(old_value)} → {new_metric} {value(new_value)}"
+    if keys:
+
+        def shown(params: Mapping[str, str]) -> str:
+            return ", ".join(f"{k}={_short(params[k])}" for k in keys if k in params) or "none"
+
+        text += f"   ({shown(old_params)} → {shown(new_params)})"
+    elif old_value == new_value and old_metric == new_metric:
+        text += "   (same params)" if old_params else ""
+    return text, bool(keys) or old_value != new_value or old_metric != new_metric
+
+
+def _best_params(stage: RunRecord) -> dict[str, str]:
+    """The best leaf's params as the stage run records them (`best.*`); a stage without sweeps is its own leaf."""
+    if not stage.tags.get(schema.LEVELS):
+        return dict(stage.params)
+    return {k[len(schema.BEST_PARAM) :]: v for k, v in stage.tags.items() if k.startswith(schema.BEST_PARAM)}
+
+
+def _leaf_counts(stage: RunRecord, tree: RunIndex) -> tuple[int, int, int]:
+    """(executed, reused, failed) leaves: a leaf copied from an earlier run was reused, any other ran here, and
+    failed counts those that ended without a result (pruned ones kept theirs)."""
+    leaves = _leaves_under(stage, tree) or [stage]
+    reused = sum(schema.CACHED_FROM in leaf.tags for leaf in leaves)
+    failed = sum(not is_kept(leaf) and leaf.status != Status.RUNNING for leaf in leaves)
+    return len(leaves) - reused, reused, failed

@@ -231,6 +231,25 @@ class TrackingReader:
         path = retrying("read outputs", self.client.download_artifacts, run.run_id, schema.OUTPUTS_ARTIFACT)
         return json.loads(Path(path).read_text(encoding="utf-8"))
 
+    def config_of(self, run: RunRecord) -> dict[str, Any] | None:
+        """A stage run's resolved config (its `config.yaml` artifact, one download); None when it has none, e.g. a
+        run the scheduler never got to write it for, so a diff can say so instead of failing."""
+        import yaml
+
+        def download() -> str | None:
+            try:
+                return answered(
+                    {"RESOURCE_DOES_NOT_EXIST"}, self.client.download_artifacts, run.run_id, schema.CONFIG_ARTIFACT
+                )
+            except OSError:  # a local artifact store reports a missing file as a missing path
+                return None
+
+        path = retrying("read the stage config", download)
+        if path is None:
+            return None
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return config if isinstance(config, dict) else None
+
 
 class MlflowStore:
     """Creates and ends runs in one experiment with the fewest round trips: create, one batch, end."""

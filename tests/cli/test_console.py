@@ -1,4 +1,4 @@
-"""`runtree tree | best | list` against stores the real pipeline produced, content first, exit codes second.
+"""`runtree tree | best | list | diff` against stores the real pipeline produced, content first, exit codes second.
 
 The pipelines are recorded once for the module and only read here; `runtree` runs in process. A subprocess is
 started only where the process boundary is the subject: the reproduce commands must run as printed, in a shell.
@@ -203,6 +203,16 @@ def test_list_shows_a_dash_for_a_stage_without_objective_value(tmp_path, capsys)
             "no pipeline '0123456789ab' in any experiment of {store}",
             id="export-unknown-pipeline",
         ),
+        pytest.param(
+            ["diff", "0123456789ab", "{tutorial}"],
+            "no pipeline '0123456789ab' in any experiment of {store}",
+            id="diff-unknown-pipeline",
+        ),
+        pytest.param(
+            ["diff", "--experiment", "tutorial"],
+            "fewer than two pipeline executions in experiment 'tutorial' of {store} (found 1)",
+            id="diff-one-execution",
+        ),
     ],
 )
 def test_clear_errors(recorded, capsys, args, message):
@@ -214,6 +224,31 @@ def test_clear_errors(recorded, capsys, args, message):
     assert line.startswith("runtree: error: " + message.format(**names))
 
 
+def test_diff_names_the_changed_param_and_the_new_best(tmp_path, capsys):
+    """Without ids, the experiment's two newest executions, older first; identical ones say nothing differs."""
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    ids = []
+    for y in (-2.0, 0.0, 0.0):
+        config = {**CHAIN, "tracking_uri": store}
+        config["stages"] = {"fit": {**CHAIN["stages"]["fit"], "params": {"y": y}}, "after": CHAIN["stages"]["after"]}
+        ids.append(run_plan(build_plan(config), plots=False).pipeline_id)
+
+    proc = runtree(capsys, "diff", ids[0], ids[1], "--tracking-uri", store)
+    assert proc.code == 0, proc.err
+    assert proc.lines[0].startswith(f"diff {ids[0]} (") and proc.lines[0].endswith(", experiment 'chain'")
+    assert proc.lines[1:6] == [
+        "stage fit",
+        "  config   params.y: -2 → 0",
+        "  code     same",
+        "  best     loss 0 → 4   (y=-2.0 → y=0.0)",
+        "  leaves   executed 3 → 3, reused 0 → 0, failed 0 → 0",
+    ]
+    newest = runtree(capsys, "diff", "--experiment", "chain", "--tracking-uri", store)
+    assert newest.code == 0, newest.err
+    assert newest.lines[0].startswith(f"diff {ids[1]} (") and f"→ {ids[2]} (" in newest.lines[0]
+    assert newest.lines[1:] == ["stage fit  — nothing differs", "stage after  — nothing differs"]
+
+
 def test_missing_or_unreachable_store(tmp_path, capsys):
     missing = runtree(capsys, "list", "--tracking-uri", f"sqlite:///{tmp_path / 'nothing.db'}")
     assert missing.code == 3 and "no tracking store at" in missing.err
@@ -222,7 +257,7 @@ def test_missing_or_unreachable_store(tmp_path, capsys):
     assert down.code == 3 and "is not usable" in down.err
 
 
-@pytest.mark.parametrize("command", [[], ["tree"], ["best"], ["list"], ["export"]])
+@pytest.mark.parametrize("command", [[], ["tree"], ["best"], ["list"], ["export"], ["diff"]])
 def test_help_everywhere(capsys, command):
     with pytest.raises(SystemExit) as exit:
         console.main([*command, "--help"])

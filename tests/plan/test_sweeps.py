@@ -126,7 +126,7 @@ def test_dimension_kinds(value, sweep, continuous):
         pytest.param(
             {"params": {"x": "choice(1,2)"}, "sampler": "bayes"},
             "variants.sampler",
-            r"unknown sampler 'bayes' \(choose one of: grid, random, tpe\)",
+            r"unknown sampler 'bayes' \(choose one of: grid, random, tpe, qmc, gp, cmaes, nsga2, or a mapping",
             id="unknown-sampler",
         ),
         pytest.param(
