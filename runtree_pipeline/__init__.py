@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runtree_pipeline.api import run_pipeline, run_plan
-    from runtree_pipeline.errors import ConfigError, ConfigErrors, Interrupted, Pruned
+    from runtree_pipeline.errors import ConfigError, ConfigErrors, Interrupted, Preempted, Pruned
     from runtree_pipeline.execution.checkpoints import Checkpoint, last_checkpoint, save_checkpoint
     from runtree_pipeline.execution.reporting import report
     from runtree_pipeline.plan.stages import Plan, StageSpec, build_plan
@@ -23,6 +23,7 @@ _EXPORTS = {
     "ConfigError": "errors",
     "ConfigErrors": "errors",
     "Interrupted": "errors",
+    "Preempted": "errors",
     "Pruned": "errors",
     "report": "execution.reporting",
     "Checkpoint": "execution.checkpoints",
@@ -46,6 +47,7 @@ __all__ = [
     "NodeResult",
     "PipelineResult",
     "Plan",
+    "Preempted",
     "Pruned",
     "StageResult",
     "StageSpec",

@@ -93,6 +93,8 @@ class StageSpec:
     references: tuple[references.Reference, ...] = ()
     limits: Limits = Limits()
     register: Register | None = None
+    sweep_config: Mapping[str, Any] = field(default_factory=dict)
+    """`variants` and `subvariants` as the config wrote them (resolved), for the stage run's recorded config."""
 
     @property
     def levels(self) -> tuple[SweepSpec, ...]:
@@ -387,6 +389,7 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
         references=tuple(refs),
         limits=limits,
         register=register,
+        sweep_config={k: raw[k] for k in ("variants", "subvariants") if raw.get(k) is not None},
     )
     if spec.variants and spec.variants.pruner is not None and spec.subvariants:
         errors.append(
@@ -639,6 +642,7 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
         "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode},
         "tags": dict(spec.tags),
         "on_failure": spec.on_failure,
+        **spec.sweep_config,
     }
     if spec.limits != Limits():
         config["limits"] = {

@@ -390,6 +390,7 @@ def test_a_signal_a_target_turns_into_its_own_error_still_stops_the_pipeline(tmp
     config = small(tmp_path, empty_store)
     config["stages"]["fit"]["_target_"] = "tests.cli.test_signals.converts_interrupts"
     config["stages"]["fit"]["params"] = {"marker": str(tmp_path / "signalled")}
+    config["preempt_grace_s"] = 0  # SIGTERM stops the leaf where it is, as Ctrl-C does
     with pytest.raises(Interrupted) as interrupted:
         run_plan(build_plan(config), plots=False)
     assert interrupted.value.exit_code == 143

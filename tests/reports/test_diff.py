@@ -67,3 +67,15 @@ def test_a_stage_only_in_one_execution_says_so(executions, tmp_path):
     alone = run_plan(build_plan(config), plots=False).pipeline_id
     lines = _diff(store, first, alone)
     assert lines[1:] == ["stage fit  — nothing differs", f"stage after  — only in {first}"]
+
+
+def test_a_changed_sweep_is_a_config_line(tmp_path):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    ids = []
+    for points in ("range(0, 3)", "range(0, 4)"):
+        config = _config(store, -2.0)
+        config["stages"]["fit"]["subvariants"]["params"]["x"] = points
+        ids.append(run_plan(build_plan(config), plots=False).pipeline_id)
+    lines = _diff(store, *ids)
+    assert "  config   subvariants.params.x: range(0, 3) → range(0, 4)" in lines
+    assert "  leaves   executed 3 → 4, reused 0 → 0, failed 0 → 0" in lines
