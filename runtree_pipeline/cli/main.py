@@ -91,7 +91,8 @@ def _leave(code: object) -> NoReturn:
     """Exit without tearing down the interpreter: the work is done and written, and freeing MLflow's, SQLAlchemy's
     and Hydra's objects one by one took 0.7-0.8 s of every command. What an exit must do still happens, in the
     interpreter's order: threads' exit callbacks and the wait for non-daemon threads (joblib's, concurrent.futures'),
-    then exit handlers (logging's flush, MLflow's, Ray's), then the standard streams are flushed."""
+    then exit handlers (logging's flush, MLflow's, Ray's), then database connections are closed (a sqlite store's
+    write-ahead log is folded into its file), then the standard streams are flushed."""
     import atexit
     import threading
 
@@ -100,6 +101,9 @@ def _leave(code: object) -> NoReturn:
         code = 1
     threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize calls first; nothing public does it
     atexit._run_exitfuncs()
+    from runtree_pipeline.tracking.sqlite import close_engines
+
+    close_engines()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

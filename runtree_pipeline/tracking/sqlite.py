@@ -60,3 +60,20 @@ def use_wal(uri: str) -> None:
         return
     with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path, timeout=20)) as db:
         db.execute("PRAGMA journal_mode=WAL")
+
+
+def close_engines() -> None:
+    """Close every SQLAlchemy engine this process opened, as the interpreter's teardown would have: closing the last
+    connection to a sqlite store folds its write-ahead log into the file and removes it, so the file alone holds
+    everything (a copy of it is whole, and a store deleted without its `-wal` leaves nothing stale for the next one).
+    For a process that exits without that teardown."""
+    import gc
+    import sys
+
+    engine_module = sys.modules.get("sqlalchemy.engine")
+    if engine_module is None:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, engine_module.Engine):
+            with contextlib.suppress(Exception):
+                obj.dispose()

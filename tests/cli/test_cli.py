@@ -787,3 +787,15 @@ def test_a_job_that_records_nothing_leaves_alone_the_output_directory_another_la
     shared = user_project / "shared"
     assert (shared / "summary.json").is_file()
     assert (shared / ".hydra" / "config.yaml").is_file()
+
+
+def test_after_the_command_the_store_file_alone_holds_every_run(run_cli, tmp_path):
+    """The CLI ends without the interpreter's teardown, but closes its store connections first: sqlite folds its
+    write-ahead log into the file, so a copy of `mlflow.db` alone is whole, and deleting it leaves nothing stale."""
+    proc = run_cli("+sweep=tutorial", "stages.tuning.subvariants.n=2", "plots=false", "progress=false")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "mlflow.db-wal").exists()
+    copy = tmp_path / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copy(tmp_path / "mlflow.db", copy)
+    assert len(all_runs(MlflowClient(f"sqlite:///{copy}"), "tutorial")) == 1 + 5 + 5 * 2
