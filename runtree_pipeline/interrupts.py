@@ -74,31 +74,42 @@ _preempt_noted = False
 def preemptible(notify: Callable[[], None], grace_s: float) -> Iterator[None]:
     """A leaf running on the main thread (the local executor): a first SIGTERM does not stop it where it is.
     `notify` tells it (its next `report` raises `Preempted`) and it gets `grace_s` to save a checkpoint; the SIGTERM
-    is then raised when the leaf ends, or when the grace is over (the timer sends it again), whichever comes first."""
+    is then raised when the leaf ends, or when the grace is over (a watchdog sends it again), whichever comes first.
+
+    The watchdog thread is started here, not in the signal handler: starting a thread takes a lock the interrupted
+    main thread may hold."""
     global _preempt_hook, _preempt_noted, _stopping
     if not _on_main_thread() or grace_s <= 0:
         yield
         return
-    timer: threading.Timer | None = None
+    told, ended = threading.Event(), threading.Event()
+
+    def watchdog() -> None:
+        told.wait()
+        if not ended.wait(grace_s):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def noted() -> None:
-        nonlocal timer
         notify()
-        timer = threading.Timer(grace_s, os.kill, args=(os.getpid(), signal.SIGTERM))
-        timer.daemon = True
-        timer.start()
+        told.set()
 
+    threading.Thread(target=watchdog, name="runtree-preempt", daemon=True).start()
     _preempt_hook, _preempt_noted = noted, False
     try:
         yield
     finally:
         was_noted = _preempt_noted
         _preempt_hook, _preempt_noted = None, False
-        if timer is not None:
-            timer.cancel()
+        ended.set()
+        told.set()
         if was_noted and _stopping is None:
             _stopping = signal.SIGTERM
             raise Signalled(signal.SIGTERM)
+
+
+def pending() -> int | None:
+    """A signal noted and not yet raised: one that arrived while the pipeline was already stopping."""
+    return _pending
 
 
 def _on_main_thread() -> bool:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -263,13 +264,15 @@ class ProgramGroups:
 
     @property
     def path(self) -> str:
-        """Made on first use: a pipeline that runs no program leaves nothing behind, even if it is killed."""
+        """Named on first use and made only when something is written there: a pipeline that runs no program and
+        gets no SIGTERM leaves nothing behind, even if it is killed."""
         if self._path is None:
-            self._path = tempfile.mkdtemp(prefix="runtree-groups-")
+            self._path = os.path.join(tempfile.gettempdir(), f"runtree-groups-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         return self._path
 
     def add(self, pgid: int) -> None:
         with contextlib.suppress(OSError):
+            os.makedirs(self.path, exist_ok=True)
             Path(self.path, str(pgid)).write_text(str(os.getpid()))
 
     def remove(self, pgid: int) -> None:
@@ -287,6 +290,7 @@ class ProgramGroups:
         """Tell every leaf the pipeline is stopping: a flag file `report` and `save_checkpoint` look for, and SIGTERM
         to every program's group, which is how a program hears it."""
         with contextlib.suppress(OSError):
+            os.makedirs(self.path, exist_ok=True)
             Path(self.path, PREEMPTED).touch()
         for pgid in self.listed():
             _kill(pgid, signal.SIGTERM)

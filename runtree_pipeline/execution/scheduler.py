@@ -43,7 +43,7 @@ from runtree_pipeline.execution.tree import (
     reused_result,
 )
 from runtree_pipeline.futures import run_now
-from runtree_pipeline.interrupts import interruptible, received, shielded
+from runtree_pipeline.interrupts import interruptible, pending, received, shielded
 from runtree_pipeline.plan.params import flatten, lookup
 from runtree_pipeline.plan.references import Reference, substitute
 from runtree_pipeline.plan.stages import Plan, StageSpec
@@ -661,9 +661,13 @@ class Runner:
             return
         grace = self.plan.preempt_grace_s
         log.warning("SIGTERM: %d running leaves get up to %g s to save a checkpoint", len(self._running), grace)
+        deadline = time.monotonic() + grace
         with contextlib.suppress(Exception):
             self.executor.preempt()
-            wait(list(self._running), timeout=grace)
+            while self._running and time.monotonic() < deadline and pending() is None:  # a Ctrl-C cuts it short
+                done, _ = wait(list(self._running), timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                for future in done:
+                    self._running.pop(future, None)
 
     def _stop(self, status: str) -> int:
         """Stop the workers so nothing writes after the runs are ended; runs created ahead are removed."""

@@ -119,6 +119,8 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             now = str(int(time.time() * 1000))
             for ref in list(self._refs()):
+                if self._stop.is_set():  # `stop` may have written `ended` already: never beat over it
+                    return
                 with contextlib.suppress(Exception):
                     client.set_tag(ref.run_id, HEARTBEAT, now)
 

@@ -89,3 +89,32 @@ def test_a_local_leaf_that_never_reports_is_stopped_when_the_grace_is_over(store
     assert driver.returncode == 143, stderr.decode()
     assert 2 <= time.monotonic() - sent < 20, "it waited for the grace, and no longer"
     assert {r.info.status for r in all_runs(client, "deaf")} == {"KILLED"}
+
+
+def test_ctrl_c_during_the_grace_stops_at_once_on_the_process_executor(store, client, tmp_path):
+    stage = {"_target_": "tests.execution.test_driver_guard.waits", "params": {"x": 1, "go_on": str(tmp_path / "no")}}
+    cfg = {"tracking_uri": store, "experiment": "impatient", "preempt_grace_s": 60, "stages": {"fit": stage}}
+    script = (
+        "import sys\n"
+        "from runtree_pipeline import build_plan, run_plan\n"
+        "from runtree_pipeline.errors import Interrupted\n"
+        "from runtree_pipeline.execution.executors import ProcessExecutor\n"
+        "try:\n"
+        f"    run_plan(build_plan({cfg!r}), executor=ProcessExecutor(workers=1), plots=False)\n"
+        "except Interrupted as e:\n"
+        "    sys.exit(e.exit_code)\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=cli_env(), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(r.info.status == "RUNNING" for r in all_runs(client, "impatient")):
+        time.sleep(0.1)
+    time.sleep(1)
+    driver.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    driver.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, stderr = driver.communicate(timeout=60)
+
+    assert driver.returncode == 143, stderr.decode()
+    assert time.monotonic() - sent < 20, "the Ctrl-C cut the 60 s grace short"
+    assert {r.info.status for r in all_runs(client, "impatient")} == {"KILLED"}
