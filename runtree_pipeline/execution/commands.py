@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtree_pipeline.errors import Pruned
-from runtree_pipeline.execution.reporting import leaf_env, note_logged
+from runtree_pipeline.execution.reporting import PREEMPTED, leaf_env, note_logged
 from runtree_pipeline.plan.params import flatten, hydra_quoted
 from runtree_pipeline.plan.targets import CommandTarget
 
@@ -248,10 +248,6 @@ def _alive(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 return True
     return False
-
-
-PREEMPTED = "preempted"
-"""The file in the pipeline's control directory that says it got SIGTERM."""
 
 
 class ProgramGroups:

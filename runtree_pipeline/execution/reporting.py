@@ -36,6 +36,8 @@ class Desk:
     metric: str
 
 
+PREEMPTED = "preempted"
+"""The file in the pipeline's control directory that says it got SIGTERM."""
 LEAF_ENV = "RUNTREE_LEAF"
 """Carries a program's leaf (its run, its desk, where to note a pruning) into the program's `report`."""
 
@@ -111,7 +113,7 @@ def stop_if_preempted(leaf: _Leaf) -> None:
     """Raise `Preempted` in a leaf once the pipeline got SIGTERM: the first time it is asked, and only then."""
     if leaf.control is None or leaf.preempted:
         return
-    if os.path.exists(os.path.join(leaf.control, "preempted")):
+    if os.path.exists(os.path.join(leaf.control, PREEMPTED)):
         leaf.preempted = True
         raise Preempted()
 

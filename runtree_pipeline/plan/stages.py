@@ -176,11 +176,11 @@ class Plan:
     resume: str | None = None
     cache: Cache = Cache()
     system_metrics_s: float | None = None
+    """`system_metrics_interval_s` when `system_metrics: true`: every leaf samples the machine at this interval."""
     preempt_grace_s: float = 30.0
     """After SIGTERM, how long running leaves get to save a checkpoint before the pipeline ends."""
     stale_after_s: float = 60.0
     """How old another host's driver's heartbeat must be before `resume=` may take its execution over."""
-    """`system_metrics_interval_s` when `system_metrics: true`: every leaf samples the machine at this interval."""
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -288,19 +288,8 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         errors.append(ConfigError(f"must be 'last' or a pipeline id (12 hex digits), got {resume!r}", key="resume"))
     cache = _cache(top.get("cache"), errors)
     system_metrics_s = _system_metrics(top, errors)
-    stale_after_s = top.get("stale_after_s", 60)
-    if stale_after_s is None:
-        stale_after_s = 60
-    if not positive_number(stale_after_s):
-        errors.append(ConfigError(f"must be a positive number of seconds, got {stale_after_s!r}", key="stale_after_s"))
-    preempt_grace_s = top.get("preempt_grace_s", 30)
-    if preempt_grace_s is None:
-        preempt_grace_s = 30
-    if not (positive_number(preempt_grace_s) or preempt_grace_s == 0) or isinstance(preempt_grace_s, bool):
-        errors.append(
-            ConfigError(f"must be a number of seconds, 0 or more, got {preempt_grace_s!r}", key="preempt_grace_s")
-        )
-        preempt_grace_s = 30
+    stale_after_s = _seconds(top, "stale_after_s", 60, errors)
+    preempt_grace_s = _seconds(top, "preempt_grace_s", 30, errors, zero=True)
     if errors:
         raise ConfigErrors(errors)
     experiment = top.get("experiment") or default_experiment
@@ -316,8 +305,8 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         resume=str(resume) if resume is not None else None,
         cache=cache,
         system_metrics_s=system_metrics_s,
-        stale_after_s=float(stale_after_s),
-        preempt_grace_s=float(preempt_grace_s),
+        stale_after_s=stale_after_s,
+        preempt_grace_s=preempt_grace_s,
     )
 
 
@@ -671,6 +660,20 @@ def _cache(raw: Any, errors: list[ConfigError]) -> Cache:
         if not isinstance(value, bool):
             errors.append(ConfigError(f"must be true or false, got {value!r}", key=f"cache.{key}"))
     return Cache(enabled=enabled is True, code=code is not False)
+
+
+def _seconds(
+    top: Mapping[str, Any], key: str, default: float, errors: list[ConfigError], *, zero: bool = False
+) -> float:
+    """A top-level duration; unset or null is `default`, and `zero` allows 0 (as in "no grace")."""
+    value = top.get(key)
+    if value is None:
+        return float(default)
+    if positive_number(value) or (zero and value == 0 and not isinstance(value, bool)):
+        return float(value)
+    what = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+    errors.append(ConfigError(f"must be {what}, got {value!r}", key=key))
+    return float(default)
 
 
 def _system_metrics(top: Mapping[str, Any], errors: list[ConfigError]) -> float | None:

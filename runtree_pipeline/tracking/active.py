@@ -155,8 +155,13 @@ def logged_metrics(ref: RunRef) -> dict[str, tuple[int, float]]:
     the program's results."""
     from mlflow.tracking import MlflowClient
 
-    data = MlflowClient(ref.tracking_uri).get_run(ref.run_id).data.to_proto()
-    return {m.key: (int(m.step), float(m.value)) for m in data.metrics if not m.key.startswith("system/")}
+    latest = _latest_metrics(MlflowClient(ref.tracking_uri).get_run(ref.run_id))
+    return {key: latest[key] for key in latest if not key.startswith("system/")}
+
+
+def _latest_metrics(run: Any) -> dict[str, tuple[int, float]]:
+    """Each metric's latest value and its step, from an MLflow `Run` (`run.data.metrics` has no steps)."""
+    return {m.key: (int(m.step), float(m.value)) for m in run.data.to_proto().metrics}
 
 
 def local_artifact_dir(ref: RunRef) -> Path | None:
@@ -298,7 +303,7 @@ def newest_checkpoint(ref: RunRef) -> tuple[int, str, dict[str, int]] | None:
     step = run.data.tags.get(schema.CHECKPOINT_STEP)
     if step is None:
         return None
-    recorded = {m.key: int(m.step) for m in run.data.to_proto().metrics}
+    recorded = {key: step for key, (step, _) in _latest_metrics(run).items()}
     return int(step), run.data.tags.get(schema.CHECKPOINT_AT, ""), recorded
 
 

@@ -15,10 +15,10 @@ from tests.conftest import all_runs
 from tests.execution.test_samplers import (
     SPACE,
     Recorder,
+    assert_resumes_as,
     cut_at,
     drain,
     drawn_under,
-    failing_objective,
     parallel,
     stopping_config,
     variants,
@@ -206,21 +206,7 @@ def test_a_learning_sampler_asked_ahead_and_told_out_of_order_resumes_as_the_uni
 
     sampler_again = learning(sampler, n=n)
     sampler_again.replay(history)
-    resumed = Recorder(sampler_again, history)
-    for previous in history:
-        point = resumed.ask()
-        assert (point.index, point.name) == (previous.index, uninterrupted.points[previous.index].name)
-        if previous.told is not None:
-            resumed.tell(point, failing_objective(point.params))
-    for kind, index in events[t:]:
-        if kind == "ask":
-            assert resumed.ask().index == index
-        else:
-            resumed.tell(resumed.points[index], failing_objective(resumed.points[index].params))
-    assert resumed.ask() is None
-    names = {i: (p.name, dict(p.params)) for i, p in resumed.points.items()}
-    assert names == {i: (p.name, dict(p.params)) for i, p in uninterrupted.points.items()}
-    assert resumed.history() == uninterrupted.history()
+    assert_resumes_as(Recorder(sampler_again, history), uninterrupted, history, events[t:])
 
 
 def test_qmc_replays_a_failed_first_point_as_it_was_told():

@@ -395,13 +395,18 @@ def test_a_study_asked_ahead_and_told_out_of_order_resumes_as_the_uninterrupted_
     assert [i for kind, i in events if kind == "tell"] != sorted(range(20)), "everything was told in order"
     history = cut_at(uninterrupted, events, t)
 
-    resumed = Recorder(replayed(history), history)
+    assert_resumes_as(Recorder(replayed(history), history), uninterrupted, history, events[t:])
+
+
+def assert_resumes_as(resumed, uninterrupted, history, rest) -> None:
+    """The resumed sampler asks the recorded points again first (the reused ones told as they were), then, told the
+    rest of the events in their order, asks what the uninterrupted one asked and records the same history."""
     for previous in history:
         point = resumed.ask()
         assert (point.index, point.name) == (previous.index, uninterrupted.points[previous.index].name)
         if previous.told is not None:
             resumed.tell(point, failing_objective(point.params))  # reused: the replay told it already
-    for kind, index in events[t:]:
+    for kind, index in rest:
         if kind == "ask":
             assert resumed.ask().index == index
         else:
