@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.plan.objective import Aggregate, Objective
 from runtree_pipeline.states import Origin, Status
 from runtree_pipeline.tracking.redact import redact
 
@@ -29,6 +28,11 @@ class LeafResult:
     status: str
     error: str | None = None
     objective: float | None = None
+    """The selected goal's value (`Objective.metric`): what progress, views and plots show."""
+    values: tuple[float, ...] | None = None
+    """One value per goal of the stage's objective; None when any is missing: then it is never a best."""
+    feasible: bool = True
+    """Whether its metrics meet the stage's constraints."""
     origin: str = Origin.EXECUTED
     """How this execution got the result: "executed" (a new run), "redone" (an earlier run that had failed or
     been cut off, run again in place) or "reused" (an earlier FINISHED run with the same content key, not run)."""
@@ -39,6 +43,15 @@ class LeafResult:
     cached_from: str | None = None
     """`cache: true` took this result from an earlier execution's run, which computed it (and holds what the target
     logged itself, e.g. its model)."""
+    aggregate: Aggregate | None = None
+    """Set on a parent's result standing for its replicates (a level with `aggregate:`): then `run_id` is the
+    parent's run, `metrics` the aggregates, and `outputs`/`artifacts` those of the replicate closest to them."""
+    closest: str | None = None
+    """With `aggregate`: the run of the replicate closest to the aggregate, whose model `register:` takes."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status == Status.FINISHED
 
     @property
     def pruned(self) -> bool:
@@ -51,7 +64,11 @@ class LeafResult:
 
 @dataclass(frozen=True)
 class NodeResult:
-    """A stage or variant run: its best leaf and how its leaves went."""
+    """A stage or variant run: its best result and how its leaves went.
+
+    `candidates` are what the best was chosen among: its leaves, except that the replicates of an aggregated level
+    stand there as one result, their parent's.
+    """
 
     run_id: str
     name: str
@@ -61,6 +78,9 @@ class NodeResult:
     children: tuple[NodeResult, ...] = ()
     changed: bool = True
     artifact_uri: str | None = None
+    candidates: tuple[LeafResult, ...] = ()
+    front: tuple[LeafResult, ...] = ()
+    """With several goals, the candidates on the Pareto front."""
 
     @property
     def failed(self) -> int:
@@ -156,6 +176,10 @@ class PipelineResult:
                     "params": redact(dict(best.params)),
                     "metrics": dict(best.metrics),
                     "outputs": redact(dict(best.outputs)),
+                    "aggregate": None
+                    if best.aggregate is None
+                    else {"how": best.aggregate.how, "replicates": best.aggregate.replicates, "closest": best.closest},
+                    "front": [member.run_id for member in stage.node.front] if stage.node else [],
                 },
             }
         return out
@@ -167,13 +191,8 @@ def _count_parents(node: NodeResult) -> int:
     return 1 + sum(_count_parents(c) for c in node.children)
 
 
-def select_best(leaves: Iterable[LeafResult], *, objective: Objective) -> LeafResult | None:
-    """Best finished leaf by `objective.better`; NaN/inf never win. First seen wins ties, so the choice is stable."""
-    best = None
-    for leaf in leaves:
-        value = leaf.objective
-        if leaf.status != Status.FINISHED or value is None or not math.isfinite(value):
-            continue
-        if best is None or objective.better(value, best.objective):
-            best = leaf
-    return best
+def judged(objective: Objective, metrics: Mapping[str, float]) -> dict[str, Any]:
+    """A result's `values`, `objective` and `feasible`, as `objective` judges `metrics`."""
+    values = objective.values(metrics)
+    selected = metrics.get(objective.metric) if objective.metric else None
+    return {"values": values, "objective": selected, "feasible": objective.feasible(metrics)}

@@ -338,3 +338,33 @@ def preemptible(*, epochs: int, marker: str, step_s: float = 0.2) -> dict:
         with open(marker, "a") as fh:
             fh.write(f"step {epoch}\n")
     return {"loss": 1 / epochs}
+
+
+def lucky_seed(*, lr: float, seed: int, fail_seed: int = -1) -> dict:
+    """A good lr scores 1.0 give or take a little on every seed; a bad one scores 2.0 except on seed 3, where it
+    is luckier than any run of the good lr: the best single run is the worse configuration's."""
+    if seed == fail_seed:
+        raise RuntimeError(f"seed {seed} diverged")
+    if lr == 0.1:
+        return {"loss": 2.0 if seed != 3 else 0.5, "size": 10.0}
+    return {"loss": 1.0 + 0.01 * seed, "size": 20.0}
+
+
+def tradeoff(*, width: int, depth: int) -> dict:
+    """Bigger models are more accurate and slower: `loss` falls and `latency` rises with size."""
+    size = width * depth
+    return {"loss": 10.0 / size + 0.1 * depth, "latency": float(size), "params_m": size / 10}
+
+
+def two_ways(*, x: float, log_file: str | None = None, stop_at: int = -1) -> dict:
+    """Two objectives pulling apart (`near_1` wants x=1, `near_minus_1` wants x=-1) and a metric to constrain;
+    counts its calls, and is a Ctrl-C after `stop_at` of them (see `count_or_stop`)."""
+    if log_file is not None:
+        count_or_stop(log_file, stop_at, f"{x}")
+    return {"near_1": (x - 1) ** 2, "near_minus_1": (x + 1) ** 2, "x_value": x}
+
+
+def tradeoff_offset(*, width: int, depth: int, offset: int) -> dict:
+    """`tradeoff` shifted per replicate, so replicates differ on both objectives."""
+    metrics = tradeoff(width=width, depth=depth)
+    return {**metrics, "loss": metrics["loss"] + 0.1 * offset, "latency": metrics["latency"] + offset}

@@ -88,11 +88,11 @@ def run_program(target: CommandTarget, params: Mapping[str, Any], task: LeafTask
     note_logged(logged)
     returned = {key: value for key, (_, value) in logged.items()}
     returned.update(result)
-    if task.objective and not _number(returned.get(task.objective)):
+    missing = [metric for metric in task.objectives if not _number(returned.get(metric))]
+    if missing:
         recorded = ", ".join(sorted(returned)) or "nothing"
         raise ProgramFailed(
-            f"MissingObjective: the program logged no '{task.objective}' and its result has none "
-            f"(it recorded: {recorded})"
+            f"MissingObjective: the program logged no '{missing[0]}' and its result has none (it recorded: {recorded})"
         )
     return returned
 

@@ -6,7 +6,6 @@ Kept free of driver state (a task in, an outcome out, both picklable) so any exe
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import os
 import time
@@ -32,7 +31,8 @@ class LeafTask:
     target: Target
     kwargs: Mapping[str, Any]
     run: RunRef
-    objective: str | None = None
+    objectives: tuple[str, ...] = ()
+    """The metrics the leaf must return, one per goal: a leaf without one has failed."""
     desk: Desk | None = None
     """Where `report` asks whether to stop: set when the leaf's level has a pruner."""
     timeout_s: float | None = None
@@ -110,7 +110,7 @@ def execute(task: LeafTask) -> LeafOutcome:
         returned, artifacts = _upload_paths(returned, task)
     except Exception as e:  # noqa: BLE001 - a path that cannot be logged fails this run only
         return LeafOutcome(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), ended_at=ended_at)
-    outcome = split_returned(returned, objective=task.objective)
+    outcome = split_returned(returned, objectives=task.objectives)
     logged = tuple(k for k, v in outcome.metrics.items() if k in leaf.last and leaf.last[k][1] == v)
     return replace(
         outcome,
@@ -170,7 +170,7 @@ def _upload_paths(returned: Any, task: LeafTask) -> tuple[Any, tuple[str, ...]]:
     return out, tuple(artifacts)
 
 
-def split_returned(returned: Any, *, objective: str | None) -> LeafOutcome:
+def split_returned(returned: Any, *, objectives: tuple[str, ...] = ()) -> LeafOutcome:
     """Numbers become metrics, other JSON values become outputs; a missing objective fails the run."""
     if returned is None:
         returned = {}
@@ -190,19 +190,12 @@ def split_returned(returned: Any, *, objective: str | None) -> LeafOutcome:
                 error=f"TypeError: result '{key}' is a {type(value).__name__}, neither a number nor JSON-serialisable",
             )
         outputs[key] = value
-    if objective and objective not in metrics:
+    missing = [metric for metric in objectives if metric not in metrics]
+    if missing:
         returned_keys = ", ".join(sorted(map(str, returned))) or "nothing"
         return LeafOutcome(
             metrics=metrics,
             outputs=outputs,
-            error=f"MissingObjective: target returned no '{objective}' (it returned: {returned_keys})",
+            error=f"MissingObjective: target returned no '{missing[0]}' (it returned: {returned_keys})",
         )
     return LeafOutcome(metrics=metrics, outputs=outputs)
-
-
-def objective_value(outcome: LeafOutcome, metric: str | None) -> float | None:
-    """The value that can compete for best: finite, from a successful run."""
-    if not outcome.ok or metric is None:
-        return None
-    value = outcome.metrics.get(metric)
-    return value if value is not None and math.isfinite(value) else None

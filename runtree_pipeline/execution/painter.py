@@ -79,7 +79,8 @@ class Painter:
         from runtree_pipeline.reports.plots import parent_plots
 
         def call() -> Call:
-            leaves = [dataclasses.replace(leaf, metrics={}, outputs={}, error=None) for leaf in node.leaves]
+            judged = node.candidates or node.leaves
+            leaves = [dataclasses.replace(leaf, metrics={}, outputs={}, error=None, aggregate=None) for leaf in judged]
             best = node.best.run_id if node.best else None
             return parent_plots, (leaves,), {"objective": objective, "best_run_id": best}
 

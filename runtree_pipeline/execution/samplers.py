@@ -14,9 +14,11 @@ import math
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.sweeps import Dimension, Point, SweepSpec, UniqueNames, point_name, swept
 from runtree_pipeline.tracking.index import PreviousPoint
 
@@ -61,15 +63,15 @@ def study_seed(spec: SweepSpec, parent: str) -> int | None:
 def _takes_seed(sampler: str | Mapping[str, Any]) -> bool:
     if isinstance(sampler, str):
         return True
-    return "seed" not in sampler and _has_seed_parameter(str(sampler["_target_"]))
+    return "seed" not in sampler and _has_parameter(str(sampler["_target_"]), "seed")
 
 
 @cache
-def _has_seed_parameter(path: str) -> bool:
+def _has_parameter(path: str, name: str) -> bool:
     from hydra.utils import get_object
 
     try:
-        return "seed" in inspect.signature(get_object(path)).parameters
+        return name in inspect.signature(get_object(path)).parameters
     except (TypeError, ValueError):
         return False
 
@@ -94,17 +96,17 @@ def optuna_sampler(spec: SweepSpec) -> Any:
         return instantiate(raw)
 
 
-def new_sampler(spec: SweepSpec, *, direction: str) -> Sampler:
+def new_sampler(spec: SweepSpec, *, objective: Objective) -> Sampler:
     """A fresh sampler for one parent; every parent gets its own so that tpe learns, and a pruner compares, per
     parent."""
     if spec.drawn:
-        return OptunaSampler(spec, direction=direction)
+        return OptunaSampler(spec, objective=objective)
     if spec.pruner is None:
         return FixedSampler(spec.points)
-    return FixedSampler(spec.points, trials=_Trials(_study(spec, direction=direction)))
+    return FixedSampler(spec.points, trials=_Trials(_study(spec, objective=objective)))
 
 
-def _study(spec: SweepSpec, *, direction: str, sampler: Any = None) -> Any:
+def _study(spec: SweepSpec, *, objective: Objective, sampler: Any = None) -> Any:
     """The parent's study; without a sampler (grid, explicit points) it only prunes and asks for no params."""
     import optuna
     from hydra.utils import instantiate
@@ -116,8 +118,20 @@ def _study(spec: SweepSpec, *, direction: str, sampler: Any = None) -> Any:
     return optuna.create_study(
         sampler=sampler or optuna.samplers.RandomSampler(seed=0),
         pruner=instantiate(dict(pruner)) if pruner is not None else optuna.pruners.NopPruner(),
-        direction="minimize" if direction == "min" else "maximize",
+        directions=["minimize" if g.mode == "min" else "maximize" for g in objective.goals] or ["minimize"],
     )
+
+
+@dataclass(frozen=True)
+class Told:
+    """How a point ended, as its sampler is told: its values (one per objective; None when it failed), whether it
+    was pruned, how far it breaks each constraint, and for a point reused from an earlier execution the
+    intermediate values it reported then."""
+
+    values: tuple[float, ...] | None
+    pruned: bool = False
+    reported: Mapping[int, float] | None = None
+    violations: tuple[float, ...] | None = None
 
 
 class _Trials:
@@ -160,25 +174,25 @@ class _Trials:
         with self.lock:
             return dict(self._reported.get(index, {}))
 
-    def close(
-        self, index: int, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
-    ) -> None:
-        """Tell the study how the point ended; `reported` is a history recorded by an earlier execution, told to
-        the study first when this one saw none (a reused leaf), so its pruner compares as it did then."""
+    def close(self, index: int, told: Told) -> None:
+        """Tell the study how the point ended; `told.reported` is a history recorded by an earlier execution, told
+        to the study first when this one saw none (a reused leaf), so its pruner compares as it did then."""
         import optuna
 
         with self.lock:
             trial = self._open.pop(index)
-            if reported and not self._reported.get(index):
-                for step, intermediate in sorted(reported.items()):
+            if told.reported and not self._reported.get(index):
+                for step, intermediate in sorted(told.reported.items()):
                     trial.report(intermediate, step)
             self._reported.pop(index, None)
-            if pruned:
+            for i, violation in enumerate(told.violations or ()):
+                trial.set_constraint(str(i), violation)  # tpe, nsga2 and gp sample away from infeasible points
+            if told.pruned:
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            elif value is None or not math.isfinite(value):
+            elif told.values is None or not all(math.isfinite(v) for v in told.values):
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
-                self.study.tell(trial, value)
+                self.study.tell(trial, list(told.values))
 
 
 class Sampler:
@@ -200,12 +214,8 @@ class Sampler:
         """No point is left to ask: a parent whose children have all ended is then complete."""
         raise NotImplementedError
 
-    def tell(
-        self, point: Point, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
-    ) -> None:
-        """Report a point's objective value (None when it failed), whether it was pruned, and for a point reused from
-        an earlier execution the intermediate values it reported then; samplers that do not learn or prune ignore
-        it."""
+    def tell(self, point: Point, told: Told) -> None:
+        """How a point ended; samplers that do not learn or prune ignore it."""
 
     @property
     def prunes(self) -> bool:
@@ -258,11 +268,9 @@ class FixedSampler(Sampler):
                 self._trials.open(point.index, self._trials.study.ask())
         return point
 
-    def tell(
-        self, point: Point, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
-    ) -> None:
+    def tell(self, point: Point, told: Told) -> None:
         if self._trials is not None:
-            self._trials.close(point.index, value, pruned=pruned, reported=reported)
+            self._trials.close(point.index, told)
 
     @property
     def exhausted(self) -> bool:
@@ -281,8 +289,8 @@ class OptunaSampler(Sampler):
     then draw differently from the one that was cut off, asking again points it already has.
     """
 
-    def __init__(self, spec: SweepSpec, *, direction: str) -> None:
-        self._study = _study(spec, direction=direction, sampler=optuna_sampler(spec))
+    def __init__(self, spec: SweepSpec, *, objective: Objective) -> None:
+        self._study = _study(spec, objective=objective, sampler=optuna_sampler(spec))
         self._trials = _Trials(self._study)
         self._prunes = spec.pruner is not None
         self._spec = spec
@@ -315,13 +323,11 @@ class OptunaSampler(Sampler):
     def tell_position(self, point: Point) -> int | None:
         return None if not self.learns or point.index in self._told else self._tells
 
-    def tell(
-        self, point: Point, value: float | None, *, pruned: bool = False, reported: Mapping[int, float] | None = None
-    ) -> None:
+    def tell(self, point: Point, told: Told) -> None:
         """A point a replay told already keeps that value: the study must stay the one the previous execution had."""
         if point.index in self._told:
             return
-        self._trials.close(point.index, value, pruned=pruned, reported=reported)
+        self._trials.close(point.index, told)
         self._tells += 1
 
     def replay(self, history: Sequence[PreviousPoint]) -> None:
@@ -387,7 +393,8 @@ class OptunaSampler(Sampler):
         index = previous.index
         if not self._trials.has(index):
             raise _Diverged(f"point {index} was told before it was asked")
-        self._trials.close(index, previous.value, pruned=previous.pruned, reported=previous.reported)
+        told = Told(previous.value, pruned=previous.pruned, reported=previous.reported, violations=previous.violations)
+        self._trials.close(index, told)
         self._told.add(index)
         self._tells = max(self._tells, previous.told + 1)
 

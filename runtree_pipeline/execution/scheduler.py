@@ -36,11 +36,14 @@ from runtree_pipeline.execution.tree import (
     OpenParent,
     Slot,
     StageRun,
+    aggregated,
     cached_write,
     leaf_result,
     leaf_write,
+    no_result,
     parent_write,
     reused_result,
+    telling,
 )
 from runtree_pipeline.futures import run_now
 from runtree_pipeline.interrupts import interruptible, pending, received, shielded
@@ -49,7 +52,7 @@ from runtree_pipeline.plan.references import Reference, substitute
 from runtree_pipeline.plan.stages import Plan, StageSpec
 from runtree_pipeline.plan.sweeps import Point, SweepSpec
 from runtree_pipeline.reports.progress import Progress
-from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult, select_best
+from runtree_pipeline.results import LeafResult, NodeResult, PipelineResult, StageResult
 from runtree_pipeline.states import Level, Origin, Status
 from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.tracking.heartbeat import DRIVER, HEARTBEAT, Heartbeat, this_driver
@@ -264,7 +267,7 @@ class Runner:
             leaf_dir=self._leaf_dir(leaf, slot.ref) if leaf.stage.spec.target.runs_as_process else None,
             kwargs=leaf.params,
             run=slot.ref,
-            objective=metric if leaf.parent is not None else None,
+            objectives=leaf.stage.spec.objective.metrics if leaf.parent is not None else (),
             desk=desk,
             timeout_s=leaf.stage.spec.limits.timeout_s,
             keep_checkpoints=leaf.stage.spec.limits.keep_checkpoints,
@@ -307,7 +310,7 @@ class Runner:
         stage = leaf.stage
         self.progress.leaf_done(
             stage.spec.name,
-            objective=result.objective,
+            objective=result.objective if result.feasible and not stage.spec.aggregates else None,
             failed=result.failed,
             origin=result.origin,
             pruned=result.pruned,
@@ -331,7 +334,11 @@ class Runner:
             self._stage_ended(stage, node)
             return
         parent.leaves.append(result)
-        parent.sampler.tell(leaf.point, result.objective, pruned=result.pruned, reported=reported)
+        parent.candidates.append(result)
+        parent.replicates.append(result)
+        objective = stage.spec.objective
+        how = telling(objective, result.values, result.metrics, pruned=result.pruned, reported=reported)
+        parent.sampler.tell(leaf.point, how)
         parent.open_children -= 1
         if parent.done:
             self._close_parent(parent)
@@ -396,7 +403,11 @@ class Runner:
         if slot.created or slot.origin is Origin.REDONE:  # a reused one gets them if something runs in it again
             self._record_environment(slot.ref, None if slot.created else slot.record)
         self.progress.stage_started(
-            spec.name, total=spec.leaf_count(), objective=spec.objective, resumed=slot.origin is not Origin.EXECUTED
+            spec.name,
+            total=spec.leaf_count(),
+            objective=spec.objective,
+            resumed=slot.origin is not Origin.EXECUTED,
+            aggregate=next((level.aggregate for level in spec.all_levels if level.aggregate), None),
         )
         config = {
             **self.plan.config,
@@ -422,7 +433,11 @@ class Runner:
             reason = f"on_failure=stop: stopped after {stage.stopped_by.name} failed ({stage.stopped_by.error})"
             result = StageResult(name, Status.FAILED, node=node, reason=reason, upstream=upstream)
         elif node.best is None:
-            first = next((leaf.error for leaf in node.leaves if leaf.error), "no leaf had a finite objective value")
+            first = next((leaf.error for leaf in node.leaves if leaf.error), None)
+            objective = stage.spec.objective
+            if first is None:
+                first = no_result(objective, node.candidates) if objective.constraints else None
+            first = first or "no leaf had a finite objective value"
             reason = f"no successful leaf ({node.failed} of {len(node.leaves)} failed; first error: {first})"
             result = StageResult(name, Status.FAILED, node=node, reason=reason, upstream=upstream)
         else:
@@ -447,7 +462,7 @@ class Runner:
                 stage=spec.name,
                 pipeline_id=self.pipeline_id,
                 stage_run_id=ref.run_id,
-                best_run_id=result.best.cached_from or result.best.run_id,
+                best_run_id=result.best.closest or result.best.cached_from or result.best.run_id,
                 objective_metric=spec.objective.metric,
                 objective_mode=spec.objective.mode,
                 objective_value=result.best.objective,
@@ -500,7 +515,7 @@ class Runner:
     ) -> OpenParent:
         spec = levels[0]
         seed = _parent_seed(spec, name, slot.record)
-        sampler = new_sampler(spec if seed is None else replace(spec, seed=seed), direction=stage.spec.objective.mode)
+        sampler = new_sampler(spec if seed is None else replace(spec, seed=seed), objective=stage.spec.objective)
         if sampler.learns and slot.origin is not Origin.EXECUTED:
             sampler.replay(self.identity.points_under(slot.ref.run_id))
         child_tags = {**tags, **spec.tags, schema.LEVEL: spec.level, schema.ROOT_RUN_ID: stage.slot.ref.run_id}
@@ -534,10 +549,23 @@ class Runner:
         """Record a parent whose children have all ended, then tell its own parent (or end its stage)."""
         self._open.remove(parent)
         objective = parent.stage.spec.objective
-        best = select_best(parent.leaves, objective=objective)
+        how = parent.levels[0].aggregate
+        if how:
+            result = aggregated(objective, parent, how)
+            candidates = parent.replicates
+            best = result if result is not None and objective.eligible([result]) else None
+            passed_up = [result] if result is not None else []
+            front: list[LeafResult] = []
+            self.progress.aggregated(parent.stage.spec.name, objective=result.objective if best else None)
+        else:
+            candidates = parent.candidates
+            best = result = objective.select_one(candidates)
+            passed_up = candidates
+            front = objective.front(candidates) if objective.multi else []
+        up_told = telling(objective, result.values if result else None, result.metrics if result else {})
         if parent.changed or parent.slot.record is None or parent.slot.record.status != Status.FINISHED:
             self.store.flush()
-            self.store.finish(parent.slot.ref, parent_write(parent, best))
+            self.store.finish(parent.slot.ref, parent_write(parent, result, up_told, front))
             parent.changed = True
         node = NodeResult(
             parent.slot.ref.run_id,
@@ -548,6 +576,8 @@ class Runner:
             tuple(parent.children),
             parent.changed,
             parent.slot.ref.artifact_uri,
+            candidates=tuple(candidates),
+            front=tuple(front),
         )
         if self._painter is not None:
             self._painter.parent(node, objective)
@@ -560,7 +590,9 @@ class Runner:
             self._reopen(up)
         up.children.append(node)
         up.leaves.extend(node.leaves)
-        up.sampler.tell(parent.point, best.objective if best else None)
+        up.candidates.extend(passed_up)
+        up.replicates.append(result if result is not None else _failed(node))
+        up.sampler.tell(parent.point, up_told)
         up.open_children -= 1
         if up.done:
             self._close_parent(up)
@@ -757,3 +789,8 @@ def _below(parent: OpenParent, point: Point) -> tuple[SweepSpec, ...]:
 def _prunes(plan: Plan) -> bool:
     """Whether any level of the plan has a pruner, a variant's own space included: only then is a desk opened."""
     return any(level.pruner is not None for stage in plan.stages.values() for level in stage.all_levels)
+
+
+def _failed(node: NodeResult) -> LeafResult:
+    """A child parent with no result, as one of its parent's replicates: counted, never aggregated."""
+    return LeafResult(node.run_id, node.name, {}, {}, {}, Status.FAILED)

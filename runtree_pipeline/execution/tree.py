@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from runtree_pipeline.execution.leaf import LeafOutcome, objective_value
-from runtree_pipeline.execution.samplers import Sampler
+from runtree_pipeline.execution.leaf import LeafOutcome
+from runtree_pipeline.execution.samplers import Sampler, Told
+from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.params import flatten
 from runtree_pipeline.plan.stages import StageSpec
 from runtree_pipeline.plan.sweeps import Point, SweepSpec
-from runtree_pipeline.results import LeafResult, NodeResult
+from runtree_pipeline.results import LeafResult, NodeResult, judged
 from runtree_pipeline.states import Origin, Status
 from runtree_pipeline.tracking import tags as schema
 from runtree_pipeline.tracking.records import RunRecord, RunRef, Write
@@ -91,6 +92,10 @@ class OpenParent:
     open_children: int = 0
     leaves: list[LeafResult] = field(default_factory=list)
     children: list[NodeResult] = field(default_factory=list)
+    candidates: list[LeafResult] = field(default_factory=list)
+    """What its best is chosen among: the leaves under it, an aggregated level's replicates standing as one."""
+    replicates: list[LeafResult] = field(default_factory=list)
+    """With `aggregate:` on its children's level, one result per child: what is aggregated."""
     drawn: int = 0
     first_asked: float | None = None
     budget_spent: bool = False
@@ -121,7 +126,11 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         tags.update(stage.own_tags)
         files.update(stage.artifacts)
     else:
-        tags.update(told(leaf.parent, leaf.point, objective_value(outcome, stage.spec.objective.metric)))
+        result = _judged_outcome(stage.spec.objective, outcome)
+        how = telling(stage.spec.objective, result["values"], outcome.metrics, pruned=outcome.pruned_at is not None)
+        tags.update(told(leaf.parent, leaf.point, how))
+        if outcome.ok and not result["feasible"]:
+            tags[schema.FEASIBLE] = "false"
         if leaf.parent.sampler.prunes and leaf.point is not None:
             tags.update(schema.reported_tag(leaf.parent.sampler.reported(leaf.point)))
     if outcome.outputs:
@@ -152,14 +161,34 @@ def _status(outcome: LeafOutcome) -> Status:
     return Status.FINISHED if outcome.ok else Status.FAILED
 
 
-def told(parent: OpenParent | None, point: Point | None, value: float | None) -> dict[str, str]:
-    """Where a child's value comes among its parent's tells, written in the child's end write just before the
+def told(parent: OpenParent | None, point: Point | None, how: Told) -> dict[str, str]:
+    """Where a child's values come among its parent's tells, written in the child's end write just before the
     scheduler tells it (nothing tells in between), so a resume can replay the tells in their order; nothing when
     the parent's sampler does not learn, or a replay already told this child."""
     if parent is None or point is None:
         return {}
     position = parent.sampler.tell_position(point)
-    return schema.told_tag(position, value) if position is not None else {}
+    return schema.told_tag(position, how.values, how.violations) if position is not None else {}
+
+
+def telling(
+    objective: Objective,
+    values: tuple[float, ...] | None,
+    metrics: Mapping[str, float],
+    *,
+    pruned: bool = False,
+    reported: Mapping[int, float] | None = None,
+) -> Told:
+    """How a child ended, as its parent's sampler is told it."""
+    violations = tuple(objective.violations(metrics)) if objective.constraints else None
+    return Told(values, pruned=pruned, reported=reported, violations=violations)
+
+
+def _judged_outcome(objective: Objective, outcome: LeafOutcome) -> dict[str, Any]:
+    """A leaf's judged values; one that failed or was pruned has none, whatever it returned."""
+    if not outcome.ok:
+        return {"values": None, "objective": None, "feasible": True, "metrics": outcome.metrics}
+    return {**judged(objective, outcome.metrics), "metrics": outcome.metrics}
 
 
 def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
@@ -171,11 +200,16 @@ def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
         outputs=outcome.outputs,
         status=_status(outcome),
         error=outcome.error,
-        objective=objective_value(outcome, leaf.stage.spec.objective.metric),
+        **_judgement(leaf, outcome),
         origin=slot.origin,
         pruned_at=outcome.pruned_at,
         artifacts=outcome.artifacts,
     )
+
+
+def _judgement(leaf: LeafJob, outcome: LeafOutcome) -> dict[str, Any]:
+    parts = _judged_outcome(leaf.stage.spec.objective, outcome)
+    return {k: parts[k] for k in ("values", "objective", "feasible")}
 
 
 def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) -> LeafResult:
@@ -190,7 +224,7 @@ def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) 
         metrics=metrics,
         outputs=outcome.outputs,
         status=_status(outcome),
-        objective=objective_value(outcome, leaf.stage.spec.objective.metric),
+        **_judgement(leaf, outcome),
         origin=Origin.REUSED,
         pruned_at=outcome.pruned_at,
         artifacts=schema.artifacts_of(record.tags),
@@ -218,16 +252,20 @@ def cached_write(leaf: LeafJob, slot: Slot, result: LeafResult) -> Write:
     return replace(write, tags=tags)
 
 
-def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
-    """How a parent's children went, and its best leaf's params and metrics (`best.*`, `best_*`)."""
+def parent_write(parent: OpenParent, result: LeafResult | None, up: Told, front: Sequence[LeafResult] = ()) -> Write:
+    """How a parent's children went, and what it is judged by: its best leaf's params and metrics (`best.*`,
+    `best_*`), or over an aggregated level the aggregate of its replicates (`mean_*`, `std_*`); with several
+    objectives, its Pareto front."""
     stage = parent.stage
     failed_leaves = sum(leaf.failed for leaf in parent.leaves)
     # Children are parents (each with its leaves) or leaves: with per-variant spaces, both under one stage.
     direct = len(parent.leaves) - sum(len(node.leaves) for node in parent.children)
     direct_failed = failed_leaves - sum(node.failed for node in parent.children)
     is_root = parent.up is None
+    aggregate = result.aggregate if result is not None and result.run_id == parent.slot.ref.run_id else None
+    best = result if aggregate is None else None
     tags: dict[str, Any] = {
-        **(stage.own_tags if is_root else told(parent.up, parent.point, best.objective if best else None)),
+        **(stage.own_tags if is_root else told(parent.up, parent.point, up)),
         **parent.own_tags,
         **schema.parent_tags(
             children=len(parent.children) + direct,
@@ -244,23 +282,75 @@ def parent_write(parent: OpenParent, best: LeafResult | None) -> Write:
     if schema.PRUNED_CHILDREN not in tags and schema.PRUNED_CHILDREN in earlier:
         tags[schema.PRUNED_CHILDREN] = 0  # its pruned leaves were run to their end by a resume without the pruner
     metrics: dict[str, float] = {}
+    files: dict[str, str] = dict(stage.artifacts) if is_root else {}
     clear: tuple[str, ...] = ()
     if best is not None:
         metrics = schema.best_metrics(best.metrics)
+    if aggregate is not None:
+        metrics = aggregate.recorded()
+        tags.update(schema.aggregate_tags(aggregate.how, aggregate.replicates))
+        if not result.feasible:
+            tags[schema.FEASIBLE] = "false"
+    if front:
+        tags.update(schema.pareto_tag([member.run_id for member in front]))
+        files[schema.PARETO_ARTIFACT] = json.dumps(_front_members(stage.spec.objective, front), indent=2)
+    if result is not None:
         clear = (schema.ERROR,) if parent.slot.origin is not Origin.EXECUTED else ()
     else:
-        tags[schema.ERROR] = f"no successful leaf among {len(parent.leaves)}"
+        tags[schema.ERROR] = no_result(stage.spec.objective, parent.candidates or parent.replicates)
     if stage.stopped_by is not None and is_root:
         tags[schema.ERROR] = f"stopped after {stage.stopped_by.name} failed (on_failure=stop)"
         clear = ()
     return Write(
-        status=Status.FINISHED if best is not None else Status.FAILED,
+        status=Status.FINISHED if result is not None else Status.FAILED,
         params=flatten(dict(parent.params)),
         metrics=metrics,
         tags=tags,
-        artifacts=stage.artifacts if is_root else None,
+        artifacts=files or None,
         clear_tags=clear,
         ended_at=time.time(),
+    )
+
+
+def no_result(objective: Objective, results: Sequence[LeafResult]) -> str:
+    """Why a parent has no best: nothing finished with its objective's values, or nothing met the constraints."""
+    scored = [r for r in results if r.finished and r.values is not None]
+    if scored:
+        return f"none of {len(scored)} finished meets the constraints ({', '.join(map(str, objective.constraints))})"
+    return f"no successful leaf among {len(results)}"
+
+
+def _front_members(objective: Objective, front: Sequence[LeafResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": member.run_id,
+            "name": member.name,
+            "values": dict(zip(objective.metrics, member.values or (), strict=True)),
+            "params": redact(flatten(dict(member.params))),
+        }
+        for member in front
+    ]
+
+
+def aggregated(objective: Objective, parent: OpenParent, how: str) -> LeafResult | None:
+    """The parent standing for its replicates: judged by their aggregate, with the params they share, and the
+    outputs of the one closest to it (whose model `register:` takes). None when no replicate finished."""
+    done = [r for r in parent.replicates if r.finished and r.values is not None]
+    if not done:
+        return None
+    agg = objective.aggregate(how, [(r.metrics, r.values) for r in done])
+    closest = done[agg.closest]
+    return LeafResult(
+        run_id=parent.slot.ref.run_id,
+        name=parent.name,
+        params=parent.params,
+        metrics=agg.metrics,
+        outputs=closest.outputs,
+        status=Status.FINISHED,
+        **judged(objective, agg.metrics),
+        artifacts=closest.artifacts,
+        aggregate=agg,
+        closest=closest.cached_from or closest.closest or closest.run_id,
     )
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors, UnknownKey, first_line
 from runtree_pipeline.plan import references, targets
-from runtree_pipeline.plan.objective import MODES, Objective
+from runtree_pipeline.plan.objective import MODES, Constraint, Goal, Objective
 from runtree_pipeline.plan.params import flatten, merge
 from runtree_pipeline.plan.sweeps import (
     Point,
@@ -39,6 +39,8 @@ STAGE_KEYS = (
     "variants",
     "subvariants",
     "objective",
+    "constraints",
+    "select",
     "tags",
     "on_failure",
     "limits",
@@ -87,7 +89,7 @@ class StageSpec:
     depends_on: tuple[str, ...] = ()
     variants: SweepSpec | None = None
     subvariants: SweepSpec | None = None
-    objective: Objective = Objective(None)
+    objective: Objective = Objective()
     tags: Mapping[str, str] = field(default_factory=dict)
     on_failure: str = "continue"
     references: tuple[references.Reference, ...] = ()
@@ -136,6 +138,24 @@ class StageSpec:
         """The stage's levels and every variant's own space: what a question about any level of it must look at."""
         own = tuple(level for p in (self.variants.points if self.variants else ()) for level in p.below or ())
         return self.levels + own
+
+    @property
+    def aggregates(self) -> bool:
+        """Some level's replicates are judged by their aggregate: no single leaf is ever the stage's best."""
+        return any(level.aggregate for level in self.all_levels)
+
+    def replicate_keys(self) -> set[str]:
+        """Params that differ between the replicates of an aggregated level: the stage's best is their parent, which
+        has no single value of them."""
+        if self.variants is not None and self.variants.aggregate:
+            return self.param_keys() - set(flatten(dict(self.params)))
+        keys: set[str] = set()
+        for level in self.all_levels:
+            if level.aggregate:
+                keys.update(level.keys)
+                for point in level.points:
+                    keys.update(flatten(merge({}, point.params)))
+        return keys
 
     @property
     def prunes(self) -> bool:
@@ -233,7 +253,7 @@ def build_plan(cfg: DictConfig | Mapping[str, Any], *, default_experiment: str =
         cfg = OmegaConf.create(dict(cfg))
     errors: list[ConfigError] = []
     top = _resolve_top(cfg, errors)
-    objective = _objective(top.get("objective"), None, errors)
+    objective = _objective(top, None, errors)
     tags = _tags(top.get("tags"), None, "tags", errors)
     stages_cfg = cfg.get("stages")
     if stages_cfg is not None and not OmegaConf.is_dict(stages_cfg):
@@ -347,7 +367,9 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
     if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
         errors.append(ConfigError(f"must be a list of stage names, got {depends_on!r}", stage=name, key="depends_on"))
         depends_on = []
-    objective = _objective(raw.get("objective"), default, errors, stage=name)
+    before = len(errors)
+    objective = _objective(raw, default, errors, stage=name)
+    objective_ok = not any((e.key or "").startswith("objective") for e in errors[before:])
 
     levels = {}
     sweeps_ok = True
@@ -388,12 +410,13 @@ def _stage(name: str, node: Any, default: Objective, errors: list[ConfigError]) 
                 key="variants.pruner",
             )
         )
-    if spec.sweeps and not objective.metric:
+    if spec.sweeps and not objective.metric and objective_ok:  # a broken objective is reported once
         errors.append(
             ConfigError(
                 "a stage that sweeps needs objective.metric to pick its best run", stage=name, key="objective.metric"
             )
         )
+    errors.extend(_objective_fits_levels(spec))
     if missing is None:
         errors.extend(target.validate(name, _calls(spec) if sweeps_ok and params_ok else None))
     return spec
@@ -506,7 +529,17 @@ def _check_references(
             )
         elif ref.kind == "params":
             keys = stages[ref.stage].param_keys()
-            if ref.key not in keys and not any(k.startswith(ref.key + ".") for k in keys):
+            replicated = stages[ref.stage].replicate_keys()
+            if ref.key in replicated or any(k.startswith(ref.key + ".") for k in replicated):
+                errors.append(
+                    ConfigError(
+                        f"{ref.text}: '{ref.key}' differs between the replicates stage '{ref.stage}' aggregates, "
+                        "and its best is their parent, which has no one value of it",
+                        stage=spec.name,
+                        key="params",
+                    )
+                )
+            elif ref.key not in keys and not any(k.startswith(ref.key + ".") for k in keys):
                 errors.append(
                     ConfigError(
                         f"{ref.text}: stage '{ref.stage}' has no param '{ref.key}'{_hint(ref.key, keys)}",
@@ -516,19 +549,112 @@ def _check_references(
                 )
 
 
-def _objective(raw: Any, default: Objective | None, errors: list[ConfigError], stage: str | None = None) -> Objective:
-    base = default or Objective(None)
+def _objective(
+    raw: Mapping[str, Any], default: Objective | None, errors: list[ConfigError], stage: str | None = None
+) -> Objective:
+    """`objective` (one `{metric, mode}` or a list of them), `constraints` and `select`, from a stage or the top
+    level; what a stage leaves out it takes from the top level."""
+    base = default or Objective()
+    goals = _goals(raw.get("objective"), base, errors, stage)
+    constraints = base.constraints
+    if raw.get("constraints") is not None:
+        constraints = _constraints(raw["constraints"], errors, stage)
+    select = raw.get("select", base.select)
+    if isinstance(select, Mapping):
+        errors.extend(_unknown_keys(select, ("metric",), stage=stage, under="select."))
+        select = select.get("metric")
+    if select is not None and select not in [g.metric for g in goals]:
+        if "select" in raw:
+            have = ", ".join(g.metric for g in goals) or "none"
+            errors.append(
+                ConfigError(f"{select!r} is not an objective (objectives: {have})", stage=stage, key="select")
+            )
+        select = None
+    return Objective(goals, constraints, select)
+
+
+def _goals(raw: Any, base: Objective, errors: list[ConfigError], stage: str | None) -> tuple[Goal, ...]:
     if raw is None:
-        return base
-    if not isinstance(raw, Mapping):
-        errors.append(ConfigError("must be a mapping like {metric: val_loss, mode: min}", stage=stage, key="objective"))
-        return base
-    mode = raw.get("mode") or base.mode
-    if mode not in MODES:
-        errors.append(ConfigError(f"must be min or max, got {mode!r}", stage=stage, key="objective.mode"))
-        mode = base.mode
-    metric = raw.get("metric", base.metric)
-    return Objective(metric=str(metric) if metric else None, mode=mode)
+        return base.goals
+    if isinstance(raw, Mapping):
+        start = len(errors)
+        mode = raw.get("mode") or base.mode
+        if mode not in MODES:
+            errors.append(ConfigError(f"must be min or max, got {mode!r}", stage=stage, key="objective.mode"))
+            mode = base.mode
+        metric = raw.get("metric", base.metric)
+        errors.extend(_unknown_keys(raw, ("metric", "mode"), stage=stage, under="objective."))
+        return (Goal(str(metric), mode),) if metric and len(errors) == start else ()
+    if not isinstance(raw, list) or not raw:
+        errors.append(
+            ConfigError(
+                "must be a mapping like {metric: val_loss, mode: min}, or a list of them", stage=stage, key="objective"
+            )
+        )
+        return base.goals
+    goals: list[Goal] = []
+    for i, item in enumerate(raw):
+        key = f"objective[{i}]"
+        if not isinstance(item, Mapping) or not isinstance(item.get("metric"), str) or not item["metric"]:
+            errors.append(
+                ConfigError(
+                    f"must be a mapping like {{metric: val_loss, mode: min}}, got {item!r}", stage=stage, key=key
+                )
+            )
+            continue
+        errors.extend(_unknown_keys(item, ("metric", "mode"), stage=stage, under=key + "."))
+        mode = item.get("mode") or "min"
+        if mode not in MODES:
+            errors.append(ConfigError(f"must be min or max, got {mode!r}", stage=stage, key=key + ".mode"))
+        elif item["metric"] in [g.metric for g in goals]:
+            errors.append(ConfigError(f"'{item['metric']}' is listed twice", stage=stage, key=key + ".metric"))
+        else:
+            goals.append(Goal(item["metric"], mode))
+    return tuple(goals)
+
+
+def _constraints(raw: Any, errors: list[ConfigError], stage: str | None) -> tuple[Constraint, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        errors.append(
+            ConfigError(f"must be a list like ['params_m <= 2.0'], got {raw!r}", stage=stage, key="constraints")
+        )
+        return ()
+    out = []
+    for i, text in enumerate(items):
+        try:
+            out.append(Constraint.parse(text))
+        except ValueError as e:
+            errors.append(ConfigError(str(e), stage=stage, key=f"constraints[{i}]"))
+    return tuple(out)
+
+
+def _objective_fits_levels(spec: StageSpec) -> list[ConfigError]:
+    """What several objectives rule out, found now rather than by Optuna in the middle of a sweep."""
+    if not spec.objective.multi:
+        return []
+    errors = []
+    names = ", ".join(spec.objective.metrics)
+    for level in spec.all_levels:
+        where = f"{level.level}s"
+        if level.pruner is not None:
+            errors.append(
+                ConfigError(
+                    f"cannot prune with {len(spec.objective.goals)} objectives ({names}): Optuna prunes on one value",
+                    stage=spec.name,
+                    key=f"{where}.pruner",
+                )
+            )
+        if level.sampler_name in ("cmaes", "optuna.samplers.CmaEsSampler"):
+            errors.append(
+                ConfigError(
+                    f"cmaes optimises one objective, this stage has {len(spec.objective.goals)} ({names}): "
+                    "use nsga2, tpe, random or grid",
+                    stage=spec.name,
+                    key=f"{where}.sampler",
+                )
+            )
+    return errors
 
 
 def _limits(raw: Any, stage: str, errors: list[ConfigError]) -> Limits:
@@ -628,7 +754,7 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
         **spec.target.config(),
         "depends_on": list(spec.depends_on),
         "params": spec.params,
-        "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode},
+        **_objective_config(spec.objective),
         "tags": dict(spec.tags),
         "on_failure": spec.on_failure,
         **spec.sweep_config,
@@ -642,6 +768,18 @@ def _stage_config(spec: StageSpec) -> dict[str, Any]:
     if spec.register is not None:
         r = spec.register
         config["register"] = {"name": r.name, "alias": r.alias, "only_if_better": r.only_if_better, "model": r.model}
+    return config
+
+
+def _objective_config(objective: Objective) -> dict[str, Any]:
+    """As written: one goal as a mapping (the form every earlier stage run recorded), several as a list."""
+    goals = [{"metric": g.metric, "mode": g.mode} for g in objective.goals]
+    one = goals[0] if goals else {"metric": None, "mode": objective.mode}
+    config: dict[str, Any] = {"objective": goals if objective.multi else one}
+    if objective.constraints:
+        config["constraints"] = [str(c) for c in objective.constraints]
+    if objective.multi:
+        config["select"] = {"metric": objective.metric}
     return config
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtree_pipeline.errors import ConfigError, first_line
+from runtree_pipeline.plan.objective import AGGREGATES
 from runtree_pipeline.plan.params import flatten
 
 SAMPLERS = ("grid", "random", "tpe", "qmc", "gp", "cmaes", "nsga2")
@@ -28,7 +29,7 @@ trial finished or running, so when its first point fails before the next is aske
 SAMPLER_NEEDS = {"gp": ("torch", "scipy"), "cmaes": ("cmaes",)}
 """What a named sampler imports beyond Optuna, checked when the plan is built rather than at its first ask."""
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving")
-SWEEP_KEYS = ("points", "params", "sampler", "n", "seed", "tags", "pruner", "time_budget_s")
+SWEEP_KEYS = ("points", "params", "sampler", "n", "seed", "tags", "pruner", "time_budget_s", "aggregate")
 OWN_SPACE = "_subvariants_"
 
 
@@ -78,6 +79,9 @@ class SweepSpec:
     tags: Mapping[str, str] = field(default_factory=dict)
     pruner: str | Mapping[str, Any] | None = None
     time_budget_s: float | None = None
+    aggregate: str | None = None
+    """`mean` or `median`: the level's points are replicates (seeds, folds), and their parent is judged by the
+    aggregate of their results instead of by its best one."""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -193,6 +197,7 @@ def parse_sweep(raw: Any, *, stage: str, level: str, key: str | None = None) -> 
         "tags": tags,
         "pruner": _pruner(raw.get("pruner"), stage, where),
         "time_budget_s": _time_budget(raw.get("time_budget_s"), stage, where),
+        "aggregate": _aggregate(raw.get("aggregate"), stage, where),
     }
     if has_points:
         if raw.get("sampler") not in (None, "grid"):
@@ -229,6 +234,12 @@ def parse_sweep(raw: Any, *, stage: str, level: str, key: str | None = None) -> 
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ConfigError(f"seed must be an integer, got {seed!r}", stage=stage, key=f"{where}.seed")
     return SweepSpec(level=level, sampler=sampler, dimensions=dimensions, n=n, seed=seed, **common)
+
+
+def _aggregate(raw: Any, stage: str, where: str) -> str | None:
+    if raw is None or (isinstance(raw, str) and raw in AGGREGATES):
+        return raw
+    raise ConfigError(f"must be one of {', '.join(AGGREGATES)}, got {raw!r}", stage=stage, key=f"{where}.aggregate")
 
 
 def _sampler(raw: Any, stage: str, where: str) -> str | dict[str, Any]:

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 OBJECTIVE_PLOT = "plots/objective_vs_params.png"
 PARALLEL_PLOT = "plots/parallel_coordinates.png"
 DAG_PLOT = "plots/dag.png"
+IMPORTANCE_PLOT = "plots/param_importances.png"
+PARETO_PLOT = "plots/pareto_front.png"
 DPI = 100
 
 
@@ -258,3 +260,91 @@ def dag_files(
 ) -> dict[str, bytes]:
     """`dag_plot` under its artifact path, in the same form as `parent_plots`."""
     return {DAG_PLOT: dag_plot(edges, nodes, highlight=highlight, status=status)}
+
+
+def importance_plot(importances: Mapping[str, float], metric: str) -> bytes:
+    """How much each param mattered to `metric` (see `reports.importance`), the most important on top."""
+    if not importances:
+        raise ValueError("no importances to draw")
+    ranked = sorted(importances.items(), key=lambda kv: -kv[1])
+    chart = _canvas(("importance", len(ranked)), _Bars)
+    top = max(v for _, v in ranked) or 1.0
+    for (_, value), bar, text in zip(ranked, chart.bars, chart.texts, strict=True):
+        bar.set_width(value)
+        text.set_position((value + top * 0.02, bar.get_y() + bar.get_height() / 2))
+        text.set_text(f"{value:.2f}")
+    chart.ax.set_yticks(range(len(ranked)), [_short(key) for key, _ in ranked])
+    chart.ax.set_xlim(0, top * 1.15)
+    chart.ax.set_title(f"param importance for {metric} (fANOVA)", fontsize=10)
+    return _png(chart.fig)
+
+
+def _short(label: str, width: int = 24) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+class _Bars:
+    """`n` horizontal bars, the first on top, each with its value at its end."""
+
+    def __init__(self, n: int) -> None:
+        self.fig = _figure(6.0, 0.9 + 0.32 * n, margins=(2.2, 0.25, 0.45, 0.4))
+        self.ax = ax = self.fig.subplots()
+        self.bars = list(ax.barh(range(n), [0.0] * n, height=0.6, color="#4C72B0"))
+        self.texts = [ax.text(0, 0, "", va="center", fontsize=8) for _ in range(n)]
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_xlabel("share of the objective's variance")
+        ax.tick_params(axis="y", labelsize=9)
+        ax.grid(axis="x", alpha=0.3)
+
+
+def pareto_plot(
+    values: Sequence[tuple[float, float]],
+    on_front: Sequence[bool],
+    feasible: Sequence[bool],
+    chosen: int | None,
+    metrics: tuple[str, str],
+    modes: tuple[str, str],
+) -> bytes:
+    """Every child on the stage's two objectives: the Pareto front highlighted and joined by the staircase that
+    bounds what it dominates, infeasible children as grey crosses, `chosen` (an index into `values`) starred.
+
+    An infeasible child is drawn as infeasible even if `on_front` says otherwise."""
+    if not len(values) == len(on_front) == len(feasible):
+        raise ValueError("values, on_front and feasible differ in length")
+    chart = _canvas(("pareto",), _Pareto)
+    xs = [float(x) for x, _ in values]
+    ys = [float(y) for _, y in values]
+    front = sorted((i for i in range(len(values)) if on_front[i] and feasible[i]), key=lambda i: (xs[i], ys[i]))
+    others = [i for i in range(len(values)) if feasible[i] and not on_front[i]]
+    out = [i for i in range(len(values)) if not feasible[i]]
+    for artist, members in ((chart.others, others), (chart.infeasible, out)):
+        artist.set_offsets(_points([xs[i] for i in members], [ys[i] for i in members]))
+    chart.front.set_data([xs[i] for i in front], [ys[i] for i in front])
+    # The staircase turns on the side the front dominates: after each point when smaller x is better.
+    chart.front.set_drawstyle("steps-post" if modes[0] == "min" else "steps-pre")
+    star = [chosen] if chosen is not None else []
+    chart.chosen.set_offsets(_points([xs[i] for i in star], [ys[i] for i in star]))
+    chart.ax.set_xlim(*_span(xs))
+    chart.ax.set_ylim(*_span(ys))
+    chart.ax.set_xlabel(f"{metrics[0]} ({modes[0]})")
+    chart.ax.set_ylabel(f"{metrics[1]} ({modes[1]})")
+    shown = [(a, n) for a, n in zip(chart.handles, (front, others, out, star), strict=True) if n]
+    chart.ax.legend([a for a, _ in shown], [a.get_label() for a, _ in shown], loc="best", fontsize=8)
+    chart.ax.set_title(f"{len(front)} of {len(values)} runs on the Pareto front", fontsize=10)
+    return _png(chart.fig)
+
+
+class _Pareto:
+    """One scatter of the children on two objectives, its artists emptied and refilled for each parent."""
+
+    def __init__(self) -> None:
+        self.fig = _figure(5.5, 4.5, margins=(0.85, 0.25, 0.65, 0.4))
+        self.ax = ax = self.fig.subplots()
+        self.others = ax.scatter([], [], s=22, alpha=0.6, color="#4C72B0", label="dominated")
+        self.infeasible = ax.scatter([], [], s=28, marker="x", color="#999999", label="infeasible")
+        (self.front,) = ax.plot(
+            [], [], color="#DD8452", marker="o", markersize=6, linewidth=1.5, label="Pareto front", zorder=3
+        )
+        self.chosen = ax.scatter([], [], s=220, marker="*", color="#D62728", label="chosen", zorder=4)
+        self.handles = (self.front, self.others, self.infeasible, self.chosen)
+        ax.grid(alpha=0.3)

@@ -36,6 +36,7 @@ class _Stage:
     total: int
     objective: Objective
     resumed: bool = False
+    aggregate: str | None = None
     done: int = 0
     failed: int = 0
     pruned: int = 0
@@ -48,7 +49,8 @@ class _Stage:
 
     @property
     def metric(self) -> str | None:
-        return self.objective.metric
+        metric = self.objective.metric
+        return f"{self.aggregate}_{metric}" if metric and self.aggregate else metric
 
     def update(self, value: float | None, failed: bool, origin: str, pruned: bool) -> None:
         self.done += 1
@@ -56,6 +58,9 @@ class _Stage:
         self.pruned += pruned
         self.reused += origin == Origin.REUSED
         self.redone += origin == Origin.REDONE
+        self.seen(value)
+
+    def seen(self, value: float | None) -> None:
         if value is not None and math.isfinite(value):
             if self.best is None or self.objective.better(value, self.best):
                 self.best = value
@@ -102,8 +107,10 @@ class Progress:
         total: int,
         objective: Objective,
         resumed: bool = False,
+        aggregate: str | None = None,
     ) -> None:
-        stage = _Stage(total=total, objective=objective, resumed=resumed)
+        """`aggregate`: how the stage's best is judged when a level's replicates are aggregated."""
+        stage = _Stage(total=total, objective=objective, resumed=resumed, aggregate=aggregate)
         with self._lock:
             self._stages[name] = stage
             self._started(name, stage)
@@ -123,6 +130,14 @@ class Progress:
             stage = self._stages.get(name)
             if stage is not None:
                 stage.update(objective, failed, origin, pruned)
+                self._updated(name, stage)
+
+    def aggregated(self, name: str, *, objective: float | None) -> None:
+        """A parent judged by its replicates' aggregate closed: that, not any one replicate, can be the best."""
+        with self._lock:
+            stage = self._stages.get(name)
+            if stage is not None:
+                stage.seen(objective)
                 self._updated(name, stage)
 
     def stage_finished(self, name: str, *, status: str) -> None:

@@ -16,8 +16,11 @@ import itertools
 import json
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.stages import Plan
 from runtree_pipeline.plan.sweeps import format_value
 from runtree_pipeline.reports.progress import terminal_columns
@@ -52,8 +55,7 @@ def render(result: PipelineResult, plan: Plan, *, where: str, width: int | None 
         if best is None:
             lines += _wrap(str(stage["reason"]), width, "    ", "      ")
             continue
-        value = best["metrics"].get(objective.metric) if objective.metric else None
-        score = f"{objective.metric}={format_value(value)} ({objective.mode})" if value is not None else "done"
+        score = _score(objective, best)
         lines += _wrap(f"best {score}  {_glued('run ' + best['run_id'])}", width, "    ", "      ")
         params = [f"{k}={format_value(v)}" for k, v in _flat(best["params"]).items()]
         if params:
@@ -63,6 +65,24 @@ def render(result: PipelineResult, plan: Plan, *, where: str, width: int | None 
     for part in rest:
         lines += _look(part, width, "  ", "  ")
     return "\n".join(lines)
+
+
+def _score(objective: Objective, best: Mapping[str, Any]) -> str:
+    """`loss=0.12 (min)`; for the aggregate of replicates `mean_loss=0.12 ± 0.01 (5) (min)`; with several
+    objectives each of them, the selected one first."""
+    metrics = best["metrics"]
+    if not objective.metric or objective.metric not in metrics:
+        return "done"
+    aggregate = best.get("aggregate")
+    shown = []
+    for metric in sorted(objective.metrics, key=lambda m: m != objective.metric):
+        if aggregate is None:
+            shown.append(f"{metric}={format_value(metrics[metric])}")
+            continue
+        std = metrics.get(f"std_{metric}")
+        spread = f" ± {format_value(std)}" if std is not None else ""
+        shown.append(f"{aggregate['how']}_{metric}={format_value(metrics[metric])}{spread} ({aggregate['replicates']})")
+    return f"{', '.join(shown)} ({objective.mode})" if not objective.multi else ", ".join(shown)
 
 
 def summary_width() -> int:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.plan.objective import AGGREGATES, Objective
 from runtree_pipeline.plan.params import hydra_quoted
 from runtree_pipeline.states import Status
 from runtree_pipeline.tracking import tags as schema
@@ -69,11 +69,34 @@ def _ranked(runs: Sequence[RunRecord], objective: Objective) -> list[RunRecord]:
 
 
 def _objective_value(run: RunRecord, metric: str | None) -> float | None:
+    score = _score(run, metric)
+    return score[1] if score is not None else None
+
+
+def _score(run: RunRecord, metric: str | None) -> tuple[str, float, str] | None:
+    """What a run is judged by, as (label, value, spread): a leaf's metric, a parent's best leaf's (`best_m`), or an
+    aggregate of replicates (`mean_m`, with its std and count) on the parent or, as its best, above it."""
     if metric is None:
         return None
     metrics = run.metrics
-    value = metrics.get(metric, metrics.get(schema.BEST_METRIC + metric))
-    return value if value is not None and math.isfinite(value) else None
+    aggregate = schema.aggregate_of(run.tags)
+    candidates = [(metric, ""), (schema.BEST_METRIC + metric, "")]
+    if aggregate is not None:
+        how, n = aggregate
+        candidates.insert(0, (f"{how}_{metric}", _spread(metrics.get(f"std_{metric}"), n)))
+    for how in AGGREGATES:
+        best = f"{schema.BEST_METRIC}{how}_{metric}"
+        candidates.insert(0, (best, _spread(metrics.get(f"{schema.BEST_METRIC}std_{metric}"), None)))
+    for label, spread in candidates:
+        value = metrics.get(label)
+        if value is not None:
+            return (label, value, spread) if math.isfinite(value) else None
+    return None
+
+
+def _spread(std: float | None, n: int | None) -> str:
+    text = f" ± {_fmt(std)}" if std is not None and math.isfinite(std) else ""
+    return text + (f" ({n})" if n is not None else "")
 
 
 def _varying_params(runs: Sequence[RunRecord]) -> list[str]:
@@ -96,10 +119,14 @@ def _line(
         parts.append(f"{PRUNED} PRUNED at step {pruned_at}")
     else:
         parts.append(f"{FAILED} {run.status}")
-    value = _objective_value(run, metric)
-    if value is not None:
-        label = metric if metric in run.metrics else f"best_{metric}"
-        parts.append(f"{label}={_fmt(value)}")
+    score = _score(run, metric)
+    if score is not None:
+        label, value, spread = score
+        parts.append(f"{label}={_fmt(value)}{spread}")
+    if tags.get(schema.FEASIBLE) == "false":
+        parts.append("infeasible")
+    if parent is not None and run.run_id in parent.tags.get(schema.PARETO, "").split(","):
+        parts.append("(front)")
     shown = [f"{k}={_short(run.params[k])}" for k in params if k in run.params and f"{k}=" not in name]
     if shown:
         parts.append(" ".join(shown))

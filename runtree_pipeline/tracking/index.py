@@ -29,7 +29,9 @@ class PreviousPoint:
     index: int | None = None
     asked_after: int | None = None
     told: int | None = None
-    value: float | None = None
+    value: tuple[float, ...] | None = None
+    """The values it was told with, one per objective; None: told as a failure."""
+    violations: tuple[float, ...] | None = None
     pruned: bool = False
     reported: Mapping[int, float] = field(default_factory=dict)
     """The objective's intermediate values it reported, for a pruner to be told them again."""
@@ -82,10 +84,19 @@ class RunIndex:
             if params is None or self._by_key.get((parent_id, run.tags.get(schema.KEY, ""))) is not run:
                 continue
             index, asked_after = schema.asked_of(run.tags) or (None, None)
-            told, value = schema.told_of(run.tags) or (None, None)
-            pruned = schema.pruned_at(run.tags) is not None
-            reported = schema.reported_of(run.tags)
-            points.append(PreviousPoint(params, index, asked_after, told, value, pruned, reported))
+            told, values, violations = schema.told_of(run.tags) or (None, None, None)
+            points.append(
+                PreviousPoint(
+                    params,
+                    index,
+                    asked_after,
+                    told=told,
+                    value=values,
+                    violations=violations,
+                    pruned=schema.pruned_at(run.tags) is not None,
+                    reported=schema.reported_of(run.tags),
+                )
+            )
         return points
 
     # ---- what the views ask: superseded stage runs left out ----

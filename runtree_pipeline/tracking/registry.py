@@ -68,7 +68,7 @@ def register_best(
     if current is not None and current.tags.get(schema.RUN_ID) == best_run_id:
         return {schema.REGISTERED_MODEL: register.name, schema.REGISTERED_VERSION: str(current.version)}
     if register.only_if_better and current is not None:
-        objective = Objective(objective_metric, objective_mode)
+        objective = Objective.of(objective_metric, objective_mode)
         if not _beats(objective, objective_value, current.tags.get(schema.OBJECTIVE_VALUE)):
             return {schema.REGISTERED: f"not better than version {current.version}"}
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.plan.objective import Constraint, Goal, Objective
 from runtree_pipeline.states import Level
 from runtree_pipeline.tracking.redact import redact
 
@@ -26,6 +26,12 @@ FAILED_LEAVES = "runtree.failed_leaves"
 CHILDREN = "runtree.children"
 OBJECTIVE_METRIC = "runtree.objective_metric"
 OBJECTIVE_MODE = "runtree.objective_mode"
+OBJECTIVES = "runtree.objectives"
+CONSTRAINTS = "runtree.constraints"
+FEASIBLE = "runtree.feasible"
+AGGREGATE = "runtree.aggregate"
+REPLICATES = "runtree.replicates"
+PARETO = "runtree.pareto_run_ids"
 LEVELS = "runtree.levels"
 KEY = "runtree.key"
 POINT = "runtree.point"
@@ -63,6 +69,7 @@ BEST_METRIC = "best_"
 CONFIG_ARTIFACT = "config.yaml"
 OUTPUTS_ARTIFACT = "outputs.json"
 TRACEBACK_ARTIFACT = "traceback.txt"
+PARETO_ARTIFACT = "pareto_front.json"
 
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
@@ -98,6 +105,10 @@ def stage_tags(
         own[ORDER_DEPENDENT] = ",".join(order_dependent)
     if objective.metric:
         own[OBJECTIVE_METRIC] = objective.metric
+    if objective.multi:
+        own[OBJECTIVES] = json.dumps([[g.metric, g.mode] for g in objective.goals])
+    if objective.constraints:
+        own[CONSTRAINTS] = json.dumps([str(c) for c in objective.constraints])
     return shared, own
 
 
@@ -113,14 +124,22 @@ def point_tag(point: Mapping[str, Any], *, index: int | None = None, asked_after
     return tags
 
 
-def told_tag(position: int, value: float | None) -> dict[str, str]:
-    """Where a child's value came in its parent's sampler's tells, and the value itself (None: told as a failure).
+def told_tag(
+    position: int, values: Sequence[float] | None, violations: Sequence[float] | None = None
+) -> dict[str, str]:
+    """Where a child's values came in its parent's sampler's tells, and the values themselves (None: told as a
+    failure); one objective's value is written as a number, as before there could be several.
 
-    The value is kept rather than read back from the run's metrics: a failed child redone on resume keeps the
+    The values are kept rather than read back from the run's metrics: a failed child redone on resume keeps the
     failure its sampler was told, and a replay must tell that again.
     """
-    told = value if value is not None and math.isfinite(value) else None
-    return {TOLD: json.dumps({"position": position, "value": told})}
+    told: Any = None
+    if values is not None and all(math.isfinite(v) for v in values):
+        told = values[0] if len(values) == 1 else list(values)
+    record = {"position": position, "value": told}
+    if violations:
+        record["violations"] = list(violations)
+    return {TOLD: json.dumps(record)}
 
 
 def leaf_tags(*, returned: Iterable[str], outputs: Mapping[str, Any], artifacts: Iterable[str] = ()) -> dict[str, str]:
@@ -192,6 +211,20 @@ def parent_tags(
     return tags
 
 
+def aggregate_tags(how: str, replicates: int) -> dict[str, str]:
+    return {AGGREGATE: how, REPLICATES: str(replicates)}
+
+
+def pareto_tag(run_ids: Sequence[str]) -> dict[str, str]:
+    """The front's runs, comma-separated; past the tag's size, as many as fit (`pareto_front.json` has them all)."""
+    kept: list[str] = []
+    for run_id in run_ids:
+        if sum(map(len, kept)) + len(kept) + len(run_id) > _MAX_TAG:
+            break
+        kept.append(run_id)
+    return {PARETO: ",".join(kept)}
+
+
 def best_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return {BEST_METRIC + k: v for k, v in metrics.items()}
 
@@ -204,8 +237,21 @@ def is_stage(tags: Mapping[str, str]) -> bool:
 
 
 def objective_of(tags: Mapping[str, str]) -> Objective:
-    """A stage run's objective, as recorded when it ran."""
-    return Objective(tags.get(OBJECTIVE_METRIC), tags.get(OBJECTIVE_MODE, "min"))
+    """A stage run's objective, as recorded when it ran; damaged list tags read as its selected goal alone."""
+    metric, mode = tags.get(OBJECTIVE_METRIC), tags.get(OBJECTIVE_MODE, "min")
+    single = Objective.of(metric, mode)
+    try:
+        goals = tuple(Goal(str(m), str(d)) for m, d in json.loads(tags.get(OBJECTIVES, "[]")))
+        constraints = tuple(Constraint.parse(c) for c in json.loads(tags.get(CONSTRAINTS, "[]")))
+    except (ValueError, TypeError):
+        return single
+    return Objective(goals or single.goals, constraints, metric if goals else None)
+
+
+def aggregate_of(tags: Mapping[str, str]) -> tuple[str, int] | None:
+    """An aggregated parent's (aggregate, replicates); None for any other run."""
+    how, n = tags.get(AGGREGATE), tags.get(REPLICATES, "")
+    return (how, int(n)) if how and n.isdigit() else None
 
 
 def point_of(tags: Mapping[str, str]) -> dict[str, Any] | None:
@@ -221,13 +267,22 @@ def asked_of(tags: Mapping[str, str]) -> tuple[int, int] | None:
     return record["index"], record["after"]
 
 
-def told_of(tags: Mapping[str, str]) -> tuple[int, float | None] | None:
-    """A child's (place among the tells, value told); None while it was never told."""
+def told_of(tags: Mapping[str, str]) -> tuple[int, tuple[float, ...] | None, tuple[float, ...] | None] | None:
+    """A child's (place among the tells, values told, constraint violations told); None while it was never told."""
     record = _record(tags, TOLD)
     if record is None or not _are_positions(record.get("position")):
         return None
     value = record.get("value")
-    return record["position"], float(value) if isinstance(value, (int, float)) else None
+    values = _numbers(value if isinstance(value, list) else [value])
+    return record["position"], values, _numbers(record.get("violations"))
+
+
+def _numbers(items: Any) -> tuple[float, ...] | None:
+    if not isinstance(items, list) or not items:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        return None
+    return tuple(float(v) for v in items)
 
 
 def pruned_at(tags: Mapping[str, str]) -> int | None:

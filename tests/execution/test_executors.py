@@ -208,7 +208,7 @@ class ContractRun(NamedTuple):
 def leaf(x: int, store: str) -> LeafTask:
     """A leaf task on its own, as the scheduler submits one: `quad` logs nothing, so its run need not exist."""
     run = RunRef(f"run{x}", "0", store, f"x={x}")
-    return LeafTask(FunctionTarget("tests.targets.quad"), {"x": x}, run, objective="loss")
+    return LeafTask(FunctionTarget("tests.targets.quad"), {"x": x}, run, objectives=("loss",))
 
 
 def losses(futures) -> list[float]:

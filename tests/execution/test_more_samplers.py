@@ -13,6 +13,7 @@ from runtree_pipeline.errors import ConfigErrors, Interrupted
 from runtree_pipeline.execution.samplers import new_sampler, study_seed
 from tests.conftest import all_runs
 from tests.execution.test_samplers import (
+    MIN,
     SPACE,
     Recorder,
     assert_resumes_as,
@@ -55,7 +56,7 @@ def asked_by_own_sampler(config: dict, variant: str, centre: float) -> list[floa
     """What the variant's own sampler, seeded for it, asks when told each point's loss in turn."""
     spec = variants(config["stages"]["fit"]["subvariants"], level="subvariant")
     seed = study_seed(spec, variant)
-    own = new_sampler(spec if seed is None else replace(spec, seed=seed), direction="min")
+    own = new_sampler(spec if seed is None else replace(spec, seed=seed), objective=MIN)
     return sorted(p.params["x"] for p in drain(own, lambda params: bowl_at(x=params["x"], centre=centre)["loss"]))
 
 
@@ -182,7 +183,7 @@ def test_an_interrupted_sweep_resumes_drawing_the_points_of_the_uninterrupted_on
 
 def learning(sampler, *, n: int):
     spec = variants({"sampler": sampler, "n": n, "seed": 0, "params": SPACE}, level="subvariant")
-    return new_sampler(replace(spec, seed=study_seed(spec, "fit/a")), direction="min")
+    return new_sampler(replace(spec, seed=study_seed(spec, "fit/a")), objective=MIN)
 
 
 @pytest.mark.parametrize("t", [9, 22])

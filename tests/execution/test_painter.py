@@ -14,7 +14,7 @@ from runtree_pipeline.reports.plots import DAG_PLOT, OBJECTIVE_PLOT, PARALLEL_PL
 from runtree_pipeline.results import LeafResult, NodeResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
-LOSS = Objective("loss", "min")
+LOSS = Objective.of("loss", "min")
 
 
 def node(name: str, xs=(0.0, 1.0, 2.0), *, changed: bool = True) -> NodeResult:
@@ -113,7 +113,7 @@ def test_nothing_is_drawn_and_no_process_started_for_what_has_no_picture():
     """A parent reused unchanged, a pipeline with one stage (its DAG is one box) and an objective-less stage."""
     painter = Painter()
     painter.parent(node("same", changed=False), LOSS)
-    painter.parent(node("blind"), Objective(None, "min"))
+    painter.parent(node("blind"), Objective())
     painter.dag(node("only"), [], ["only"], highlight="only", status={"only": "FINISHED"})
     assert list(painter.pictures()) == []
     assert painter._process is None

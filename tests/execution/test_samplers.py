@@ -18,11 +18,19 @@ import pytest
 
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.errors import Interrupted
-from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, new_sampler, study_seed
+from runtree_pipeline.execution.samplers import FixedSampler, OptunaSampler, Told, new_sampler, study_seed
+from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.sweeps import parse_sweep, point_name
 from runtree_pipeline.tracking.index import PreviousPoint
 from tests.conftest import all_runs
 from tests.targets import bowl_at, count_or_stop
+
+MIN = Objective.of("y")
+
+
+def told(value: float | None) -> Told:
+    """One objective's value as a sampler is told it (None: a failure)."""
+    return Told(None if value is None else (value,))
 
 
 def variants(raw, level="variant"):
@@ -35,7 +43,7 @@ def drain(sampler, objective=None):
     while (point := sampler.ask()) is not None:
         points.append(point)
         if objective is not None:
-            sampler.tell(point, objective(point.params))
+            sampler.tell(point, told(objective(point.params)))
     return points
 
 
@@ -44,7 +52,7 @@ def drain(sampler, objective=None):
 
 def test_fixed_sampler_yields_points_in_order_then_none():
     spec = variants({"params": {"bs": "choice(32, 64)", "n": "range(1,3)"}})
-    sampler = new_sampler(spec, direction="min")
+    sampler = new_sampler(spec, objective=MIN)
     assert isinstance(sampler, FixedSampler) and not sampler.learns
     assert not sampler.exhausted
     points = drain(sampler)
@@ -62,11 +70,11 @@ RANDOM = {
 
 def test_random_with_seed_is_deterministic():
     spec = variants(RANDOM)
-    first = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, direction="min"))]
-    second = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, direction="min"))]
+    first = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, objective=MIN))]
+    second = [(p.name, dict(p.params)) for p in drain(new_sampler(spec, objective=MIN))]
     assert first == second
     assert len({params["lr"] for _, params in first}) == 8
-    other = [dict(p.params) for p in drain(new_sampler(variants({**RANDOM, "seed": 4}), direction="min"))]
+    other = [dict(p.params) for p in drain(new_sampler(variants({**RANDOM, "seed": 4}), objective=MIN))]
     assert other != [params for _, params in first]
 
 
@@ -83,7 +91,7 @@ def test_a_parents_study_seed_is_the_same_in_every_process_and_release():
 
 def test_random_draws_exactly_n_then_none():
     spec = variants(RANDOM)
-    sampler = new_sampler(spec, direction="max")
+    sampler = new_sampler(spec, objective=Objective.of("y", "max"))
     assert isinstance(sampler, OptunaSampler) and not sampler.learns
     points = [sampler.ask() for _ in range(7)]
     assert not sampler.exhausted
@@ -95,7 +103,7 @@ def test_random_draws_exactly_n_then_none():
 
 def test_random_values_stay_inside_the_space():
     spec = variants({**RANDOM, "n": 30})
-    for point in drain(new_sampler(spec, direction="min")):
+    for point in drain(new_sampler(spec, objective=MIN)):
         assert 0.001 <= point.params["lr"] <= 0.1
         assert point.params["bs"] in (16, 32, 64)
         assert point.params["opt"] == "adam"
@@ -104,19 +112,19 @@ def test_random_values_stay_inside_the_space():
 
 def test_random_log_interval_spreads_over_decades():
     spec = variants({"sampler": "random", "n": 60, "seed": 0, "params": {"lr": "tag(log, interval(0.0001, 1))"}})
-    values = [p.params["lr"] for p in drain(new_sampler(spec, direction="min"))]
+    values = [p.params["lr"] for p in drain(new_sampler(spec, objective=MIN))]
     assert sum(v < 0.01 for v in values) > len(values) / 4
 
 
 def test_random_repeated_names_become_numbered():
     spec = variants({"sampler": "random", "n": 3, "seed": 0, "params": {"k": "choice(1)"}})
-    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2", "k=1 #3"]
+    assert [p.name for p in drain(new_sampler(spec, objective=MIN))] == ["k=1", "k=1 #2", "k=1 #3"]
 
 
 def test_each_sampler_names_its_own_siblings():
     spec = variants({"sampler": "random", "n": 2, "seed": 0, "params": {"k": "choice(1)"}})
-    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2"]
-    assert [p.name for p in drain(new_sampler(spec, direction="min"))] == ["k=1", "k=1 #2"]
+    assert [p.name for p in drain(new_sampler(spec, objective=MIN))] == ["k=1", "k=1 #2"]
+    assert [p.name for p in drain(new_sampler(spec, objective=MIN))] == ["k=1", "k=1 #2"]
 
 
 # --- tpe: what it learns from tells ---------------------------------------------------------------------------------
@@ -138,7 +146,7 @@ def late_distance(sampler: str, *, direction: str, seeds=(0, 1), last: int = 20)
     sign = 1 if direction == "min" else -1
     late = []
     for seed in seeds:
-        study = new_sampler(variants(bowl(sampler, seed=seed)), direction=direction)
+        study = new_sampler(variants(bowl(sampler, seed=seed)), objective=Objective.of("y", direction))
         points = drain(study, lambda params: sign * distance(params) ** 2)
         late += [distance(p.params) for p in points[-last:]]
     return statistics.mean(late)
@@ -157,10 +165,10 @@ def test_tpe_learns_from_tells_where_random_search_does_not(direction):
 def test_tpe_told_nothing_draws_what_random_search_draws():
     """The baseline the learning test relies on: without results TPE samples like random search on its seed, so
     the difference there comes from the tells alone."""
-    untold = drain(new_sampler(variants(bowl("tpe", seed=0, n=20)), direction="min"))
-    random = drain(new_sampler(variants(bowl("random", seed=0, n=20)), direction="min"))
+    untold = drain(new_sampler(variants(bowl("tpe", seed=0, n=20)), objective=MIN))
+    random = drain(new_sampler(variants(bowl("random", seed=0, n=20)), objective=MIN))
     assert [dict(p.params) for p in untold] == [dict(p.params) for p in random]
-    told = drain(new_sampler(variants(bowl("tpe", seed=0, n=20)), direction="min"), distance)
+    told = drain(new_sampler(variants(bowl("tpe", seed=0, n=20)), objective=MIN), distance)
     assert [dict(p.params) for p in told][10:] != [dict(p.params) for p in random][10:]
 
 
@@ -170,12 +178,12 @@ SPACE = {"x": "interval(-2, 3)", "y": "choice(-2, 0, 2)", "c": 7}
 def asked_after(order, values, *, seed: int = 0):
     """A tpe sweep of 16 asks 12 points ahead (as a parallel executor does), tells them in `order` with `values`,
     and returns the 4 points it asks next."""
-    sampler = new_sampler(variants({"sampler": "tpe", "n": 16, "seed": seed, "params": SPACE}), direction="min")
+    sampler = new_sampler(variants({"sampler": "tpe", "n": 16, "seed": seed, "params": SPACE}), objective=MIN)
     assert sampler.learns
     ahead = [sampler.ask() for _ in range(12)]
     assert len({p.index for p in ahead}) == 12 and not sampler.exhausted
     for i in order:
-        sampler.tell(ahead[i], values(ahead)[i])
+        sampler.tell(ahead[i], told(values(ahead)[i]))
     return [dict(p.params) for p in drain(sampler, lambda params: (params["x"] - 1) ** 2 + params["y"])]
 
 
@@ -196,7 +204,7 @@ def test_points_asked_ahead_learn_the_same_whatever_order_they_are_told_in():
 @pytest.mark.parametrize("direction", ["min", "max"])
 def test_tpe_asks_n_points_inside_the_space_also_after_failed_tells(direction):
     spec = variants({"sampler": "tpe", "n": 14, "seed": 1, "params": SPACE})
-    sampler = new_sampler(spec, direction=direction)
+    sampler = new_sampler(spec, objective=Objective.of("y", direction))
     points = []
     while (point := sampler.ask()) is not None:
         points.append(point)
@@ -204,7 +212,7 @@ def test_tpe_asks_n_points_inside_the_space_also_after_failed_tells(direction):
         assert point.params["y"] in (-2, 0, 2)
         assert point.params["c"] == 7
         value = (point.params["x"] - 1) ** 2 + point.params["y"]
-        sampler.tell(point, None if len(points) == 3 else (math.nan if len(points) == 4 else value))
+        sampler.tell(point, told(None if len(points) == 3 else (math.nan if len(points) == 4 else value)))
     assert len(points) == 14
     assert sampler.ask() is None
     assert len({p.name for p in points}) == 14
@@ -213,11 +221,11 @@ def test_tpe_asks_n_points_inside_the_space_also_after_failed_tells(direction):
 def failing_study(failure, *, fail_at=(2, 5, 11, 12), n: int = 20) -> list[float]:
     """A 1-D tpe sweep whose points at `fail_at` are told `failure`: the x of every point it asks."""
     spec = variants({"sampler": "tpe", "n": n, "seed": 2, "params": {"x": "interval(-4, 4)", "c": 7}})
-    sampler = new_sampler(spec, direction="min")
+    sampler = new_sampler(spec, objective=MIN)
     xs = []
     while (point := sampler.ask()) is not None:
         xs.append(point.params["x"])
-        sampler.tell(point, failure if point.index in fail_at else (point.params["x"] - 1) ** 2)
+        sampler.tell(point, told(failure if point.index in fail_at else (point.params["x"] - 1) ** 2))
     return xs
 
 
@@ -283,11 +291,11 @@ class Recorder:
             self.asked.setdefault(point.index, (dict(point.params), self.sampler.asked_after(point)))
         return point
 
-    def tell(self, point, value) -> None:
+    def tell(self, point, how: Told) -> None:
         position = self.sampler.tell_position(point)
         if position is not None:
-            self.told[point.index] = (position, value)
-        self.sampler.tell(point, value)
+            self.told[point.index] = (position, how.values)
+        self.sampler.tell(point, how)
 
     def history(self) -> list[PreviousPoint]:
         return [
@@ -297,7 +305,7 @@ class Recorder:
 
 
 def tpe(*, n: int = 20, seed: int = 0):
-    return new_sampler(variants({"sampler": "tpe", "n": n, "seed": seed, "params": SPACE}), direction="min")
+    return new_sampler(variants({"sampler": "tpe", "n": n, "seed": seed, "params": SPACE}), objective=MIN)
 
 
 def replayed(history, *, n: int = 20, seed: int = 0):
@@ -365,7 +373,7 @@ def parallel(recorder, *, workers: int, seed: int):
         if not running:
             return events
         point = running.pop(rng.randrange(len(running)))
-        recorder.tell(point, failing_objective(point.params))
+        recorder.tell(point, told(failing_objective(point.params)))
         events.append(("tell", point.index))
 
 
@@ -405,12 +413,12 @@ def assert_resumes_as(resumed, uninterrupted, history, rest) -> None:
         point = resumed.ask()
         assert (point.index, point.name) == (previous.index, uninterrupted.points[previous.index].name)
         if previous.told is not None:
-            resumed.tell(point, failing_objective(point.params))  # reused: the replay told it already
+            resumed.tell(point, told(failing_objective(point.params)))  # reused: the replay told it already
     for kind, index in rest:
         if kind == "ask":
             assert resumed.ask().index == index
         else:
-            resumed.tell(resumed.points[index], failing_objective(resumed.points[index].params))
+            resumed.tell(resumed.points[index], told(failing_objective(resumed.points[index].params)))
     assert resumed.ask() is None
     names = {i: (p.name, dict(p.params)) for i, p in resumed.points.items()}
     assert names == {i: (p.name, dict(p.params)) for i, p in uninterrupted.points.items()}
@@ -480,7 +488,7 @@ def test_a_pipeline_asks_and_tells_every_parent_its_own_sampler(store, client, s
     for variant, centre in centres.items():
         recorded = [float(r.data.params["x"]) for r in leaves if names[r.data.tags["mlflow.parentRunId"]] == variant]
         spec = variants(sweep, level="subvariant")
-        own = new_sampler(replace(spec, seed=study_seed(spec, variant)), direction="min")
+        own = new_sampler(replace(spec, seed=study_seed(spec, variant)), objective=MIN)
         points = drain(own, lambda params, c=centre: bowl_at(x=params["x"], centre=c)["loss"])
         asked[variant] = sorted(p.params["x"] for p in points)
         assert sorted(recorded) == asked[variant], variant
@@ -679,7 +687,7 @@ def test_a_store_from_before_per_parent_seeds_resumes_with_the_seeds_it_was_draw
             assert variant.data.tags.get("runtree.seed", str(sweep.seed)) == str(sweep.seed), name
         else:
             seed = study_seed(sweep, name)
-            own = new_sampler(replace(sweep, seed=seed), direction="min")
+            own = new_sampler(replace(sweep, seed=seed), objective=MIN)
             centre = float(variant.data.params["centre"])
             expected = drain(own, lambda params, c=centre: bowl_at(x=params["x"], centre=c)["loss"])
             assert drawn[name] == sorted(p.params["x"] for p in expected) != old[name], name
@@ -690,7 +698,7 @@ def test_a_retried_leaf_is_not_pruned_on_the_curve_its_first_attempt_left():
     """Optuna cannot take back a trial's reported values: the retry's own values would be compared with steps
     the first attempt already reported, so a retry is never pruned."""
     spec = variants({"params": {"x": "0,1,2"}, "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "upper": 1.0}})
-    sampler = new_sampler(spec, direction="min")
+    sampler = new_sampler(spec, objective=MIN)
     point = sampler.ask()
     assert sampler.should_prune(point, 0, 5.0)
     second = sampler.ask()

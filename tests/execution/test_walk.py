@@ -55,7 +55,7 @@ def _call(task: LeafTask) -> LeafOutcome:
         returned = run_target(task.target, task.kwargs)
     except Exception as e:  # noqa: BLE001 - a failing target fails its leaf, as in `execute`
         return LeafOutcome(error=f"{type(e).__name__}: {e}", ended_at=time.time())
-    return replace(split_returned(returned, objective=task.objective), ended_at=time.time())
+    return replace(split_returned(returned, objectives=task.objectives), ended_at=time.time())
 
 
 class Direct(Executor):

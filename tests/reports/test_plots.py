@@ -8,7 +8,7 @@ import matplotlib.image
 
 from runtree_pipeline import run_pipeline
 from runtree_pipeline.plan.objective import Objective
-from runtree_pipeline.reports.plots import _CANVASES, parent_plots
+from runtree_pipeline.reports.plots import _CANVASES, importance_plot, parent_plots, pareto_plot
 from runtree_pipeline.results import LeafResult
 from tests.conftest import all_runs
 
@@ -92,7 +92,7 @@ def _leaves(params: list[dict], values: list[float]) -> list[LeafResult]:
 def test_a_picture_drawn_after_others_is_the_one_drawn_on_its_own():
     """The painter redraws one figure per layout with each parent's data; nothing of one parent may show in the
     next: categories after numbers and back, a best star, a subplot the previous picture used."""
-    loss = Objective("loss", "min")
+    loss = Objective.of("loss", "min")
     cases = {
         "categories, best": (_leaves([{"a": c, "b": i} for i, c in enumerate("xyzxy")], [5, 3, 9, 1, 2]), "r3"),
         "numbers, no best": (_leaves([{"a": i * 1e-4, "b": c} for i, c in enumerate("pqpq")], [9e5, 1, 2, 3]), None),
@@ -125,3 +125,54 @@ def test_plots_can_be_turned_off(store, client):
     run_plan(build_plan(config), plots=False)
     (stage,) = [r for r in all_runs(client, "no_pictures") if r.data.tags["runtree.level"] == "stage"]
     assert [f.path for f in client.list_artifacts(stage.info.run_id)] == ["config.yaml", "environment"]
+
+
+def _image(data: bytes):
+    import io
+
+    assert data[:8] == PNG
+    return matplotlib.image.imread(io.BytesIO(data))
+
+
+def test_the_importance_chart_is_a_png_for_any_number_of_params():
+    for importances in ({"lr": 0.8, "batch": 0.2}, {f"model.layer{i}.a_long_param_name": 1 / 7 for i in range(7)}):
+        image = _image(importance_plot(importances, "val_loss"))
+        assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+PARETO_CASES = {
+    "front, others, infeasible, chosen": (
+        [(0.1, 5.0), (0.2, 3.0), (0.5, 1.0), (0.6, 4.0), (0.05, 0.5), (0.3, 2.0)],
+        [True, True, True, False, False, False],
+        [True, True, True, True, False, True],
+        1,
+    ),
+    "all infeasible": ([(1.0, 2.0), (3.0, 4.0)], [False, False], [False, False], None),
+    "one point": ([(1.0, 2.0)], [True], [True], 0),
+    "none chosen": ([(1.0, 2.0), (2.0, 1.0), (3.0, 3.0)], [True, True, False], [True, True, True], None),
+}
+
+
+def test_the_pareto_chart_is_a_png_with_or_without_a_front_and_a_choice():
+    for name, (values, front, feasible, chosen) in PARETO_CASES.items():
+        image = _image(pareto_plot(values, front, feasible, chosen, ("loss", "latency"), ("min", "max")))
+        assert image.shape[0] > 100 and image.shape[1] > 100, name
+
+
+def test_an_importance_or_pareto_chart_drawn_after_others_is_the_one_drawn_on_its_own():
+    """Both are redrawn on one figure per layout: a star, a front or a longer bar must not stay behind."""
+    charts = {
+        "two params": lambda: importance_plot({"lr": 0.7, "batch": 0.3}, "loss"),
+        "two other params": lambda: importance_plot({"depth": 0.1, "width": 0.9}, "accuracy"),
+        **{
+            name: lambda case=case: pareto_plot(*case, ("loss", "latency"), ("min", "min"))
+            for name, case in PARETO_CASES.items()
+        },
+    }
+    alone = {}
+    for name, draw in charts.items():
+        _CANVASES.clear()
+        alone[name] = draw()
+    _CANVASES.clear()
+    for name in [*charts, *reversed(charts)]:
+        assert charts[name]() == alone[name], name

@@ -277,7 +277,7 @@ def _terminal(columns: int) -> Iterator[_Terminal]:
 def test_bars_leave_nothing_behind_on_the_terminal_for_what_is_printed_after_them():
     """A stage's bar becomes one line when it ends, a log line goes above the bars, and once closed no bar is left
     for the summary or an error line to be printed over."""
-    loss = Objective("loss")
+    loss = Objective.of("loss")
     logger = logging.getLogger("tests.progress.terminal")
     with _terminal(80) as terminal:
         handler = logging.StreamHandler(terminal.stream)
@@ -339,7 +339,7 @@ def test_log_handlers_get_their_streams_back_when_the_terminal_goes_away(hung_up
         before = _console_streams()
         progress = BarProgress(bars)
         if hung_up == "while the bars show":
-            progress.stage_started("fit", total=3, objective=Objective("loss"))
+            progress.stage_started("fit", total=3, objective=Objective.of("loss"))
             assert handler.stream is not console, "log lines did not go above the bars"
             os.close(read)
             with pytest.raises(BrokenPipeError):
@@ -347,7 +347,7 @@ def test_log_handlers_get_their_streams_back_when_the_terminal_goes_away(hung_up
         else:
             os.close(read)
             with pytest.raises(BrokenPipeError):
-                progress.stage_started("fit", total=3, objective=Objective("loss"))
+                progress.stage_started("fit", total=3, objective=Objective.of("loss"))
             progress.close()
         assert _console_streams() == before
         logger.warning("runtree: error: the terminal went away")
@@ -368,7 +368,7 @@ def test_a_console_handler_without_a_stream_is_left_alone(tmp_path):
     try:
         with open(tmp_path / "bars.txt", "w", encoding="utf-8") as bars:
             progress = BarProgress(bars)
-            progress.stage_started("fit", total=1, objective=Objective("loss"))
+            progress.stage_started("fit", total=1, objective=Objective.of("loss"))
             progress.leaf_done("fit", objective=0.5, failed=False)
             progress.close()
         assert streamless.stream is None
