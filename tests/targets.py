@@ -368,3 +368,8 @@ def tradeoff_offset(*, width: int, depth: int, offset: int) -> dict:
     """`tradeoff` shifted per replicate, so replicates differ on both objectives."""
     metrics = tradeoff(width=width, depth=depth)
     return {**metrics, "loss": metrics["loss"] + 0.1 * offset, "latency": metrics["latency"] + offset}
+
+
+def one_matters(*, x: float, z: float) -> dict:
+    """`x` decides the loss; `z` is swept alongside and does nothing."""
+    return {"loss": (x - 1) ** 2, "z_seen": z}

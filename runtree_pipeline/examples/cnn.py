@@ -141,4 +141,9 @@ def train(
             input_example=X_val[:2].numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
-    return {"val_loss": float(val_loss), "val_accuracy": float(val_acc), "train_loss": float(train_loss)}
+    return {
+        "val_loss": float(val_loss),
+        "val_accuracy": float(val_acc),
+        "train_loss": float(train_loss),
+        "params_k": sum(p.numel() for p in model.parameters()) / 1000,
+    }

@@ -82,7 +82,8 @@ class Painter:
             judged = node.candidates or node.leaves
             leaves = [dataclasses.replace(leaf, metrics={}, outputs={}, error=None, aggregate=None) for leaf in judged]
             best = node.best.run_id if node.best else None
-            return parent_plots, (leaves,), {"objective": objective, "best_run_id": best}
+            front = [member.run_id for member in node.front]
+            return parent_plots, (leaves,), {"objective": objective, "best_run_id": best, "front": front}
 
         self._later(node, call)
 

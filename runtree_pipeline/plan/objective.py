@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,15 +48,18 @@ class Constraint:
 
     @classmethod
     def parse(cls, text: str) -> Constraint:
-        """`"params_m <= 2.0"`; raises ValueError with the reason."""
-        parts = str(text).split()
-        if len(parts) != 3 or parts[1] not in OPERATORS:
+        """`"params_m <= 2.0"` (spaces optional); raises ValueError with the reason."""
+        match = re.fullmatch(r"\s*([^\s<>=]+)\s*(<=|>=|<|>)\s*(\S+)\s*", str(text))
+        if match is None:
             raise ValueError(f"must read 'metric OP number' with OP one of {', '.join(OPERATORS)}, got {text!r}")
+        metric, op, number = match.groups()
         try:
-            bound = float(parts[2])
+            bound = float(number)
         except ValueError:
-            raise ValueError(f"the bound must be a number, got {parts[2]!r} in {text!r}") from None
-        return cls(parts[0], parts[1], bound)
+            bound = math.nan
+        if not math.isfinite(bound):
+            raise ValueError(f"the bound must be a finite number, got {number!r} in {text!r}")
+        return cls(metric, op, bound)
 
     def holds(self, metrics: Mapping[str, float]) -> bool:
         """A missing or non-finite metric breaks it: feasibility that cannot be checked is not granted."""

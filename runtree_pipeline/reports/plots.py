@@ -13,6 +13,7 @@ parent's data (no pyplot; no new axes and ticks per picture), with margins fixed
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 from runtree_pipeline.plan.objective import Objective
 from runtree_pipeline.plan.params import flatten
+from runtree_pipeline.reports.importance import MIN_ROWS, param_importances
 from runtree_pipeline.results import LeafResult
 from runtree_pipeline.states import Status
 
@@ -30,6 +32,7 @@ PARALLEL_PLOT = "plots/parallel_coordinates.png"
 DAG_PLOT = "plots/dag.png"
 IMPORTANCE_PLOT = "plots/param_importances.png"
 PARETO_PLOT = "plots/pareto_front.png"
+IMPORTANCE_ARTIFACT = "importance.json"
 DPI = 100
 
 
@@ -74,25 +77,53 @@ def parent_plots(
     *,
     objective: Objective,
     best_run_id: str | None,
+    front: Sequence[str] = (),
 ) -> dict[str, bytes]:
-    """The objective against every param that varies among the parent's leaves, and across all of them at once.
+    """The objective against every param that varies among the parent's children, and across all of them at once;
+    from 10 children and two varying params on, how much each param mattered (`importance.json` and its chart); with
+    two objectives, the children on both with the Pareto front (`front`, run ids).
 
     `objective.metric` must be set.
     """
-    judged = objective
+    files: dict[str, bytes] = {}
+    if len(objective.goals) == 2:
+        files.update(_pareto(leaves, objective, best_run_id, set(front)))
     scored = [leaf for leaf in leaves if leaf.objective is not None]
     if len(scored) < 2:
-        return {}
+        return files
     rows = [flatten(dict(leaf.params)) for leaf in scored]
     keys = [k for k in sorted({k for r in rows for k in r}) if len({repr(r.get(k)) for r in rows}) > 1]
     if not keys:
-        return {}
+        return files
     values = [leaf.objective for leaf in scored]
     best = [leaf.run_id == best_run_id for leaf in scored]
-    return {
-        OBJECTIVE_PLOT: _objective_vs_params(rows, keys, values, best, judged),
-        PARALLEL_PLOT: _parallel(rows, keys, values, best, judged),
-    }
+    files[OBJECTIVE_PLOT] = _objective_vs_params(rows, keys, values, best, objective)
+    files[PARALLEL_PLOT] = _parallel(rows, keys, values, best, objective)
+    if len(scored) >= MIN_ROWS and len(keys) >= 2:
+        importances = param_importances(rows, values, mode=objective.mode)
+        if importances:
+            record = {"metric": objective.metric, "children": len(scored), "importances": importances}
+            files[IMPORTANCE_ARTIFACT] = json.dumps(record, indent=2).encode()
+            files[IMPORTANCE_PLOT] = importance_plot(importances, objective.metric)
+    return files
+
+
+def _pareto(
+    leaves: Sequence[LeafResult], objective: Objective, best_run_id: str | None, front: set[str]
+) -> dict[str, bytes]:
+    valued = [leaf for leaf in leaves if leaf.values is not None and leaf.finished]
+    if not valued:
+        return {}
+    chosen = next((i for i, leaf in enumerate(valued) if leaf.run_id == best_run_id), None)
+    picture = pareto_plot(
+        [(leaf.values[0], leaf.values[1]) for leaf in valued],
+        [leaf.run_id in front for leaf in valued],
+        [leaf.feasible for leaf in valued],
+        chosen,
+        (objective.goals[0].metric, objective.goals[1].metric),
+        (objective.goals[0].mode, objective.goals[1].mode),
+    )
+    return {PARETO_PLOT: picture}
 
 
 def _objective_vs_params(rows, keys, values, best, objective: Objective) -> bytes:

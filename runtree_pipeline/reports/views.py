@@ -33,7 +33,7 @@ def render_tree(tree: RunIndex, *, limit: int = 8, experiment: str | None = None
     lines = [f"{_which(first, experiment)}  ({_when(first.start_time)})"]
     for stage in tree.stages:
         objective = schema.objective_of(stage.tags)
-        lines.append(_line(stage, objective.metric, is_best=False))
+        lines.append(_line(stage, objective.metric, is_best=False, also=_others(objective)))
         _children(tree, stage, objective, prefix="", limit=limit, lines=lines)
     return "\n".join(lines)
 
@@ -53,7 +53,7 @@ def _children(
         lines.append(
             prefix
             + ("└── " if last else "├── ")
-            + _line(kid, objective.metric, is_best=is_best, params=varying, parent=parent)
+            + _line(kid, objective.metric, is_best=is_best, params=varying, parent=parent, also=_others(objective))
         )
         _children(tree, kid, objective, prefix=prefix + ("    " if last else "│   "), limit=limit, lines=lines)
     if hidden:
@@ -104,8 +104,19 @@ def _varying_params(runs: Sequence[RunRecord]) -> list[str]:
     return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
 
 
+def _others(objective: Objective) -> list[str]:
+    """The objectives besides the selected one, shown beside it."""
+    return [m for m in objective.metrics if m != objective.metric]
+
+
 def _line(
-    run: RunRecord, metric: str | None, *, is_best: bool, params: Sequence[str] = (), parent: RunRecord = None
+    run: RunRecord,
+    metric: str | None,
+    *,
+    is_best: bool,
+    params: Sequence[str] = (),
+    parent: RunRecord = None,
+    also: Sequence[str] = (),
 ) -> str:
     tags = run.tags
     name = run.name or run.run_id
@@ -123,6 +134,10 @@ def _line(
     if score is not None:
         label, value, spread = score
         parts.append(f"{label}={_fmt(value)}{spread}")
+        for other in also:
+            score = _score(run, other)
+            if score is not None:
+                parts[-1] += f" {score[0]}={_fmt(score[1])}"
     if tags.get(schema.FEASIBLE) == "false":
         parts.append("infeasible")
     if parent is not None and run.run_id in parent.tags.get(schema.PARETO, "").split(","):

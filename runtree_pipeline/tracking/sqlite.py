@@ -74,6 +74,8 @@ def close_engines() -> None:
     if engine_module is None:
         return
     for obj in gc.get_objects():
-        if isinstance(obj, engine_module.Engine):
+        # type(), not isinstance(): isinstance also reads `__class__`, which some modules' lazy attributes answer
+        # with a deprecation warning (torch.distributed.reduce_op)
+        if issubclass(type(obj), engine_module.Engine):
             with contextlib.suppress(Exception):
                 obj.dispose()

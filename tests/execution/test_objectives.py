@@ -307,3 +307,36 @@ def test_a_resumed_stage_judged_by_a_new_objective_list_judges_its_reused_leaves
     assert both.stages["fit"].counts["reused"] == len(WIDTHS) * len(DEPTHS)
     assert len(both.stages["fit"].node.front) == len(hand_front(grid_values()))
     assert math.isfinite(both.stages["fit"].best.objective)
+
+
+# --- pictures and importance ------------------------------------------------------------------------------------------
+
+
+def test_a_parent_of_ten_children_gets_param_importances_ranking_the_param_that_matters_first(store, client):
+    config = {
+        "tracking_uri": store,
+        "experiment": "importance",
+        "objective": {"metric": "loss"},
+        "stages": {
+            "fit": {
+                "_target_": "tests.targets.one_matters",
+                "variants": {"params": {"x": "choice(-1, 0, 1, 2, 3)", "z": "choice(0.1, 0.5, 0.9)"}},
+            }
+        },
+    }
+    run_plan(build_plan(config))
+    stage = stage_run(client, "importance")
+    written = json.loads(Path(client.download_artifacts(stage.info.run_id, "importance.json")).read_text())
+    assert written["metric"] == "loss" and written["children"] == 15
+    assert list(written["importances"]) == ["x", "z"]
+    assert written["importances"]["x"] > 0.9
+    names = {f.path for f in client.list_artifacts(stage.info.run_id, "plots")}
+    assert "plots/param_importances.png" in names
+
+
+def test_a_two_objective_parent_gets_its_front_drawn(store, client):
+    run_plan(build_plan(tradeoff(store, "drawn")))
+    stage = stage_run(client, "drawn")
+    names = {f.path for f in client.list_artifacts(stage.info.run_id, "plots")}
+    assert "plots/pareto_front.png" in names
+    assert "importance.json" in {f.path for f in client.list_artifacts(stage.info.run_id)}  # 12 children, 2 params
