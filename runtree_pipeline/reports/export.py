@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from runtree_pipeline.tracking.mlflow_store import TrackingReader
 
 COLUMNS = ("pipeline_id", "run_id", "parent_run_id", "stage", "level", "name", "status")
+JUDGED = ("replicates", "feasible", "on_front")
+"""Columns a table has only when its pipeline aggregated replicates, had constraints or several objectives."""
 PARAM = "params."
 METRIC = "metrics."
 
@@ -49,6 +51,7 @@ def runs_frame(runs: Iterable[RunRecord]) -> pandas.DataFrame:
 
     for stage in tree.stages:
         walk(stage)
+    front = {run_id for stage in tree.stages for run_id in stage.tags.get(schema.PARETO, "").split(",") if run_id}
     params = sorted({k for r in ordered for k in r.params})
     metrics = sorted({k for r in ordered for k in r.metrics})
     fixed = {
@@ -60,7 +63,18 @@ def runs_frame(runs: Iterable[RunRecord]) -> pandas.DataFrame:
         "name": lambda r: r.name,
         "status": lambda r: r.status,
     }
-    data: dict[str, Any] = {name: pd.Series([fixed[name](r) for r in ordered], dtype="str") for name in COLUMNS}
+    judged = {
+        "replicates": lambda r: r.tags.get(schema.REPLICATES, ""),
+        "feasible": lambda r: r.tags.get(schema.FEASIBLE, "true" if r.status == "FINISHED" else ""),
+        "on_front": lambda r: str(r.run_id in front).lower(),
+    }
+    wanted = {
+        "replicates": any(schema.REPLICATES in r.tags for r in ordered),
+        "feasible": any(schema.CONSTRAINTS in stage.tags for stage in tree.stages),
+        "on_front": bool(front),
+    }
+    fixed.update({name: judged[name] for name in JUDGED if wanted[name]})
+    data: dict[str, Any] = {name: pd.Series([get(r) for r in ordered], dtype="str") for name, get in fixed.items()}
     for key in params:
         data[PARAM + key] = _param_column([r.params.get(key) for r in ordered])
     for key in metrics:

@@ -176,7 +176,7 @@ def render_best(stage: RunRecord, leaf: RunRecord, *, experiment: str | None = N
     metric, mode = objective.metric, objective.mode
     lines = [
         f"stage {stage.tags.get(schema.STAGE)} of {_which(stage, experiment)}: "
-        f"best by {metric or 'its only run'}{f' ({mode})' if metric else ''}",
+        f"best by {_judged_by(leaf, metric) or 'its only run'}{f' ({mode})' if metric else ''}",
         f"run      {leaf.run_id}  {leaf.name}",
     ]
     lines.append("params   " + (", ".join(f"{k}={v}" for k, v in sorted(leaf.params.items())) or "none"))
@@ -191,11 +191,20 @@ def render_best(stage: RunRecord, leaf: RunRecord, *, experiment: str | None = N
         )
         lines.append(f"reproduce the whole pipeline ({same}):")
         lines.append(f"  {_from_launch_dir(stage, stage.tags[COMMAND])}")
-        lines.append("reproduce this run only:")
+        aggregate = schema.aggregate_of(leaf.tags)
+        what = f"this configuration over its {aggregate[1]} replicates" if aggregate else "this run only"
+        lines.append(f"reproduce {what}:")
         lines.append(f"  {command}")
         if any(v == REDACTED for v in leaf.params.values()):
             lines.append("  (secret values were redacted: supply them yourself)")
     return "\n".join(lines)
+
+
+def _judged_by(run: RunRecord, metric: str | None) -> str | None:
+    aggregate = schema.aggregate_of(run.tags)
+    if metric and aggregate:
+        return f"the {aggregate[0]} {metric} of {aggregate[1]} replicates"
+    return metric
 
 
 def reproduce_command(stage: RunRecord, leaf: RunRecord) -> str | None:
@@ -204,7 +213,10 @@ def reproduce_command(stage: RunRecord, leaf: RunRecord) -> str | None:
     if not command:
         return None
     name = stage.tags.get(schema.STAGE)
-    pins = [f"~stages.{name}.{level}s" for level in filter(None, stage.tags.get(schema.LEVELS, "").split(","))]
+    levels = list(filter(None, stage.tags.get(schema.LEVELS, "").split(",")))
+    if leaf.tags.get(schema.LEVEL) in levels:  # an aggregated best: its replicates' level stays and runs again
+        levels = levels[: levels.index(leaf.tags[schema.LEVEL]) + 1]
+    pins = [f"~stages.{name}.{level}s" for level in levels]
     # An upstream artifact (`runs:/...`) stays the stage's own `${best:...}`: the re-run pipeline makes it again.
     pins += [
         f"++stages.{name}.params.{k}={_hydra_value(v)}"

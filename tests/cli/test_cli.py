@@ -87,12 +87,12 @@ def test_same_seed_same_tree(store, client):
 
 
 def test_dry_run_prints_plan_and_touches_no_store(run_cli, tmp_path):
-    proc = run_cli("+sweep=cnn", "dry_run=true", "stages.search.subvariants.n=8")
+    proc = run_cli("+sweep=cnn", "dry_run=true", "stages.search.variants.n=8")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     order = [line.split()[0].rstrip(":") for line in lines if line.startswith("  ")]
     assert order == ["data", "search", "final"]
-    assert "2 variant run(s), 14 sub-variant run(s)" in proc.stdout  # small: 8, wide: its own 6
+    assert "8 variant run(s), 24 sub-variant run(s)" in proc.stdout  # 3 seeds each
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "mlruns").exists()
 
@@ -216,9 +216,10 @@ def test_failing_stage_exits_1_and_says_which(run_cli, user_conf, store):
 
 
 SMALLER = {
-    "cnn": "stages: {search: {params: {epochs: 1}, subvariants: {n: 2}, "
-    "variants: {points: {wide: {_subvariants_: {n: 2}}}}}, final: {params: {epochs: 3}}}",
+    "cnn": "stages: {search: {params: {epochs: 1}, variants: {n: 2}, subvariants: {params: {seed: 'range(0, 2)'}}}, "
+    "final: {params: {epochs: 3}}}",
     "tutorial": "stages: {tuning: {subvariants: {n: 2}}}",
+    "tradeoff": "stages: {search: {params: {epochs: 1}, variants: {n: 4}}}",
 }
 
 
@@ -230,11 +231,22 @@ def test_cnn_and_tutorial_in_one_multirun_keep_their_files_in_the_working_direct
     for name, body in SMALLER.items():
         (sweeps / f"small_{name}.yaml").write_text(f"# @package _global_\ndefaults: [{name}, _self_]\n{body}\n")
     proc = run_cli(
-        "-m", "--config-dir", "smaller", "+sweep=small_cnn,small_tutorial", f"tracking_uri={store}", "plots=false"
+        "-m",
+        "--config-dir",
+        "smaller",
+        "+sweep=small_cnn,small_tutorial,small_tradeoff",
+        f"tracking_uri={store}",
+        "plots=false",
     )
     assert proc.returncode == 0, proc.stderr
     assert len(all_runs(client, "tutorial")) == 1 + 5 + 10
-    assert len(list(tmp_path.glob("multirun/*/*/*/summary.json"))) == 2
+    assert len(list(tmp_path.glob("multirun/*/*/*/summary.json"))) == 3
+
+    traded = {r.info.run_id: r for r in all_runs(client, "tradeoff")}
+    (search,) = [r for r in traded.values() if r.info.run_name == "search"]
+    front = search.data.tags["runtree.pareto_run_ids"].split(",")
+    assert front and all(traded[run_id].data.metrics["params_k"] <= 20 for run_id in front)
+    assert search.data.tags["runtree.best_run_id"] in front
 
     runs = all_runs(client, "cnn")
     stages = {r.info.run_name: r for r in runs if r.data.tags["runtree.level"] == "stage"}
@@ -242,6 +254,7 @@ def test_cnn_and_tutorial_in_one_multirun_keep_their_files_in_the_working_direct
     assert len(runs) == 3 + 2 + 4
     assert {r.info.status for r in runs} == {"FINISHED"}
     best = next(r for r in runs if r.info.run_id == stages["search"].data.tags["runtree.best_run_id"])
+    assert best.data.tags["runtree.aggregate"] == "mean" and best.data.tags["runtree.replicates"] == "2"
     final = stages["final"].data.params
     for key in ("channels", "lr", "batch_size"):
         assert final[key] == best.data.params[key]
@@ -252,7 +265,8 @@ def test_cnn_and_tutorial_in_one_multirun_keep_their_files_in_the_working_direct
     listed = {a.path for a in client.list_artifacts(data_leaf.info.run_id, "outputs/data")}
     assert listed == {"outputs/data/train.npz", "outputs/data/val.npz"}
     copies = list((tmp_path / ".runtree" / "artifacts").iterdir())
-    assert len(copies) == 1 and sorted(p.name for p in (copies[0] / "data").iterdir()) == ["train.npz", "val.npz"]
+    assert len(copies) == 2  # the data of cnn's and of tradeoff's: one copy each, not one per leaf
+    assert all(sorted(p.name for p in (copy / "data").iterdir()) == ["train.npz", "val.npz"] for copy in copies)
     assert final["epochs"] == "3"
     assert 0 < stages["final"].data.metrics["val_loss"] < 1.0
     assert stages["final"].data.metrics["val_accuracy"] > 0.9
@@ -405,7 +419,7 @@ HYDRA_ERRORS = [
     pytest.param(
         ["+sweep=tutorail"],
         "unknown sweep 'tutorail' (did you mean '+sweep=tutorial'?); available: +sweep=cnn, +sweep=script, "
-        "+sweep=tutorial; your own: --config-dir DIR with DIR/sweep/tutorail.yaml",
+        "+sweep=tradeoff, +sweep=tutorial; your own: --config-dir DIR with DIR/sweep/tutorail.yaml",
         id="unknown-sweep",
     ),
     pytest.param(

@@ -100,7 +100,7 @@ def test_the_venv_runs_the_wheel_not_the_checkout(venv, empty_dir):
     module, conf, sweeps = proc.stdout.splitlines()
     # The test interpreter's editable install would otherwise answer for a conf/ missing from the wheel.
     assert Path(module).is_relative_to(venv) and Path(conf).is_relative_to(venv)
-    assert sweeps.split() == ["cnn.yaml", "script.yaml", "tutorial.yaml"]
+    assert sweeps.split() == ["cnn.yaml", "script.yaml", "tradeoff.yaml", "tutorial.yaml"]
 
 
 def test_shipped_sweep_runs_from_an_empty_directory(venv, empty_dir):

@@ -340,3 +340,16 @@ def test_a_two_objective_parent_gets_its_front_drawn(store, client):
     names = {f.path for f in client.list_artifacts(stage.info.run_id, "plots")}
     assert "plots/pareto_front.png" in names
     assert "importance.json" in {f.path for f in client.list_artifacts(stage.info.run_id)}  # 12 children, 2 params
+
+
+def test_the_exported_table_says_which_runs_aggregate_are_feasible_and_on_the_front(store):
+    frame = run_plan(build_plan(lucky(store, "table")), plots=False).to_frame()
+    variants = frame[frame["level"] == "variant"]
+    assert set(variants["replicates"]) == {"5"} and set(variants.columns) >= {"metrics.mean_loss", "metrics.std_loss"}
+    assert "on_front" not in frame.columns and "feasible" not in frame.columns
+
+    frame = run_plan(build_plan(tradeoff(store, "table2", constraints=["params_m <= 1.0"])), plots=False).to_frame()
+    leaves = frame[frame["level"] == "variant"]
+    assert leaves["on_front"].eq("true").sum() == len(hand_front(grid_values(lambda params_m: params_m <= 1.0)))
+    infeasible = leaves[leaves["feasible"] == "false"]
+    assert set(infeasible["name"]) == {"fit/width=4,depth=3", "fit/width=8,depth=2", "fit/width=8,depth=3"}

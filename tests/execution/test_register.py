@@ -87,3 +87,21 @@ def test_a_best_taken_from_the_cache_registers_the_model_of_the_run_that_compute
         "runtree.registered_version": "1",
     }
     assert [str(v.version) for v in client.search_model_versions("name = 'line'")] == ["1"]
+
+
+def test_over_aggregated_replicates_the_replicate_closest_to_the_aggregate_is_registered(store, client):
+    """The best is a variant, which logged no model; its replicates did: the one nearest the mean is registered,
+    with the mean as its objective value."""
+    config = pipeline(store, "1.0")
+    config["stages"]["fit"]["variants"] = {"points": {"line": {"log_model": True}}}
+    config["stages"]["fit"]["subvariants"] = {"aggregate": "mean", "params": {"slope": "choice(1.0, 2.5, 4.0)"}}
+    result = run_plan(build_plan(config), plots=False)
+    assert result.ok, result.stages["fit"].reason
+
+    leaves = {
+        r.data.params["slope"]: r for r in all_runs(client, "lines") if r.data.tags["runtree.level"] == "subvariant"
+    }
+    version = client.get_model_version_by_alias("line", "champion")
+    assert version.run_id == leaves["1.0"].info.run_id  # losses 1.0, 0.5, 2.0: mean 1.17, nearest 1.0
+    assert float(version.tags["runtree.objective_value"]) == pytest.approx((1.0 + 0.5 + 2.0) / 3)
+    assert result.stages["fit"].best.run_id != version.run_id  # the stage's best is the variant
