@@ -28,8 +28,7 @@ import pytest
 from mlflow import MlflowClient
 
 from runtree_pipeline import ConfigErrors, Interrupted, PipelineResult, build_plan, run_pipeline, run_plan
-from runtree_pipeline.execution import executors
-from runtree_pipeline.execution.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor
+from runtree_pipeline.execution.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor, processes
 from runtree_pipeline.execution.leaf import LeafTask
 from runtree_pipeline.plan.targets import FunctionTarget
 from runtree_pipeline.tracking.records import RunRef
@@ -555,7 +554,7 @@ def test_processes_start_returns_before_any_worker_is_warm(start_method, store, 
     """Leaves submitted while no worker is ready wait in the pool's queue and all complete; nothing is left
     running after close. Every worker's initializer waits for a file that only appears once `start` returned."""
     gate = tmp_path / "gate"
-    monkeypatch.setattr(executors, "_warm_worker", functools.partial(wait_for, str(gate)))
+    monkeypatch.setattr(processes, "_warm_worker", functools.partial(wait_for, str(gate)))
     executor = ProcessExecutor(workers=2, start_method=start_method)
 
     def pipeline() -> None:
