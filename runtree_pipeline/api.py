@@ -47,7 +47,7 @@ def run_plan(
     opened: its workers start on the other cores while this process imports MLflow and opens the store, and it is
     closed here if anything fails before the runner takes it over.
     """
-    from runtree_pipeline.execution.scheduler import Runner
+    from runtree_pipeline.execution.scheduler import Runner, may_rank_params, new_painter
     from runtree_pipeline.interrupts import shielded
     from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri, quiet_mlflow_env
     from runtree_pipeline.tracking.sqlite import sqlite_path
@@ -61,8 +61,11 @@ def run_plan(
     if plan.resume and (path := sqlite_path(uri)) is not None and not path.exists():
         raise UnknownPipeline(f"resume={plan.resume}: no tracking store at {uri}, so no execution to resume")
     store = None
+    painter = new_painter(plan) if plots else None
     try:
         executor.start(tracking_uri=uri)
+        if painter is not None:  # matplotlib (and scikit-learn) import there while MLflow imports here
+            painter.start(importance=may_rank_params(plan))
         store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)
         runner = Runner(
             plan,
@@ -72,11 +75,14 @@ def run_plan(
             command=command,
             plots=plots,
             output_dir=output_dir,
+            painter=painter,
         )
         return runner.run()
     except BaseException:
         with shielded(discard=True):
             executor.close()
+            if painter is not None:
+                painter.close()
         raise
     finally:
         if store is not None:

@@ -66,10 +66,12 @@ class Painter:
         """Pictures out now: sent to the painter, being drawn, or drawn and not yet handed back."""
         return len(self._out)
 
-    def start(self) -> None:
-        """Start the process and import matplotlib there now, while the driver still has runs to record."""
+    def start(self, *, importance: bool = False) -> None:
+        """Start the process and import matplotlib there now, while the driver still has runs to record; with
+        `importance`, also what param importances need (scikit-learn: about a second, which at the end of a
+        pipeline would be waited for)."""
         if self._process is None:
-            self._submit(None, _warm)
+            self._submit(None, _warm, importance=importance)
 
     def parent(self, node: NodeResult, objective: Objective) -> None:
         """The children of a parent that just closed, against their params (sent without their metrics and outputs:
@@ -212,10 +214,14 @@ class Painter:
             settle(future, RuntimeError("the painter process ended"))
 
 
-def _warm() -> None:
+def _warm(*, importance: bool = False) -> None:
     from runtree_pipeline.reports.plots import warm
 
     warm()
+    if importance:
+        from runtree_pipeline.reports.importance import warm as warm_importance
+
+        warm_importance()
 
 
 def _serve(calls: IO[bytes], answers: IO[bytes]) -> None:

@@ -87,7 +87,9 @@ class Runner:
         command: str | None = None,
         plots: bool = True,
         output_dir: str | None = None,
+        painter: Painter | None = None,
     ) -> None:
+        """`painter`: one already started (see `run_plan`); otherwise the runner makes its own when `plots`."""
         self.plan = plan
         self.output_dir = output_dir
         self.store = store
@@ -95,8 +97,7 @@ class Runner:
         self.progress = progress or Progress()
         self.command = command
         self.plots = plots
-        pictured = len(plan.order) > 1 or any(s.sweeps and s.objective.metric for s in plan.stages.values())
-        self._painter = Painter() if plots and pictured else None
+        self._painter = painter if painter is not None else new_painter(plan) if plots else None
         self.identity = RunIdentity(plan, store)
         self._invocation: dict[str, str] = {}
         self._driver = this_driver()
@@ -136,7 +137,7 @@ class Runner:
                 self.executor.preempt_grace_s = self.plan.preempt_grace_s
                 self.executor.start(tracking_uri=self.store.uri)
                 if self._painter is not None:
-                    self._painter.start()
+                    self._painter.start(importance=may_rank_params(self.plan))
                 if _prunes(self.plan):
                     self._desk = ReportDesk(self._should_prune, host=self.executor.report_host)
                 self._loop()
@@ -794,3 +795,19 @@ def _prunes(plan: Plan) -> bool:
 def _failed(node: NodeResult) -> LeafResult:
     """A child parent with no result, as one of its parent's replicates: counted, never aggregated."""
     return LeafResult(node.run_id, node.name, {}, {}, {}, Status.FAILED)
+
+
+def new_painter(plan: Plan) -> Painter | None:
+    """A painter when the plan has something to picture: several stages (the DAG), or a stage that sweeps."""
+    pictured = len(plan.order) > 1 or any(s.sweeps and s.objective.metric for s in plan.stages.values())
+    return Painter() if pictured else None
+
+
+def may_rank_params(plan: Plan) -> bool:
+    """Whether some parent may get param importances: a stage with enough leaves and two swept params."""
+    from runtree_pipeline.reports.importance import MIN_ROWS
+
+    return any(
+        spec.leaf_count() >= MIN_ROWS and len({k for level in spec.all_levels for k in level.keys}) >= 2
+        for spec in plan.stages.values()
+    )
