@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 # worker each (measured with `--durations=0`), so they go first: collected last, as `tests/tracking` is, one of them
 # kept a worker busy alone for its last minute while the other had nothing left to do.
 LONGEST_FIRST = (
+    "tests/execution/test_slurm.py",
     "tests/execution/test_executors.py",
     "tests/cli/test_signals.py",
     "tests/cli/test_command_signals.py",

@@ -7,7 +7,7 @@ A worker that dies takes down its own leaf only, which becomes a FAILED run.
 
 One module per executor, so each reads on its own; the names are re-exported here because configs name them by
 this path (`_target_: runtree_pipeline.execution.executors.ProcessExecutor`). None of these modules imports pebble,
-Ray or MLflow at import time: a dry run and `runtree --help` stay fast.
+Ray, submitit or MLflow at import time: a dry run and `runtree --help` stay fast.
 """
 
 from runtree_pipeline.execution.executors.base import STOPPED, Executor
@@ -15,6 +15,7 @@ from runtree_pipeline.execution.executors.forkserver import WORKER_MODULES, defa
 from runtree_pipeline.execution.executors.local import LocalExecutor
 from runtree_pipeline.execution.executors.processes import ProcessExecutor
 from runtree_pipeline.execution.executors.ray import RayExecutor
+from runtree_pipeline.execution.executors.slurm import SlurmExecutor
 
 __all__ = [
     "STOPPED",
@@ -23,5 +24,6 @@ __all__ = [
     "LocalExecutor",
     "ProcessExecutor",
     "RayExecutor",
+    "SlurmExecutor",
     "default_start_method",
 ]
