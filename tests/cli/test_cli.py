@@ -425,7 +425,7 @@ HYDRA_ERRORS = [
     pytest.param(
         ["+sweep=cnn", "executor=rey"],
         "unknown executor 'rey' (did you mean 'executor=ray'?); "
-        "available: executor=local, executor=processes, executor=ray",
+        "available: executor=local, executor=processes, executor=ray, executor=slurm",
         id="unknown-executor",
     ),
     pytest.param(
