@@ -567,8 +567,8 @@ def test_a_misspelt_depends_on_is_the_only_error_line_not_its_knock_on_reference
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert error_lines(proc) == [
         "runtree: error: stage 'b', key 'depnds_on': unknown key (did you mean 'depends_on'?) (allowed: _target_, "
-        "command, command_args, result_file, workdir, params, depends_on, variants, subvariants, objective, tags, "
-        "on_failure, limits, register)"
+        "command, command_args, result_file, workdir, params, depends_on, variants, subvariants, objective, "
+        "constraints, select, tags, on_failure, limits, register)"
     ]
     assert not (tmp_path / "store.db").exists()
 
