@@ -13,7 +13,7 @@ STATE=${RUNTREE_SLURM_DIR:-/var/lib/runtree-slurm}
 PARTITION=${RUNTREE_SLURM_PARTITION:-debug}
 DB_PORT=${RUNTREE_SLURM_DB_PORT:-6820}
 # scancel sends SIGTERM, then SIGKILL after this; submitit jobs ignore SIGTERM, and no job starts on the node meanwhile.
-KILL_WAIT=${RUNTREE_SLURM_KILL_WAIT:-5}
+KILL_WAIT=${RUNTREE_SLURM_KILL_WAIT:-2}
 CLUSTER=runtree
 NODE=$(hostname -s)
 ETC=$STATE/etc RUN=$STATE/run LOG=$STATE/log

@@ -42,7 +42,7 @@ class TestSlurm(ExecutorContract):
     @pytest.fixture(scope="class")
     @classmethod
     def make_executor(cls, slurm_cluster):  # noqa: F811
-        return lambda: SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2, timeout_min=10)
+        return lambda: SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2, timeout_min=10, startup_s=2)
 
     def test_closing_leaves_no_job_in_the_queue(self, make_executor, store):
         executor = make_executor()

@@ -51,10 +51,7 @@ ENDED = frozenset(
 )
 """Job states after which a job runs no more; only COMPLETED has a result to read."""
 BATCH_S = 0.02
-POLL_S = 0.5
-STARTUP_S = 10.0
-"""Added to a leaf's timeout on Slurm, counted from its job's start: the job's interpreter starts and imports
-runtree and MLflow before the target is called (1-3 s here), and the driver sees the start only at its next poll."""
+POLL_S = 0.25
 
 
 @dataclass(eq=False)
@@ -82,6 +79,7 @@ class SlurmExecutor(Executor):
         additional: Mapping[str, Any] | None = None,
         folder: str | None = None,
         shared_store: bool = False,
+        startup_s: float = 10.0,
     ) -> None:
         self.partition = partition
         self.workers = max_jobs
@@ -93,6 +91,9 @@ class SlurmExecutor(Executor):
         self.additional = dict(additional or {})
         self.folder = folder
         self.shared_store = shared_store
+        self.startup_s = startup_s
+        """Added to a leaf's timeout, counted from its job's start: the job's interpreter starts and imports runtree
+        and MLflow before the target is called (about 2 s here, longer on a busy node or a slow shared filesystem)."""
         self._thread: threading.Thread | None = None
 
     # ---- before anything runs ----------------------------------------------------------------------------------
@@ -228,13 +229,13 @@ class SlurmExecutor(Executor):
                 self._ended(job, state)
 
     def _running(self, job_id: str) -> None:
-        """A leaf's timeout counts from its job's start (plus `STARTUP_S`), not from its submission: waiting in the
+        """A leaf's timeout counts from its job's start (plus `startup_s`), not from its submission: waiting in the
         queue is not running long."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.timer is not None or job.task.worker_timeout_s is None:
                 return
-            job.timer = threading.Timer(job.task.worker_timeout_s + STARTUP_S, self._time_out, args=(job,))
+            job.timer = threading.Timer(job.task.worker_timeout_s + self.startup_s, self._time_out, args=(job,))
             job.timer.daemon = True
             job.timer.start()
 
