@@ -14,6 +14,8 @@ PARTITION=${RUNTREE_SLURM_PARTITION:-debug}
 DB_PORT=${RUNTREE_SLURM_DB_PORT:-6820}
 # scancel sends SIGTERM, then SIGKILL after this; submitit jobs ignore SIGTERM, and no job starts on the node meanwhile.
 KILL_WAIT=${RUNTREE_SLURM_KILL_WAIT:-2}
+# Slots the node offers: its cores (config_overrides would let it claim more).
+CPUS=${RUNTREE_SLURM_CPUS:-$(nproc)}
 CLUSTER=runtree
 NODE=$(hostname -s)
 ETC=$STATE/etc RUN=$STATE/run LOG=$STATE/log
@@ -135,7 +137,7 @@ KillWait=$KILL_WAIT
 MpiDefault=none
 MailProg=/bin/true
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=2 Gres=gpu:2 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >"$ETC/gres.conf" <<EOF
@@ -283,7 +285,7 @@ up() {
   start_slurm_daemon slurmd
   wait_for 30 slurmd "$LOG/slurmctld.log" cluster_answers
   warm_up
-  say "ready in $(elapsed) s: partition $PARTITION (node $NODE, 2 CPUs, gpu:2); state $STATE"
+  say "ready in $(elapsed) s: partition $PARTITION (node $NODE, $CPUS CPUs, gpu:2); state $STATE"
 }
 
 down() {
