@@ -17,10 +17,11 @@ SCRIPT = (
 )
 
 
-def test_a_program_runs_as_a_ray_task_and_its_result_and_output_land_on_its_leaf(ray_runtime, store, client, tmp_path):  # noqa: F811
-    config = {
+def program_config(store: str, experiment: str) -> dict:
+    """Two leaves, each a shell program that prints, warns and writes its result: run by another executor's worker."""
+    return {
         "tracking_uri": store,
-        "experiment": "ray_command",
+        "experiment": experiment,
         "objective": {"metric": "loss"},
         "stages": {
             "fit": {
@@ -30,6 +31,10 @@ def test_a_program_runs_as_a_ray_task_and_its_result_and_output_land_on_its_leaf
             }
         },
     }
+
+
+def test_a_program_runs_as_a_ray_task_and_its_result_and_output_land_on_its_leaf(ray_runtime, store, client, tmp_path):  # noqa: F811
+    config = program_config(store, "ray_command")
     result = run_plan(
         build_plan(config),
         executor=RayExecutor(address="local", workers=2),

@@ -16,7 +16,7 @@ import pytest
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.execution.executors import SlurmExecutor
 from tests.conftest import all_runs
-from tests.execution.test_command_ray import SCRIPT
+from tests.execution.test_command_ray import program_config
 from tests.execution.test_executors import ExecutorContract, ctrl_c, leaf, reference  # noqa: F401 - fixtures
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - fixture
 
@@ -93,19 +93,7 @@ def test_leaves_ready_together_go_as_one_job_array_and_each_gets_its_own_gpu(slu
 
 
 def test_a_program_leaf_runs_in_its_job_and_lands_on_its_leaf(slurm_cluster, store, client, tmp_path):  # noqa: F811
-
-    config = {
-        "tracking_uri": store,
-        "experiment": "slurm_command",
-        "objective": {"metric": "loss"},
-        "stages": {
-            "fit": {
-                "command": ["sh", "-c", SCRIPT, "train"],
-                "command_args": "flags",
-                "subvariants": {"params": {"x": "choice(5, 3)"}},
-            }
-        },
-    }
+    config = program_config(store, "slurm_command")
     executor = SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2)
     result = run_plan(build_plan(config), executor=executor, plots=False, output_dir=str(tmp_path / "out"))
 
