@@ -29,12 +29,14 @@ CHROME_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=2000,1000",
+    "--window-size=2000,1120",
 )
-# Columns that make the tree's point: each parent's best and each leaf's own value.
-COLUMNS = ("best_val_loss", "val_loss")
+# Columns that make the tree's point: the stage's best, each configuration's mean over its seeds, each seed's own.
+COLUMNS = ("best_val_loss", "mean_val_loss", "val_loss")
 # The run-name cell's expand/collapse button; the "+" icon has a vertical bar the "−" icon lacks.
 EXPANDER = "button[data-component-id*='runnamecellrenderer']"
+# Header col-id -> pixels to drag its right edge by: variant names like `search/channels=8,lr=…` need room.
+RESIZE = {"attributes.`Run Name`": 260, "attributes.`Dataset`": -200}
 
 
 def make_store(workdir: Path) -> Path:
@@ -88,6 +90,11 @@ def screenshot(url: str, experiment_id: str, out: Path) -> None:
 
         ActionChains(driver).send_keys(Keys.ESCAPE).perform()
         time.sleep(1)
+        for col_id, dx in RESIZE.items():
+            header = f'.ag-header-cell[col-id="{col_id}"] .ag-header-cell-resize'
+            for handle in driver.find_elements("css selector", header):
+                ActionChains(driver).drag_and_drop_by_offset(handle, dx, 0).perform()
+                time.sleep(0.5)
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))
     finally:
