@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -195,4 +196,6 @@ def judged(objective: Objective, metrics: Mapping[str, float]) -> dict[str, Any]
     """A result's `values`, `objective` and `feasible`, as `objective` judges `metrics`."""
     values = objective.values(metrics)
     selected = metrics.get(objective.metric) if objective.metric else None
+    if selected is not None and not math.isfinite(selected):
+        selected = None
     return {"values": values, "objective": selected, "feasible": objective.feasible(metrics)}

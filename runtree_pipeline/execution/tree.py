@@ -291,6 +291,8 @@ def parent_write(parent: OpenParent, result: LeafResult | None, up: Told, front:
         tags.update(schema.aggregate_tags(aggregate.how, aggregate.replicates))
         if not result.feasible:
             tags[schema.FEASIBLE] = "false"
+        elif is_root:  # the stage judged by its own replicates is its best
+            tags[schema.BEST_RUN_ID] = parent.slot.ref.run_id
     if front:
         tags.update(schema.pareto_tag([member.run_id for member in front]))
         files[schema.PARETO_ARTIFACT] = json.dumps(_front_members(stage.spec.objective, front), indent=2)
@@ -298,11 +300,15 @@ def parent_write(parent: OpenParent, result: LeafResult | None, up: Told, front:
         clear = (schema.ERROR,) if parent.slot.origin is not Origin.EXECUTED else ()
     else:
         tags[schema.ERROR] = no_result(stage.spec.objective, parent.candidates or parent.replicates)
+    failed = result is None or (is_root and aggregate is not None and not result.feasible)
+    if result is not None and failed:
+        tags[schema.ERROR] = no_result(stage.spec.objective, [result])
+        clear = ()
     if stage.stopped_by is not None and is_root:
         tags[schema.ERROR] = f"stopped after {stage.stopped_by.name} failed (on_failure=stop)"
         clear = ()
     return Write(
-        status=Status.FINISHED if result is not None else Status.FAILED,
+        status=Status.FAILED if failed else Status.FINISHED,
         params=flatten(dict(parent.params)),
         metrics=metrics,
         tags=tags,

@@ -76,7 +76,8 @@ class Constraint:
         return max(abs(value - self.bound), 1e-12)
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.bound:g}"
+        short = f"{self.bound:g}"
+        return f"{self.metric} {self.op} {short if float(short) == self.bound else repr(self.bound)}"
 
 
 class Scored(Protocol):

@@ -84,9 +84,9 @@ def _score(run: RunRecord, metric: str | None) -> tuple[str, float, str] | None:
     if aggregate is not None:
         how, n = aggregate
         candidates.insert(0, (f"{how}_{metric}", _spread(metrics.get(f"std_{metric}"), n)))
-    for how in AGGREGATES:
-        best = f"{schema.BEST_METRIC}{how}_{metric}"
-        candidates.insert(0, (best, _spread(metrics.get(f"{schema.BEST_METRIC}std_{metric}"), None)))
+    spread = metrics.get(f"{schema.BEST_METRIC}std_{metric}")
+    for how in AGGREGATES if spread is not None else ():  # a best over replicates: shown as their aggregate
+        candidates.insert(0, (f"{schema.BEST_METRIC}{how}_{metric}", _spread(spread, None)))
     for label, spread in candidates:
         value = metrics.get(label)
         if value is not None:
@@ -214,7 +214,9 @@ def reproduce_command(stage: RunRecord, leaf: RunRecord) -> str | None:
         return None
     name = stage.tags.get(schema.STAGE)
     levels = list(filter(None, stage.tags.get(schema.LEVELS, "").split(",")))
-    if leaf.tags.get(schema.LEVEL) in levels:  # an aggregated best: its replicates' level stays and runs again
+    if leaf.run_id == stage.run_id:  # the stage is judged by its own replicates: they all run again
+        levels = []
+    elif leaf.tags.get(schema.LEVEL) in levels:  # an aggregated best: its replicates' level stays and runs again
         levels = levels[: levels.index(leaf.tags[schema.LEVEL]) + 1]
     pins = [f"~stages.{name}.{level}s" for level in levels]
     # An upstream artifact (`runs:/...`) stays the stage's own `${best:...}`: the re-run pipeline makes it again.

@@ -353,3 +353,26 @@ def test_the_exported_table_says_which_runs_aggregate_are_feasible_and_on_the_fr
     assert leaves["on_front"].eq("true").sum() == len(hand_front(grid_values(lambda params_m: params_m <= 1.0)))
     infeasible = leaves[leaves["feasible"] == "false"]
     assert set(infeasible["name"]) == {"fit/width=4,depth=3", "fit/width=8,depth=2", "fit/width=8,depth=3"}
+
+
+def test_a_stage_judged_by_its_own_replicates_is_its_own_best_and_fails_when_infeasible(store, client, capsys):
+    """`aggregate` on the stage's only level: the stage run stands for its seeds, `runtree best` shows it; under a
+    constraint its aggregate breaks, the stage run ends FAILED saying why."""
+    from runtree_pipeline.cli import console
+
+    config = lucky(store, "own", seeds=None)
+    config["stages"]["fit"]["variants"] = {"aggregate": "mean", "params": {"seed": "range(0, 3)"}}
+    config["stages"]["fit"]["params"] = {"lr": 0.01}
+    result = run_plan(build_plan(config), plots=False)
+    stage = stage_run(client, "own")
+    assert stage.data.tags["runtree.best_run_id"] == stage.info.run_id == result.stages["fit"].best.run_id
+    capsys.readouterr()
+    assert console.main(["best", "fit", "--tracking-uri", store, "--experiment", "own"]) == 0
+    out = capsys.readouterr().out
+    assert "best by the mean loss of 3 replicates" in out and "'~stages.fit.variants'" not in out
+
+    infeasible = {**config, "experiment": "own-infeasible", "constraints": ["size <= 5"]}
+    result = run_plan(build_plan(infeasible), plots=False)
+    stage = stage_run(client, "own-infeasible")
+    assert result.stages["fit"].status == "FAILED" and stage.info.status == "FAILED"
+    assert "meets the constraints (size <= 5)" in stage.data.tags["runtree.error"]

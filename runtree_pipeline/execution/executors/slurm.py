@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runtree_pipeline.errors import ConfigError, ConfigErrors
-from runtree_pipeline.execution.executors.base import Executor, _timeout
+from runtree_pipeline.execution.executors.base import STOPPED, Executor, _timeout
 from runtree_pipeline.execution.leaf import LeafOutcome, LeafTask, execute
 from runtree_pipeline.futures import settle
 from runtree_pipeline.plan.stages import Plan
@@ -186,6 +186,11 @@ class SlurmExecutor(Executor):
                 settle(job.future, LeafOutcome(error=f"SlurmError: sbatch failed: {str(e).strip()[:300]}"))
             return
         with self._lock:
+            if self._stop.is_set():  # closed while sbatch ran: these jobs are nobody's now
+                _scancel([handle.job_id for handle in submitted])
+                for job in batch:
+                    settle(job.future, LeafOutcome(error=STOPPED))
+                return
             for job, handle in zip(batch, submitted, strict=True):
                 job.job = handle
                 self._jobs[handle.job_id] = job
@@ -198,6 +203,7 @@ class SlurmExecutor(Executor):
     def _watch(self) -> None:
         """Sends what was submitted, and polls the jobs in flight, until the executor closes."""
         last_poll = 0.0
+        failing = False
         while not self._stop.is_set():
             self._wake.wait(POLL_S)
             if self._wake.is_set():
@@ -209,8 +215,14 @@ class SlurmExecutor(Executor):
                 self._send(batch)
             if time.monotonic() - last_poll >= POLL_S or not batch:
                 last_poll = time.monotonic()
-                with contextlib.suppress(Exception):  # sacct hiccups: ask again next second
+                try:
                     self._poll()
+                except Exception as e:  # noqa: BLE001 - a controller hiccup: ask again at the next poll
+                    if not failing:
+                        log.warning("could not ask Slurm about the jobs in flight (asking again): %s", e)
+                    failing = True
+                else:
+                    failing = False
 
     def _poll(self) -> None:
         with self._lock:
@@ -267,7 +279,7 @@ class SlurmExecutor(Executor):
             if job.timer is not None:
                 job.timer.cancel()
         for job in jobs + queued:
-            settle(job.future, LeafOutcome(error="Cancelled: the pipeline was stopped before this leaf finished"))
+            settle(job.future, LeafOutcome(error=STOPPED))
         _wait_gone([job.job.job_id for job in jobs])
 
 
@@ -275,15 +287,15 @@ def _states(ids: Sequence[str]) -> dict[str, str]:
     """Every job's state in one call: `squeue -t all` asks slurmctld, which knows a job's end at once and keeps it
     for minutes (`MinJobAge`); `sacct` (slurmdbd) answers seconds later, so it is asked only about jobs the
     controller has forgotten. A job neither knows yet (just submitted) is left out."""
-    states = _listed(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)])
+    states = _listed(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)])
     missing = [job_id for job_id in ids if job_id not in states]
     if missing:
-        states.update(_listed(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(missing)]))
+        states.update(_listed(["sacct", "-n", "-P", "-X", "--array", "-o", "JobID,State", "-j", ",".join(missing)]))
     return states
 
 
 def _listed(command: list[str]) -> dict[str, str]:
-    """`ID|STATE` lines; a pending array's line (`12_[0-3]`) names no task yet and is skipped."""
+    """`ID|STATE` lines, one per array task (`-r`, `--array`); a folded line (`12_[0-3]`) is skipped."""
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     states = {}
     for line in done.stdout.splitlines():
@@ -294,7 +306,10 @@ def _listed(command: list[str]) -> dict[str, str]:
 
 
 def _result(job: _Job) -> LeafOutcome:
-    """The outcome the job pickled; none (a job killed between finishing and writing) is a failed leaf."""
+    """The outcome the job pickled; none (a job killed between finishing and writing) is a failed leaf, found
+    without submitit's wait for the file, which would hold up every other job's poll."""
+    if not Path(job.job.paths.result_pickle).exists():
+        return LeafOutcome(error=f"SlurmJobFailed: job {job.job.job_id} completed without writing its result")
     try:
         outcome = job.job.result()
     except Exception as e:  # noqa: BLE001 - whatever submitit raises, the leaf failed
