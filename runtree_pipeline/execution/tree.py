@@ -126,7 +126,7 @@ def leaf_write(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> Write:
         tags.update(stage.own_tags)
         files.update(stage.artifacts)
     else:
-        result = _judged_outcome(stage.spec.objective, outcome)
+        result = _judgement(stage.spec.objective, outcome)
         how = telling(stage.spec.objective, result["values"], outcome.metrics, pruned=outcome.pruned_at is not None)
         tags.update(told(leaf.parent, leaf.point, how))
         if outcome.ok and not result["feasible"]:
@@ -184,11 +184,11 @@ def telling(
     return Told(values, pruned=pruned, reported=reported, violations=violations)
 
 
-def _judged_outcome(objective: Objective, outcome: LeafOutcome) -> dict[str, Any]:
-    """A leaf's judged values; one that failed or was pruned has none, whatever it returned."""
+def _judgement(objective: Objective, outcome: LeafOutcome) -> dict[str, Any]:
+    """A leaf's `values`, `objective` and `feasible`; one that failed or was pruned has none, whatever it returned."""
     if not outcome.ok:
-        return {"values": None, "objective": None, "feasible": True, "metrics": outcome.metrics}
-    return {**judged(objective, outcome.metrics), "metrics": outcome.metrics}
+        return {"values": None, "objective": None, "feasible": True}
+    return judged(objective, outcome.metrics)
 
 
 def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
@@ -200,16 +200,11 @@ def leaf_result(leaf: LeafJob, slot: Slot, outcome: LeafOutcome) -> LeafResult:
         outputs=outcome.outputs,
         status=_status(outcome),
         error=outcome.error,
-        **_judgement(leaf, outcome),
+        **_judgement(leaf.stage.spec.objective, outcome),
         origin=slot.origin,
         pruned_at=outcome.pruned_at,
         artifacts=outcome.artifacts,
     )
-
-
-def _judgement(leaf: LeafJob, outcome: LeafOutcome) -> dict[str, Any]:
-    parts = _judged_outcome(leaf.stage.spec.objective, outcome)
-    return {k: parts[k] for k in ("values", "objective", "feasible")}
 
 
 def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) -> LeafResult:
@@ -224,7 +219,7 @@ def reused_result(leaf: LeafJob, record: RunRecord, outputs: Mapping[str, Any]) 
         metrics=metrics,
         outputs=outcome.outputs,
         status=_status(outcome),
-        **_judgement(leaf, outcome),
+        **_judgement(leaf.stage.spec.objective, outcome),
         origin=Origin.REUSED,
         pruned_at=outcome.pruned_at,
         artifacts=schema.artifacts_of(record.tags),
