@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from runtree_pipeline.execution.painter import Painter
 from runtree_pipeline.plan.objective import Objective
@@ -26,9 +30,26 @@ def node(name: str, xs=(0.0, 1.0, 2.0), *, changed: bool = True) -> NodeResult:
 
 
 def painters(painter: Painter) -> set[int]:
-    """The painter's process."""
+    """The painter's process and its drawers."""
+    import psutil
+
     process = painter._process
-    return {process.pid} if process is not None else set()
+    if process is None:
+        return set()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return {process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))}
+    return {process.pid}
+
+
+def drawers(painter: Painter, within: float = 30) -> list[int]:
+    """The drawers, once the painter has warmed up and forked them."""
+    import psutil
+
+    deadline = time.monotonic() + within
+    while not (found := psutil.Process(painter._process.pid).children()):
+        assert time.monotonic() < deadline, "the painter forked no drawer"
+        time.sleep(0.05)
+    return [child.pid for child in found]
 
 
 def alive(pid: int) -> bool:
@@ -109,6 +130,51 @@ def test_pictures_drawn_by_now_are_handed_back_without_waiting_for_the_rest():
         painter.close()
 
 
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="drawers need fork, 2 cores"
+)
+def test_two_parents_that_close_together_are_drawn_side_by_side():
+    """The last variant and its stage close together at the end, when the driver only waits for their pictures."""
+    painter = Painter()
+    painter.start()
+    try:
+        assert len(drawers(painter)) == 2
+        started = time.monotonic()
+        painter._submit(node("a"), time.sleep, 1.5)
+        painter._submit(node("b"), time.sleep, 1.5)
+        assert len(list(painter.pictures())) == 0  # time.sleep returns no files, and both came back
+        took = time.monotonic() - started
+    finally:
+        painter.close()
+    assert took < 2.7, f"two 1.5 s drawings took {took:.2f} s: drawn one after the other"
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2, reason="drawers need fork, 2 cores"
+)
+def test_a_drawer_that_dies_fails_its_own_picture_and_the_other_draws_the_rest(caplog):
+    painter = Painter()
+    painter.start()
+    try:
+        first, second = drawers(painter)
+        painter._submit(node("stuck"), time.sleep, 60)
+        deadline = time.monotonic() + 10
+        while not any(open(f"/proc/{pid}/wchan").read() == "hrtimer_nanosleep" for pid in (first, second)):
+            assert time.monotonic() < deadline, "no drawer took the call"
+            time.sleep(0.02)
+        stuck = next(pid for pid in (first, second) if open(f"/proc/{pid}/wchan").read() == "hrtimer_nanosleep")
+        os.kill(stuck, signal.SIGKILL)
+        with caplog.at_level(logging.WARNING, logger="runtree_pipeline.execution.painter"):
+            painter.parent(node("after"), LOSS)
+            drawn = [n.name for n, _ in painter.pictures()]
+        pids = painters(painter)
+    finally:
+        painter.close()
+    assert drawn == ["after"]
+    assert "could not draw plots for stuck: the drawing process died" in caplog.text
+    assert gone(pids | {stuck})
+
+
 def test_nothing_is_drawn_and_no_process_started_for_what_has_no_picture():
     """A parent reused unchanged, a pipeline with one stage (its DAG is one box) and an objective-less stage."""
     painter = Painter()
@@ -123,16 +189,16 @@ def test_a_painter_that_dies_costs_a_warning_and_leaves_no_process(caplog):
     painter = Painter()
     painter.parent(node("first"), LOSS)
     assert list(painter.pictures())
-    (worker,) = painters(painter)
-    os.kill(worker, signal.SIGKILL)
-    assert gone({worker})
+    pids = painters(painter)
+    os.kill(painter._process.pid, signal.SIGKILL)
+    assert gone(pids), "the painter's drawers outlived it"
     with caplog.at_level(logging.WARNING, logger="runtree_pipeline.execution.painter"):
         painter.parent(node("second"), LOSS)
         painter.parent(node("third"), LOSS)
         assert list(painter.pictures()) == []
     assert "could not draw plots for second" in caplog.text or "plots are off" in caplog.text
     painter.close()
-    assert gone({worker})
+    assert gone(pids)
 
 
 def test_a_painter_that_hangs_costs_its_pictures_not_the_pipeline(caplog):
@@ -173,15 +239,20 @@ def test_a_painter_whose_driver_was_killed_outright_exits_on_its_own(tmp_path):
         "from runtree_pipeline.execution.painter import Painter\n"
         "painter = Painter()\n"
         "painter.start()\n"
-        "list(painter.pictures())\n"
-        "print(painter._process.pid, flush=True)\n"
+        "import psutil\n"
+        "painter = psutil.Process(painter._process.pid)\n"
+        "while len(painter.children()) < int(sys.argv[1]):\n"
+        "    time.sleep(0.05)\n"
+        "print(*[p.pid for p in [painter, *painter.children()]], flush=True)\n"
         "time.sleep(60)\n"
     )
-    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    painter = int(driver.stdout.readline())
+    forks = 2 if sys.platform.startswith("linux") and (os.cpu_count() or 1) >= 2 else 0
+    driver = subprocess.Popen([sys.executable, "-c", script, str(forks)], stdout=subprocess.PIPE, text=True)
+    pids = set(map(int, driver.stdout.readline().split()))
     driver.kill()
     driver.wait()
-    assert gone({painter}), "the painter outlived its driver by 10 s"
+    assert len(pids) == 1 + forks
+    assert gone(pids), "the painter or its drawers outlived the driver by 10 s"
 
 
 def test_a_script_without_a_main_guard_gets_its_pictures_and_runs_once(tmp_path):
