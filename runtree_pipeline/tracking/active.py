@@ -4,10 +4,13 @@ state is touched only here), its reported steps, and the artifacts it returns or
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,59 @@ def active_run(ref: RunRef) -> Iterator[None]:
 
     `mlflow.start_run(run_id=...)` would fetch the run first and mark it FINISHED on exit, while the driver ends
     runs itself; so the run is pushed onto MLflow's private fluent stack as an entity built from the reference.
+
+    Importing MLflow takes over a second, most of a fresh worker's way to its target (a Slurm job, a Ray worker):
+    a target that never touches MLflow should not pay it. So unless MLflow is imported already, the run is made
+    active the moment MLflow is first imported in this process while the leaf runs, from whatever the target
+    calls. The leaf's thread gets it even when another thread imported MLflow: that is where the target's own
+    calls run, and a thread the target starts has no active run either way, MLflow's stack being per thread.
     """
     from runtree_pipeline.tracking.mlflow_store import quiet_mlflow_env
 
-    quiet_mlflow_env()
-    import mlflow
-    from mlflow.entities import Run, RunData, RunInfo, RunTag
+    quiet_mlflow_env()  # before MLflow is imported, now or by the target
+    if "mlflow" in sys.modules:
+        stack = _push(ref)
+        try:
+            yield
+        finally:
+            _pop(ref, stack)
+        return
+    leaf = _Waiting(ref, threading.get_ident(), os.getpid())
+    _when_mlflow_imported.wait(leaf)
+    try:
+        yield
+    finally:
+        _when_mlflow_imported.leave(leaf)
+
+
+def _push(ref: RunRef) -> list[Any]:
+    """The run pushed onto this thread's fluent stack, which is returned."""
     from mlflow.tracking import fluent
+
+    _use_store(ref)
+    stack = fluent._active_run_stack.get()
+    stack.append(_active(ref))
+    return stack
+
+
+def _pop(ref: RunRef, stack: list[Any]) -> None:
+    if ref.run_id in [r.info.run_id for r in stack]:
+        while stack and stack.pop().info.run_id != ref.run_id:
+            pass
+
+
+def _use_store(ref: RunRef) -> None:
+    import mlflow
 
     if mlflow.get_tracking_uri() != ref.tracking_uri:
         mlflow.set_tracking_uri(ref.tracking_uri)
+
+
+def _active(ref: RunRef) -> Any:
+    """The run as the `ActiveRun` MLflow's fluent calls take their run id from."""
+    from mlflow.entities import Run, RunData, RunInfo, RunTag
+    from mlflow.tracking import fluent
+
     info = RunInfo(
         run_id=ref.run_id,
         experiment_id=ref.experiment_id,
@@ -42,15 +88,146 @@ def active_run(ref: RunRef) -> Iterator[None]:
         artifact_uri=ref.artifact_uri,
         run_name=ref.name,
     )
-    stack = fluent._active_run_stack.get()
     data = RunData(tags=[RunTag(k, v) for k, v in ref.tags.items()])
-    stack.append(fluent.ActiveRun(Run(info, data)))
-    try:
-        yield
-    finally:
-        if ref.run_id in [r.info.run_id for r in stack]:
-            while stack and stack.pop().info.run_id != ref.run_id:
-                pass
+    return fluent.ActiveRun(Run(info, data))
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A leaf running while MLflow is not imported: its run, and the thread (of this process) that runs it."""
+
+    ref: RunRef
+    thread: int
+    pid: int
+    stack: list[Any] | None = None
+    """The fluent stack its run was pushed onto, once MLflow was imported on the leaf's own thread."""
+    deferred: bool = False
+    """MLflow was imported on another thread: the run waits in `_Activations._first_stack` for the leaf's thread."""
+
+
+class _Activations:
+    """Activates the waiting leaves' runs once MLflow is imported: a post-import hook (PEP 369, as `wrapt.importer`
+    has it) on `sys.meta_path` only while a leaf waits, so an import of anything else never meets it.
+
+    MLflow's fluent stack is per thread and can only be set by its own thread; a leaf whose thread did not import
+    MLflow gets its run in the stack its thread creates on its first fluent call (MLflow's `default_factory`),
+    which cannot have happened before MLflow existed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._waiting: list[_Waiting] = []
+        self._deferred: dict[tuple[int, int], _Waiting] = {}
+        self._finder = _AfterImport("mlflow", self._imported)
+        self._factory: Callable[[], list[Any]] | None = None
+
+    def wait(self, leaf: _Waiting) -> None:
+        """Called on the leaf's thread as it starts."""
+        with self._lock:
+            if "mlflow" not in sys.modules:
+                self._waiting.append(leaf)
+                if self._finder not in sys.meta_path:
+                    sys.meta_path.insert(0, self._finder)
+                return
+        leaf.stack = _push(leaf.ref)  # imported meanwhile by another thread; outside the lock, as its hook takes it
+
+    def leave(self, leaf: _Waiting) -> None:
+        """Called on the leaf's thread as it ends, whether MLflow was imported or not."""
+        with self._lock:
+            if leaf in self._waiting:
+                self._waiting.remove(leaf)
+                if not self._waiting:
+                    self._unhook()
+                return
+            if leaf.deferred:
+                from mlflow.tracking import fluent
+
+                leaf.stack = fluent._active_run_stack.get()  # its first if the target never used MLflow
+                del self._deferred[(leaf.pid, leaf.thread)]
+                if not self._deferred and self._factory is not None:
+                    fluent._active_run_stack.default_factory = self._factory
+                    self._factory = None
+            if leaf.stack is not None:
+                _pop(leaf.ref, leaf.stack)
+
+    def _imported(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+            self._unhook()
+            for leaf in waiting:
+                try:
+                    self._activate(leaf)
+                except Exception as e:  # noqa: BLE001 - the target's import must not fail for it
+                    logging.getLogger(__name__).warning(
+                        "run %s is not the active run of its target: %s", leaf.ref.name, first_line(e)
+                    )
+
+    def _activate(self, leaf: _Waiting) -> None:
+        if leaf.thread == threading.get_ident() and leaf.pid == os.getpid():
+            leaf.stack = _push(leaf.ref)
+            return
+        from mlflow.tracking import fluent
+
+        _use_store(leaf.ref)
+        self._deferred[(leaf.pid, leaf.thread)] = leaf
+        leaf.deferred = True
+        if self._factory is None:
+            self._factory = fluent._active_run_stack.default_factory
+            fluent._active_run_stack.default_factory = self._first_stack
+
+    def _first_stack(self) -> list[Any]:
+        """A thread's fluent stack as MLflow creates it on the thread's first use: with its leaf's run, if any."""
+        leaf = self._deferred.get((os.getpid(), threading.get_ident()))
+        factory = self._factory or list
+        return [_active(leaf.ref)] if leaf is not None else factory()
+
+    def _unhook(self) -> None:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self._finder)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: hands back the spec the finders after it find for one module, with a loader that
+    calls `then` once that module has run (and put the real loader back in the module before it runs)."""
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name = name
+        self.then = then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        finders = list(sys.meta_path)
+        later = finders[finders.index(self) + 1 :] if self in finders else []
+        for finder in later:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+class _ThenLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, then: Callable[[], None]) -> None:
+        self.loader = loader
+        self.then = then
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = self.loader
+        if getattr(module, "__spec__", None) is not None and module.__spec__.loader is self:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        self.then()
+
+
+_when_mlflow_imported = _Activations()
 
 
 @contextlib.contextmanager
@@ -227,8 +404,6 @@ def log_step(ref: RunRef, step: int, metrics: Mapping[str, float]) -> None:
 
 def log_to_active_run(step: int, metrics: Mapping[str, float]) -> bool:
     """`report` in a script run by hand: its metrics go to the script's own MLflow run, if it started one."""
-    import sys
-
     if "mlflow" not in sys.modules:
         return False
     import mlflow
