@@ -70,6 +70,17 @@ def store(request, tmp_path, empty_store) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
+@pytest.fixture(autouse=True)
+def _few_open_files():
+    """Every store a test opens stays open in this worker (MLflow keeps a store per URI, with its sqlite files):
+    5 descriptors per test, and past 1,024 `select()` refuses them, which the terminal tests use."""
+    yield
+    if Path("/proc/self/fd").is_dir() and len(os.listdir("/proc/self/fd")) > 256:
+        from runtree_pipeline.tracking.sqlite import close_engines
+
+        close_engines()
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
     """A store with MLflow's schema and nothing in it, built once per worker."""
