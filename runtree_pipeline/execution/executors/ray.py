@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
+import os
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -54,30 +56,90 @@ class RayExecutor(Executor):
         return problems
 
     def _start(self, *, tracking_uri: str) -> None:
+        """A runtime of our own starts on a thread of its own, so its seconds of start-up overlap the driver's imports
+        and store opening, as the process pool's workers do; the first leaf waits for it. That thread stays alive
+        until `close`: Ray ties its head processes to the thread that started them (PR_SET_PDEATHSIG fires when that
+        thread ends), so a thread that returned after `ray.init` would take the runtime down with it."""
         problems = self.check(tracking_uri=tracking_uri)
         if problems:
             raise ConfigErrors(problems)
         import ray
 
+        self._ready = threading.Event()
+        self._release = threading.Event()
+        self._start_error: BaseException | None = None
+        self._keeper: threading.Thread | None = None
+        if self.address == "local" and not ray.is_initialized():
+            self._started_ray = True
+            self._keeper = threading.Thread(target=self._keep_runtime, name="runtree-ray", daemon=True)
+            self._keeper.start()
+            return
         if not ray.is_initialized():
             self._started_ray = True  # before init: an interrupted init still has a runtime to shut down
-            ray.init(
-                address=None if self.address == "local" else self.address,
-                include_dashboard=False,
-                log_to_driver=True,
-                configure_logging=False,
-            )
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=True, configure_logging=False)
         if self.address != "local":
             self.report_host = ray.util.get_node_ip_address()
+        self._connected()
+
+    def _keep_runtime(self) -> None:
+        """Start a local runtime, hold it until `close` releases it, then shut it down from this same thread."""
+        import ray
+        from ray._private import ray_constants
+
+        # Ray says it sets no SIGTERM handler off the main thread; the pipeline has its own.
+        quiet = _Without("SIGTERM handler is not set")
+        logging.getLogger("ray._private.worker").addFilter(quiet)
+        # Once connected, Ray's driver hands SIGTERM to a crash handler that aborts the process 3 s later. On the main
+        # thread, before the pipeline set its own handler, that one replaced it; from here Ray may connect after, so
+        # its crash handler stays out of this process (its workers keep theirs).
+        crash_handler = getattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", False)
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+        try:
+            # "local" itself would ignore RAY_ADDRESS; None would also join whatever cluster Ray last noted in
+            # /tmp/ray/ray_current_cluster, another user's or one long gone.
+            address = os.environ.get("RAY_ADDRESS") or "local"
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            self._connected()
+        except BaseException as e:  # noqa: BLE001 - raised in the driver, by the first leaf (or `workers`)
+            self._start_error = e
+        finally:
+            ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = crash_handler
+            logging.getLogger("ray._private.worker").removeFilter(quiet)
+            self._ready.set()
+        self._release.wait()
+        _stop_autoscaler()
+        ray.shutdown()
+
+    def _connected(self) -> None:
+        import ray
+
         resources = ray.cluster_resources()
         fit = resources.get("CPU", 1) // max(self.num_cpus, 1e-9)
         if self.num_gpus:
             fit = min(fit, resources.get("GPU", 0) // self.num_gpus)
         # No more in flight than can start at once: a leaf's timeout clock starts when it is submitted.
-        self.workers = int(self.requested_workers or max(1, fit))
+        self._workers = int(self.requested_workers or max(1, fit))
         self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(execute)
+        self._ready.set()
+
+    def _wait_ready(self) -> None:
+        self._ready.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    @property
+    def workers(self) -> int:
+        """As many as were asked for; otherwise as many as the runtime's resources fit, known once it is up."""
+        if self.requested_workers:
+            return int(self.requested_workers)
+        ready = getattr(self, "_ready", None)
+        if ready is None:
+            return 1
+        self._wait_ready()
+        return self._workers
 
     def _submit(self, task: LeafTask) -> Future[LeafOutcome]:
+        self._wait_ready()
         ref = self._remote.remote(task)
         self._tasks.add(ref)
         future = ref.future()
@@ -119,8 +181,38 @@ class RayExecutor(Executor):
                 ray.cancel(ref, force=True)
         self._tasks.clear()
         if self._started_ray:
-            ray.shutdown()
             self._started_ray = False
+            keeper = getattr(self, "_keeper", None)
+            if keeper is None:
+                ray.shutdown()
+                return
+            self._release.set()
+            keeper.join(_SHUTDOWN_WAIT_S)
+
+
+_SHUTDOWN_WAIT_S = 120.0
+"""How long `close` waits for a runtime still starting to come up and be shut down. Past it the driver goes on; its
+head processes die with it, as Ray ties them to the starting thread."""
+
+
+def _stop_autoscaler() -> None:
+    """Ray's autoscaler answers SIGTERM only after a second, and `ray.shutdown` waits that second before killing it,
+    at the end of every pipeline. On a runtime of our own it holds nothing to save, so it is killed first."""
+    with contextlib.suppress(Exception):  # Ray's internals: if they change, shutting down only takes longer
+        from ray._private import worker
+
+        for info in worker._global_node.all_processes.get("monitor", ()):
+            info.process.kill()
+            info.process.wait(1)
+
+
+class _Without(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _describe_ray_error(error: BaseException) -> str:

@@ -1,0 +1,174 @@
+"""A Ray runtime the executor starts itself (`address: local`, no runtime in the process yet) starts while the driver
+opens the store, and is gone, every process of it by pid, once the pipeline ends: after a success, after an error
+while it was still starting, and after SIGTERM, which must end the pipeline (143), not abort it. Each pipeline runs
+in a fresh driver process, with no RAY_ADDRESS, so the runtime is its own and not the contract module's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env
+
+pytest.importorskip("ray")
+
+DRIVER = """
+import json, sys, threading, time
+import psutil
+from runtree_pipeline import build_plan, run_plan
+from runtree_pipeline.errors import Interrupted
+from runtree_pipeline.execution.executors import RayExecutor
+
+seen = {}
+
+def watch():
+    me = psutil.Process()
+    while True:
+        for p in me.children(recursive=True):
+            try:
+                seen.setdefault(p.pid, p.name())
+            except psutil.Error:
+                pass
+        time.sleep(0.02)
+
+threading.Thread(target=watch, daemon=True).start()
+code = 0
+try:
+    run_plan(build_plan(json.loads(sys.argv[1])), executor=RayExecutor(workers=2, num_cpus=0.5), plots=False)
+    outcome = "ok"
+except Interrupted as e:
+    outcome, code = "interrupted", e.exit_code
+except Exception as e:
+    outcome = type(e).__name__
+ray_seen = dict(seen)
+
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+print(json.dumps({"outcome": outcome, "seen": ray_seen, "alive": [pid for pid in ray_seen if alive(pid)]}))
+sys.exit(code)
+"""
+
+
+def start_driver(config: dict, tmp_path: Path) -> subprocess.Popen:
+    env = cli_env()
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, json.dumps(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def report(driver: subprocess.Popen) -> dict:
+    stdout, stderr = driver.communicate(timeout=180)
+    assert stdout.strip(), stderr
+    seen = json.loads(stdout.strip().splitlines()[-1])
+    assert {"raylet", "gcs_server"} <= set(seen["seen"].values()), (seen, stderr)
+    return seen
+
+
+def config(store: str, log_file: Path, sleep: float) -> dict:
+    stage = {
+        "_target_": "tests.targets.counted",
+        "params": {"log_file": str(log_file), "sleep": sleep},
+        "subvariants": {"params": {"x": "range(0, 4)"}},
+    }
+    return {"tracking_uri": store, "experiment": "own", "objective": {"metric": "loss"}, "stages": {"fit": stage}}
+
+
+def test_the_runtime_it_started_is_gone_once_the_pipeline_ends(store, tmp_path):
+    driver = start_driver(config(store, tmp_path / "calls", sleep=0), tmp_path)
+    seen = report(driver)
+
+    assert driver.returncode == 0 and seen["outcome"] == "ok", seen
+    assert len((tmp_path / "calls").read_text().splitlines()) == 4
+    assert seen["alive"] == [], {pid: seen["seen"][pid] for pid in map(str, seen["alive"])}
+
+
+def test_a_runtime_still_starting_when_the_store_fails_to_open_is_gone_too(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    unopenable = f"sqlite:///{tmp_path / 'a_file' / 'store.db'}"
+    driver = start_driver(config(unopenable, tmp_path / "calls", sleep=0), tmp_path)
+    seen = report(driver)
+
+    assert seen["outcome"] not in ("ok", "interrupted"), seen
+    assert not (tmp_path / "calls").exists()
+    assert seen["alive"] == [], {pid: seen["seen"][pid] for pid in map(str, seen["alive"])}
+
+
+SWEEP = """
+# @package _global_
+objective: {metric: loss}
+stages:
+  fit:
+    _target_: tests.targets.counted
+    params: {log_file: LOG, sleep: 1.0}
+    subvariants:
+      params: {x: "range(0, 4)"}
+"""
+
+
+def test_sigterm_to_the_whole_group_while_ray_leaves_run_ends_the_pipeline_and_its_runtime(store, tmp_path):
+    """As Slurm's scancel or a container's stop sends it: Ray's own processes get it too, and the driver takes longer
+    than the 3 s after which Ray's crash handler, had it kept SIGTERM, would abort the process. Through the CLI,
+    whose handlers are in place before Ray connects."""
+    import psutil
+
+    calls = tmp_path / "calls"
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "own.yaml").write_text(SWEEP.replace("LOG", str(calls)))
+    env = cli_env()
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(tmp_path / "conf"), "+sweep=own"]
+    settings = [f"tracking_uri={store}", "plots=false", "executor=ray", "executor.workers=2", "executor.num_cpus=0.5"]
+    driver = subprocess.Popen(
+        [*command, *settings, f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen: dict[int, tuple[psutil.Process, str]] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (calls.exists() and calls.read_text()):
+        assert driver.poll() is None, driver.communicate()
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(driver.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    seen.setdefault(child.pid, (child, child.name()))
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=180)
+
+    assert driver.returncode == 128 + signal.SIGTERM, stderr
+    assert {"raylet", "gcs_server"} <= {name for _, name in seen.values()}, seen
+    time.sleep(1)  # what the driver did not stop itself dies of its own SIGTERM, at once, or never
+    left = {pid: name for pid, (child, name) in seen.items() if _alive(child)}
+    assert left == {}
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
