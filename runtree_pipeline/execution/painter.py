@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 WINDOW = 8
 DRAWERS = 2
+NICE = 10
+"""The painter's priority below the driver's: on a machine with no idle core, pictures wait for the runs."""
 HEADER = struct.Struct("<QQ")
 """A frame's head: the call's number and the length of the pickle that follows."""
 
@@ -382,6 +384,8 @@ def _main(argv: list[str]) -> None:
     from runtree_pipeline.reports.plots import warm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     answers = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the answers
     sys.stdout = sys.stderr
