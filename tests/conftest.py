@@ -13,13 +13,15 @@ from runtree_pipeline.tracking.sqlite import create_sqlite_store
 
 REPO = Path(__file__).resolve().parent.parent
 
-# pytest-xdist's `--dist loadfile` hands out whole files in collection order. These take a minute or more of one
-# worker each (measured with `--durations=0`), so they go first: collected last, as `tests/tracking` is, one of them
-# kept a worker busy alone for its last minute while the other had nothing left to do.
+# pytest-xdist's `--dist loadscope` hands out whole modules (a test class on its own) in collection order. These
+# take half a minute to minutes of one worker each (measured with `--durations=0`), so they go first: collected last,
+# as `tests/tracking` is, one of them kept a worker busy alone for its last minute while the other had nothing left.
 LONGEST_FIRST = (
     "tests/execution/test_slurm.py",
     "tests/execution/test_executors.py",
     "tests/cli/test_signals.py",
+    "tests/execution/test_ray_runtime.py",
+    "tests/execution/test_preemption.py",
     "tests/cli/test_command_signals.py",
     "tests/execution/test_commands.py",
     "tests/tracking/test_server.py",

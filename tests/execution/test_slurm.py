@@ -1,8 +1,8 @@
 """The executor contract on a real single-node Slurm cluster (`scripts/slurm-cluster.sh`), plus what only Slurm has:
 job arrays, GPUs given by Slurm, and no job left in the queue.
 
-All of it in one file, so pytest-xdist (`--dist loadfile`) runs it on one worker: the cluster has 2 CPUs, and two
-pipelines on it at once would wait for each other's jobs.
+All of it in one class, so pytest-xdist (`--dist loadscope`) runs it on one worker: the cluster has 2 CPUs, two
+pipelines on it at once would wait for each other's jobs, and each test cancels every job of ours when it ends.
 """
 
 from __future__ import annotations
@@ -56,82 +56,80 @@ class TestSlurm(ExecutorContract):
         assert queued() == []
         assert all(f.done() for f in futures)
 
+    def test_leaves_ready_together_go_as_one_job_array_and_each_gets_its_own_gpu(self, slurm_cluster, store):  # noqa: F811
+        """`gpus_per_task: 1` on a node with two (fake) GPUs: Slurm runs two leaves at a time, each with its own device
+        in CUDA_VISIBLE_DEVICES, and the two leaves ready at the start went to Slurm as one job array."""
+        config = {
+            "tracking_uri": store,
+            "experiment": "gpus",
+            "objective": {"metric": "loss"},
+            "stages": {
+                "fit": {
+                    "_target_": "tests.targets.on_device",
+                    "params": {"sleep": 1.5},
+                    "subvariants": {"params": {"x": "range(0, 4)"}},
+                }
+            },
+        }
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
+        executor = SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2, gpus_per_task=1)
+        result = run_plan(build_plan(config), executor=executor, plots=False)
+        assert result.ok, result.stages["fit"].reason
 
-def test_leaves_ready_together_go_as_one_job_array_and_each_gets_its_own_gpu(slurm_cluster, store):  # noqa: F811
-    """`gpus_per_task: 1` on a node with two (fake) GPUs: Slurm runs two leaves at a time, each with its own device
-    in CUDA_VISIBLE_DEVICES, and the two leaves ready at the start went to Slurm as one job array."""
-    config = {
-        "tracking_uri": store,
-        "experiment": "gpus",
-        "objective": {"metric": "loss"},
-        "stages": {
-            "fit": {
-                "_target_": "tests.targets.on_device",
-                "params": {"sleep": 1.5},
-                "subvariants": {"params": {"x": "range(0, 4)"}},
-            }
-        },
-    }
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
-    executor = SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2, gpus_per_task=1)
-    result = run_plan(build_plan(config), executor=executor, plots=False)
-    assert result.ok, result.stages["fit"].reason
+        leaves = [{**leaf.metrics, **leaf.outputs} for leaf in result.stages["fit"].node.leaves]
+        assert {leaf["device"] for leaf in leaves} == {"0", "1"}
+        for a in leaves:
+            for b in leaves:
+                overlap = a is not b and a["began"] < b["ended"] and b["began"] < a["ended"]
+                assert not overlap or a["device"] != b["device"]
+        jobs = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID", "--name", "runtree", "-S", since],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert any("_" in job for job in jobs), jobs
 
-    leaves = [{**leaf.metrics, **leaf.outputs} for leaf in result.stages["fit"].node.leaves]
-    assert {leaf["device"] for leaf in leaves} == {"0", "1"}
-    for a in leaves:
-        for b in leaves:
-            overlap = a is not b and a["began"] < b["ended"] and b["began"] < a["ended"]
-            assert not overlap or a["device"] != b["device"]
-    jobs = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-o", "JobID", "--name", "runtree", "-S", since],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert any("_" in job for job in jobs), jobs
+    def test_a_program_leaf_runs_in_its_job_and_lands_on_its_leaf(self, slurm_cluster, store, client, tmp_path):  # noqa: F811
+        config = program_config(store, "slurm_command")
+        executor = SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2)
+        result = run_plan(build_plan(config), executor=executor, plots=False, output_dir=str(tmp_path / "out"))
 
+        assert result.stages["fit"].best.params == {"x": 3}
+        leaves = {leaf.params["x"]: leaf for leaf in result.stages["fit"].node.leaves}
+        assert {x: leaf.metrics["loss"] for x, leaf in leaves.items()} == {5: 5, 3: 3}
+        runs = [r for r in all_runs(client, "slurm_command") if r.data.tags["runtree.level"] == "subvariant"]
+        for run in runs:
+            logs = Path(client.download_artifacts(run.info.run_id, "logs"))
+            assert (logs / "stdout.txt").read_text() == f"training x={run.data.params['x']}\n"
 
-def test_a_program_leaf_runs_in_its_job_and_lands_on_its_leaf(slurm_cluster, store, client, tmp_path):  # noqa: F811
-    config = program_config(store, "slurm_command")
-    executor = SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2)
-    result = run_plan(build_plan(config), executor=executor, plots=False, output_dir=str(tmp_path / "out"))
-
-    assert result.stages["fit"].best.params == {"x": 3}
-    leaves = {leaf.params["x"]: leaf for leaf in result.stages["fit"].node.leaves}
-    assert {x: leaf.metrics["loss"] for x, leaf in leaves.items()} == {5: 5, 3: 3}
-    runs = [r for r in all_runs(client, "slurm_command") if r.data.tags["runtree.level"] == "subvariant"]
-    for run in runs:
-        logs = Path(client.download_artifacts(run.info.run_id, "logs"))
-        assert (logs / "stdout.txt").read_text() == f"training x={run.data.params['x']}\n"
-
-
-def test_a_job_that_dies_is_a_failed_attempt_and_its_retry_continues_from_the_checkpoint(
-    slurm_cluster,  # noqa: F811
-    store,
-    client,
-    tmp_path,
-):
-    """The job's process is killed at step 2 (as a node failure or an OOM kill ends a job); with `retries: 1` the
-    leaf runs again in a new job, which starts after the last checkpoint its first job saved."""
-    marker = tmp_path / "starts.txt"
-    config = {
-        "tracking_uri": store,
-        "experiment": "died",
-        "objective": {"metric": "loss"},
-        "stages": {
-            "fit": {
-                "_target_": "tests.targets.resumable",
-                "params": {"epochs": 4, "marker": str(marker), "die_at": 2},
-                "limits": {"retries": 1},
-                "subvariants": {"params": {"x": "choice(1)"}},
-            }
-        },
-    }
-    executor = SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2)
-    result = run_plan(build_plan(config), executor=executor, plots=False)
-    assert result.ok, result.stages["fit"].reason
-    assert marker.read_text().split() == ["0", "2"]  # the second job began at step 2, after checkpoint 1
-    (leaf,) = [r for r in all_runs(client, "died") if r.data.tags["runtree.level"] == "subvariant"]
-    assert leaf.data.tags["runtree.attempts"] == "2"
-    assert [m.step for m in client.get_metric_history(leaf.info.run_id, "loss")] == [0, 1, 2, 3]
+    def test_a_job_that_dies_is_a_failed_attempt_and_its_retry_continues_from_the_checkpoint(
+        self,
+        slurm_cluster,  # noqa: F811
+        store,
+        client,
+        tmp_path,
+    ):
+        """The job's process is killed at step 2 (as a node failure or an OOM kill ends a job); with `retries: 1` the
+        leaf runs again in a new job, which starts after the last checkpoint its first job saved."""
+        marker = tmp_path / "starts.txt"
+        config = {
+            "tracking_uri": store,
+            "experiment": "died",
+            "objective": {"metric": "loss"},
+            "stages": {
+                "fit": {
+                    "_target_": "tests.targets.resumable",
+                    "params": {"epochs": 4, "marker": str(marker), "die_at": 2},
+                    "limits": {"retries": 1},
+                    "subvariants": {"params": {"x": "choice(1)"}},
+                }
+            },
+        }
+        executor = SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2)
+        result = run_plan(build_plan(config), executor=executor, plots=False)
+        assert result.ok, result.stages["fit"].reason
+        assert marker.read_text().split() == ["0", "2"]  # the second job began at step 2, after checkpoint 1
+        (leaf,) = [r for r in all_runs(client, "died") if r.data.tags["runtree.level"] == "subvariant"]
+        assert leaf.data.tags["runtree.attempts"] == "2"
+        assert [m.step for m in client.get_metric_history(leaf.info.run_id, "loss")] == [0, 1, 2, 3]
