@@ -62,16 +62,15 @@ sys.exit(code)
 
 
 def start_driver(config: dict, tmp_path: Path) -> subprocess.Popen:
+    return own_runtime([sys.executable, "-c", DRIVER, json.dumps(config)], tmp_path)
+
+
+def own_runtime(command: list[str], cwd: Path) -> subprocess.Popen:
+    """`command` in a session of its own, with no RAY_ADDRESS to join."""
     env = cli_env()
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(config)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
 
 
@@ -133,19 +132,9 @@ def test_sigterm_to_the_whole_group_while_ray_leaves_run_ends_the_pipeline_and_i
     calls = tmp_path / "calls"
     (tmp_path / "conf" / "sweep").mkdir(parents=True)
     (tmp_path / "conf" / "sweep" / "own.yaml").write_text(SWEEP.replace("LOG", str(calls)))
-    env = cli_env()
-    env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(tmp_path / "conf"), "+sweep=own"]
     settings = [f"tracking_uri={store}", "plots=false", "executor=ray", "executor.workers=2", "executor.num_cpus=0.5"]
-    driver = subprocess.Popen(
-        [*command, *settings, f"hydra.run.dir={tmp_path / 'out'}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    driver = own_runtime([*command, *settings, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path)
     seen: dict[int, tuple[psutil.Process, str]] = {}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (calls.exists() and calls.read_text()):
