@@ -49,7 +49,7 @@ def run_plan(
     """
     from runtree_pipeline.execution.scheduler import Runner, may_rank_params, new_painter
     from runtree_pipeline.interrupts import shielded
-    from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri, quiet_mlflow_env
+    from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri, load_mlflow, quiet_mlflow_env
     from runtree_pipeline.tracking.sqlite import sqlite_path
 
     quiet_mlflow_env()
@@ -66,6 +66,8 @@ def run_plan(
         executor.start(tracking_uri=uri)
         if painter is not None:  # matplotlib (and scikit-learn) import there while MLflow imports here
             painter.start(importance=may_rank_params(plan))
+        load_mlflow()
+        executor.ready()  # an executor that cannot start leaves no store, experiment or run behind
         store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)
         runner = Runner(
             plan,

@@ -288,7 +288,7 @@ class _Drawer:
     drawing: int | None = None
 
 
-def _fork_drawer() -> _Drawer:
+def _fork_drawer(inherited: Sequence[int] = ()) -> _Drawer:
     """A drawer forked from this warm process: it starts with what the warm-up imported and drew, and dies with it
     (the kernel's parent-death signal), so no drawer outlives a painter that is killed."""
     calls_r, calls_w = os.pipe()
@@ -303,8 +303,9 @@ def _fork_drawer() -> _Drawer:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
             if os.getppid() != painter:
                 os._exit(0)
-            os.close(calls_w)
-            os.close(answers_r)
+            for fd in (calls_w, answers_r, *inherited):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             _draw_calls(calls_r, answers_w)
         except BaseException:  # noqa: BLE001 - a drawer's end is read by the painter as its pipe closing
             code = 1
@@ -318,7 +319,9 @@ def _serve(calls: int, answers: int, drawers: int) -> None:
     """Hands each call to a free drawer and passes its answer back. A drawer that dies fails the call it had; the
     calls still to come go to the others, and with none left the painter ends (the driver then gives up on
     pictures)."""
-    crew = [_fork_drawer() for _ in range(drawers)]
+    crew: list[_Drawer] = []
+    for _ in range(drawers):  # a drawer keeps no end of the driver's pipes, nor of the drawers before it
+        crew.append(_fork_drawer([calls, answers, *(fd for d in crew for fd in (d.calls, d.answers))]))
     waiting: deque[bytes] = deque()
     inbox = bytearray()
     selector = selectors.DefaultSelector()
@@ -384,7 +387,7 @@ def _main(argv: list[str]) -> None:
     from runtree_pipeline.reports.plots import warm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, AttributeError):
         os.nice(NICE)
     answers = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the answers

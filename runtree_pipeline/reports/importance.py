@@ -44,14 +44,14 @@ def param_importances(
     if len(rows) != len(values):
         raise ValueError(f"{len(rows)} rows but {len(values)} values")
     kept = [(row, float(v)) for row, v in zip(rows, values, strict=True) if math.isfinite(v)]
+    if len(kept) > MAX_ROWS:
+        kept = random.Random(seed).sample(kept, MAX_ROWS)
     if len(kept) < MIN_ROWS or len({v for _, v in kept}) < 2:
         return None
     keys = sorted({k for row, _ in kept for k in row})
     keys = [k for k in keys if len({repr(row.get(k, None)) for row, _ in kept}) > 1]
     if len(keys) < 2:
         return None
-    if len(kept) > MAX_ROWS:
-        kept = random.Random(seed).sample(kept, MAX_ROWS)
     spaces = {k: _space([row.get(k, None) for row, _ in kept], all(k in row for row, _ in kept)) for k in keys}
     return _evaluate(kept, spaces, mode=mode, seed=seed)
 

@@ -110,12 +110,16 @@ def parent_plots(
     files[OBJECTIVE_PLOT] = _objective_vs_params(rows, keys, values, best, objective)
     files[PARALLEL_PLOT] = _parallel(rows, keys, values, best, objective)
     if len(scored) >= MIN_ROWS and len(keys) >= 2:
-        importances = param_importances(rows, values, mode=objective.mode)
+        try:
+            importances = param_importances(rows, values, mode=objective.mode)
+        except Exception as e:  # noqa: BLE001 - a ranking that fails costs its own chart, not the parent's pictures
+            log.warning("no param importances: %s", e)
+            importances = None
         if importances:
             record = {
                 "metric": objective.metric,
                 "children": len(scored),
-                "ranked_on": min(len(scored), MAX_ROWS),
+                "ranked_on": min(sum(math.isfinite(v) for v in values), MAX_ROWS),
                 "importances": importances,
             }
             files[IMPORTANCE_ARTIFACT] = json.dumps(record, indent=2).encode()

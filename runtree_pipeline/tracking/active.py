@@ -50,7 +50,10 @@ def active_run(ref: RunRef) -> Iterator[None]:
 
 
 def _push(ref: RunRef) -> list[Any]:
-    """The run pushed onto this thread's fluent stack, which is returned."""
+    """The run pushed onto this thread's fluent stack, which is returned. MLflow may be in `sys.modules` while
+    another thread is still importing it: `import mlflow` waits for that import to finish, where importing one of
+    its modules straight away would meet it half made."""
+    import mlflow  # noqa: F401
     from mlflow.tracking import fluent
 
     _use_store(ref)

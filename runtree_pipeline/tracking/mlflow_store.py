@@ -43,6 +43,11 @@ def quiet_mlflow_env() -> None:
     os.environ.pop("MLFLOW_RUN_ID", None)
 
 
+def load_mlflow() -> None:
+    """Import MLflow now, while the executor's workers start, before anything is written."""
+    import mlflow  # noqa: F401
+
+
 def default_uri() -> str:
     quiet_mlflow_env()
     import mlflow

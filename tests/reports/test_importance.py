@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -114,3 +115,24 @@ def test_a_large_parent_is_ranked_on_a_fixed_sample_and_says_so():
     assert (first["children"], first["ranked_on"]) == (1_500, 1_000)
     assert list(first["importances"]) == ["lr", "batch"]
     assert again == first
+
+
+def test_a_large_parent_whose_sample_has_one_value_keeps_its_other_pictures():
+    """Ranked on a sample that missed the one child that differs, there is nothing to rank: no importance, and the
+    parent's other pictures are still drawn."""
+    from runtree_pipeline.plan.objective import Objective
+    from runtree_pipeline.reports.plots import IMPORTANCE_ARTIFACT, OBJECTIVE_PLOT, parent_plots
+    from runtree_pipeline.results import LeafResult
+
+    rng = random.Random(5)
+    leaves = [
+        LeafResult(f"r{i}", f"r{i}", {"a": rng.random(), "b": rng.choice("xyz")}, {}, {}, "FINISHED", objective=1.0)
+        for i in range(2_000)
+    ]
+    missed = 0
+    for odd in range(10):  # the fixed sample holds about half of them; the rest make it constant
+        one_differs = [*leaves[:odd], dataclasses.replace(leaves[odd], objective=0.5), *leaves[odd + 1 :]]
+        files = parent_plots(one_differs, objective=Objective.of("loss"), best_run_id=f"r{odd}")
+        assert OBJECTIVE_PLOT in files
+        missed += IMPORTANCE_ARTIFACT not in files
+    assert missed

@@ -69,6 +69,10 @@ class Executor:
     def _start(self, *, tracking_uri: str) -> None:
         """Acquire this executor's workers."""
 
+    def ready(self) -> None:
+        """Wait until the workers can be used; raise what kept them from starting. `run_plan` asks before it creates
+        anything in the store, so an executor that cannot start leaves nothing behind."""
+
     def submit(self, task: LeafTask) -> Future[LeafOutcome]:
         """A task submitted while the executor closes gets a stopped outcome instead of a future nobody completes."""
         task = replace(task, groups=self._groups.path)

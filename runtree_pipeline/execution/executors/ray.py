@@ -127,6 +127,10 @@ class RayExecutor(Executor):
         if self._start_error is not None:
             raise self._start_error
 
+    def ready(self) -> None:
+        if getattr(self, "_ready", None) is not None:
+            self._wait_ready()
+
     @property
     def workers(self) -> int:
         """As many as were asked for; otherwise as many as the runtime's resources fit, known once it is up."""
@@ -187,7 +191,9 @@ class RayExecutor(Executor):
                 ray.shutdown()
                 return
             self._release.set()
-            keeper.join(_SHUTDOWN_WAIT_S)
+            # A runtime still starting is not waited for (an interrupt during Ray's start must end the driver now):
+            # its head processes die with the keeper thread, when this process ends.
+            keeper.join(_SHUTDOWN_WAIT_S if self._ready.wait(5) else 0)
 
 
 _SHUTDOWN_WAIT_S = 120.0
