@@ -50,7 +50,8 @@ def ray_runtime():
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         sigterm = signal.getsignal(signal.SIGTERM)
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        # "local": a runtime of its own, never the one another test process started and Ray noted in /tmp/ray
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
         signal.signal(signal.SIGTERM, sigterm)  # ray.init installs its own, which would outlive this module
         env.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
         try:
