@@ -42,12 +42,12 @@ def painters(painter: Painter) -> set[int]:
 
 
 def drawers(painter: Painter, within: float = 30) -> list[int]:
-    """The drawers, once the painter has warmed up and forked them."""
+    """The two drawers, once the painter has warmed up and forked both (one after the other)."""
     import psutil
 
     deadline = time.monotonic() + within
-    while not (found := psutil.Process(painter._process.pid).children()):
-        assert time.monotonic() < deadline, "the painter forked no drawer"
+    while len(found := psutil.Process(painter._process.pid).children()) < 2:
+        assert time.monotonic() < deadline, f"the painter forked {len(found)} drawers"
         time.sleep(0.05)
     return [child.pid for child in found]
 
