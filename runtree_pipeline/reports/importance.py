@@ -100,8 +100,3 @@ def _evaluate(
         evaluator = FanovaImportanceEvaluator(n_trees=N_TREES, max_depth=MAX_DEPTH, seed=seed)
         found = get_param_importances(study, evaluator=evaluator, params=list(spaces))
     return dict(sorted(((k, float(v)) for k, v in found.items()), key=lambda kv: (-kv[1], kv[0])))
-
-
-def warm() -> None:
-    """Import what `param_importances` needs ahead of its first call."""
-    import optuna.importance  # noqa: F401 - imports scikit-learn's forests
