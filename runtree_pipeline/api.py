@@ -47,7 +47,7 @@ def run_plan(
     opened: its workers start on the other cores while this process imports MLflow and opens the store, and it is
     closed here if anything fails before the runner takes it over.
     """
-    from runtree_pipeline.execution.scheduler import Runner, may_rank_params, new_painter
+    from runtree_pipeline.execution.scheduler import Runner, new_painter
     from runtree_pipeline.interrupts import shielded
     from runtree_pipeline.tracking.mlflow_store import MlflowStore, default_uri, load_mlflow, quiet_mlflow_env
     from runtree_pipeline.tracking.sqlite import sqlite_path
@@ -65,7 +65,7 @@ def run_plan(
     try:
         executor.start(tracking_uri=uri)
         if painter is not None:  # matplotlib (and scikit-learn) import there while MLflow imports here
-            painter.start(importance=may_rank_params(plan))
+            painter.start()
         load_mlflow()
         executor.ready()  # an executor that cannot start leaves no store, experiment or run behind
         store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import importlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, wait
 from typing import IO, Any
 
@@ -53,6 +54,8 @@ WINDOW = 8
 DRAWERS = 2
 NICE = 10
 """The painter's priority below the driver's: on a machine with no idle core, pictures wait for the runs."""
+CLOSE_S = 0.5
+"""How long `close` waits for the painter to end by itself; one still warming up reads its calls' end only after."""
 HEADER = struct.Struct("<QQ")
 """A frame's head: the call's number and the length of the pickle that follows."""
 
@@ -60,13 +63,16 @@ HEADER = struct.Struct("<QQ")
 class Painter:
     """Draws off the critical path; a picture that fails, or a painter that dies, costs a warning, never a run."""
 
-    def __init__(self, stall_s: float = 120.0, window: int | None = None) -> None:
+    def __init__(
+        self, stall_s: float = 120.0, window: int | None = None, warmup: Mapping[str, Any] | None = None
+    ) -> None:
         """`stall_s`: how long the end of a pipeline waits for the next picture before it goes on without the rest;
         pictures arrive in order, so that is how long the painter may make no progress at all. `window`: how many
         pictures may be out at once, sent or drawn and not yet handed back; the parents that close while the
         painter is that far behind wait their turn as references to results the driver keeps anyway (default
-        `WINDOW`)."""
+        `WINDOW`). `warmup`: what the painter draws once before the first parent, keywords of `plots.warm`."""
         self.stall_s = stall_s
+        self.warmup = dict(warmup or {})
         self.window = max(1, WINDOW if window is None else window)
         self._process: subprocess.Popen[bytes] | None = None
         self._broken = False
@@ -81,13 +87,13 @@ class Painter:
         """Pictures out now: sent to the painter, being drawn, or drawn and not yet handed back."""
         return len(self._out)
 
-    def start(self, *, importance: bool = False) -> None:
-        """Start the process and warm it now (matplotlib imported, a throwaway parent drawn), while the driver still
-        has runs to record; with `importance`, also what param importances need (scikit-learn: about a second,
-        which at the end of a pipeline would be waited for)."""
+    def start(self) -> None:
+        """Start the process and warm it now (matplotlib imported, a throwaway parent drawn for each layout the
+        pipeline will ask for, and scikit-learn imported when some parent may rank its params), while the driver
+        still has runs to record: at the end of a pipeline all that would be waited for."""
         if self._process is None and not self._broken:
             try:
-                self._launch(importance=importance)
+                self._launch()
             except Exception as e:  # noqa: BLE001 - a picture must never fail a recorded pipeline
                 self._give_up(f"the painter failed ({e})")
 
@@ -152,14 +158,19 @@ class Painter:
         return [(node, files)] if node is not None and files else []
 
     def close(self) -> None:
-        """Stop drawing at once: after an interrupt nobody waits for pictures."""
+        """Stop drawing at once: after an interrupt nobody waits for pictures. Its calls end first, so that the
+        painter ends its drawers and waits for them itself (killed, they would be left to init, as zombies where
+        the driver is a container's first process); a painter that does not end by itself then is killed."""
         process, self._process = self._process, None
         if process is None:
             return
         self._outbox.put(None)
         with contextlib.suppress(Exception):
-            process.kill()
-            process.wait(5)
+            try:
+                process.wait(CLOSE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
         for future in list(self._calls.values()):
             settle(future, RuntimeError("the painter was stopped"))
 
@@ -198,10 +209,10 @@ class Painter:
             self._broken = True
             log.warning("plots are off for the rest of this pipeline: %s", why)
 
-    def _launch(self, *, importance: bool = False) -> None:
+    def _launch(self) -> None:
         # Ctrl-C blocked as for the leaf workers: a terminal's Ctrl-C reaches the whole group, and the driver alone
         # decides what an interrupt does.
-        command = [sys.executable, "-m", __name__, *(["--importance"] if importance else [])]
+        command = [sys.executable, "-m", __name__, json.dumps(self.warmup)]
         with sigint_blocked():
             self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         for target, pipe in ((self._write, self._process.stdin), (self._read, self._process.stdout)):
@@ -213,6 +224,7 @@ class Painter:
             while (frame := self._outbox.get()) is not None:
                 pipe.write(frame)
                 pipe.flush()
+            pipe.close()
 
     def _read(self, pipe: IO[bytes]) -> None:
         """Completes each call's future as its answer comes back; whatever is left fails once the painter is gone."""
@@ -386,15 +398,19 @@ def _end(drawer: _Drawer, *, kill: bool = False) -> None:
 def _main(argv: list[str]) -> None:
     from runtree_pipeline.reports.plots import warm
 
+    # The driver decides what a signal to the whole group does, and ends the painter itself (or, killed, by the end
+    # of its calls).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         os.nice(NICE)
     answers = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the answers
     sys.stdout = sys.stderr
     with contextlib.suppress(Exception):  # an unwarmed painter is slower, not wrong
-        warm(importance="--importance" in argv)
-    drawers = min(DRAWERS, os.cpu_count() or 1) if sys.platform.startswith("linux") else 1
+        warm(**(json.loads(argv[0]) if argv else {}))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    drawers = min(DRAWERS, cores) if sys.platform.startswith("linux") else 1
     if drawers > 1:
         _serve(sys.stdin.fileno(), answers, drawers)
     else:

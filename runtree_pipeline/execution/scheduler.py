@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 
 
 AHEAD_SECONDS = 0.1
+WARM_WIDTHS = 4
+"""The painter warms up at most this many layouts (the widest): each costs it 0.3-0.4 s before its first parent."""
 
 
 class Runner:
@@ -137,7 +139,7 @@ class Runner:
                 self.executor.preempt_grace_s = self.plan.preempt_grace_s
                 self.executor.start(tracking_uri=self.store.uri)
                 if self._painter is not None:
-                    self._painter.start(importance=may_rank_params(self.plan))
+                    self._painter.start()
                 if _prunes(self.plan):
                     self._desk = ReportDesk(self._should_prune, host=self.executor.report_host)
                 self._loop()
@@ -800,14 +802,28 @@ def _failed(node: NodeResult) -> LeafResult:
 def new_painter(plan: Plan) -> Painter | None:
     """A painter when the plan has something to picture: several stages (the DAG), or a stage that sweeps."""
     pictured = len(plan.order) > 1 or any(s.sweeps and s.objective.metric for s in plan.stages.values())
-    return Painter() if pictured else None
+    return Painter(warmup=picture_warmup(plan)) if pictured else None
 
 
-def may_rank_params(plan: Plan) -> bool:
-    """Whether some parent may get param importances: a stage with enough leaves and two swept params."""
+def picture_warmup(plan: Plan) -> dict[str, Any]:
+    """What the painter draws once before the first parent (see `plots.warm`), read from the plan: how many params
+    vary among each kind of parent's children (the stage's: those of all its levels; a variant's: those of the
+    level below it), whether some parent may rank its params (enough leaves, two swept params) and whether some
+    stage has a Pareto front to draw."""
     from runtree_pipeline.reports.importance import MIN_ROWS
 
-    return any(
-        spec.leaf_count() >= MIN_ROWS and len({k for level in spec.all_levels for k in level.keys}) >= 2
-        for spec in plan.stages.values()
-    )
+    widths: set[int] = set()
+    importance = pareto = False
+    for spec in plan.stages.values():
+        if not spec.sweeps or not spec.objective.metric:
+            continue
+        swept = {k for level in spec.all_levels for k in level.keys}
+        widths.add(len(swept))
+        if spec.variants is not None and spec.variants.points:
+            widths.update(len(below[0].keys) for below in map(spec.below, spec.variants.points) if below)
+        elif spec.variants is not None and spec.subvariants is not None:
+            widths.add(len(spec.subvariants.keys))
+        importance = importance or (spec.leaf_count() >= MIN_ROWS and len(swept) >= 2)
+        pareto = pareto or len(spec.objective.goals) == 2
+    widths.discard(0)
+    return {"widths": sorted(widths)[-WARM_WIDTHS:], "importance": importance, "pareto": pareto}

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from runtree_pipeline.plan.objective import Objective
+from runtree_pipeline.plan.objective import Goal, Objective
 from runtree_pipeline.plan.params import flatten
 from runtree_pipeline.reports.importance import MAX_ROWS, MIN_ROWS, param_importances
 from runtree_pipeline.results import LeafResult
@@ -36,19 +36,31 @@ IMPORTANCE_ARTIFACT = "importance.json"
 DPI = 100
 
 
-def warm(*, importance: bool = False) -> None:
-    """Draw a throwaway parent ahead of the first real one. A process's first drawing imports and loads fonts and
-    fills caches (about 0.2 s on top of the 0.2 s a parent takes); the painter forks every later drawing from the
-    process that did this, so each starts warm. With `importance`, the throwaway parent is large enough to rank its
-    params, which imports scikit-learn (about a second) now rather than at the first real parent."""
+def warm(*, widths: Sequence[int] = (2,), importance: bool = False, pareto: bool = False) -> None:
+    """Draw a throwaway parent for each layout a pipeline will ask for, ahead of its first real parent. A process's
+    first drawing imports and loads fonts and fills caches (about 0.2 s on top of the 0.2 s a parent takes), and the
+    first figure of each layout (a number of varying params, the Pareto chart) costs 0.1-0.15 s more than the next;
+    the painter forks every later drawing from the process that did this, so the last stage's pictures, waited for
+    at the end of a pipeline, are drawn warm. `widths`: how many params vary among a parent's children; with
+    `importance`, each throwaway parent is large enough to rank its params, which imports scikit-learn (about a
+    second) now rather than at the first real parent; with `pareto`, a two-objective parent is drawn too."""
     rows = MIN_ROWS if importance else MIN_ROWS - 1
-    leaves = [
-        LeafResult(
-            f"warm{i}", f"warm{i}", {"a": i % 3, "b": i / rows}, {}, {}, "FINISHED", objective=(i * 7 % rows) / rows
-        )
-        for i in range(rows)
-    ]
-    parent_plots(leaves, objective=Objective.of("loss"), best_run_id="warm0")
+    goals = Objective((Goal("loss"), Goal("size"))) if pareto else Objective.of("loss")
+    for width in sorted(set(widths)) or [2]:
+        leaves = [
+            LeafResult(
+                f"warm{i}",
+                f"warm{i}",
+                {f"p{k}": f"c{(i + k) % 3}" if k % 2 else (i * (k + 3) % rows) / rows for k in range(width)},
+                {},
+                {},
+                "FINISHED",
+                objective=(i * 7 % rows) / rows,
+                values=((i * 7 % rows) / rows, float(i % 4)) if pareto else None,
+            )
+            for i in range(rows)
+        ]
+        parent_plots(leaves, objective=goals, best_run_id="warm0", front=["warm0"])
 
 
 def _figure(width: float, height: float, *, margins: tuple[float, float, float, float], **space: float) -> Any:

@@ -280,3 +280,43 @@ def test_a_script_without_a_main_guard_gets_its_pictures_and_runs_once(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
     (stage,) = [r for r in all_runs(client, "guardless") if r.data.tags["runtree.level"] == "stage"]
     assert {f.path for f in client.list_artifacts(stage.info.run_id, "plots")} >= {OBJECTIVE_PLOT, PARALLEL_PLOT}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "warmup"),
+    [
+        # A variant's 25 children vary in 3 params; the stage's 125 in those and the variant's test_no.
+        ("tutorial", {"widths": [3, 4], "importance": True, "pareto": False}),
+        ("tradeoff", {"widths": [2], "importance": True, "pareto": True}),
+    ],
+)
+def test_the_painter_warms_up_on_the_layouts_of_the_shipped_sweeps(sweep, warmup):
+    import yaml
+
+    from runtree_pipeline.execution.scheduler import new_painter
+    from runtree_pipeline.plan.stages import build_plan
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "conf" / "sweep" / f"{sweep}.yaml").read_text())
+    painter = new_painter(build_plan(config, default_experiment=sweep))
+    assert painter is not None and painter.warmup == warmup
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drawers and subreapers are Linux's")
+def test_a_closed_painter_waits_for_its_drawers_itself_even_while_they_draw():
+    """Killed outright, the painter would leave its drawers to be reaped by whoever adopts them: zombies for good
+    where the driver is a container's first process. This process adopts orphans here, as such a driver does."""
+    import ctypes
+
+    assert ctypes.CDLL(None, use_errno=True).prctl(36, 1) == 0  # PR_SET_CHILD_SUBREAPER
+    painter = Painter()
+    painter.start()
+    try:
+        pids = set(drawers(painter))
+        painter._submit(node("slow"), time.sleep, 30)
+        started = time.monotonic()
+    finally:
+        painter.close()
+        took = time.monotonic() - started
+        ctypes.CDLL(None, use_errno=True).prctl(36, 0)
+    assert took < 2, f"close took {took:.2f} s"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "a drawer was left to this process to reap"

@@ -161,3 +161,26 @@ def _alive(process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_a_malformed_ray_address_is_one_line_naming_the_key_and_writes_nothing(tmp_path):
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "own.yaml").write_text(SWEEP.replace("LOG", str(tmp_path / "calls")))
+    store = tmp_path / "mlflow.db"
+    command = [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(tmp_path / "conf"), "+sweep=own"]
+    env = {**cli_env(), "RAY_ADDRESS": "headnode:port"}
+    done = subprocess.run(
+        [*command, f"tracking_uri=sqlite:///{store}", "executor=ray", f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "runtree: error: key 'executor.address': Ray could not join the runtime at 'headnode:port': "
+        "Unable to parse port number from port (full address = headnode:port)"
+    ]
+    assert not store.exists() and not (tmp_path / "calls").exists()

@@ -179,3 +179,46 @@ def test_an_importance_or_pareto_chart_drawn_after_others_is_the_one_drawn_on_it
     _CANVASES.clear()
     for name in [*charts, *reversed(charts)]:
         assert charts[name]() == alone[name], name
+
+
+def test_the_warm_up_builds_the_layouts_a_plan_asks_for_and_leaves_nothing_in_the_pictures():
+    """The painter warms up on throwaway parents so that the last stage's pictures, waited for at the end of a
+    pipeline, are drawn on figures that exist; a real parent drawn after it must be the picture drawn alone."""
+    from runtree_pipeline.plan.objective import Goal
+    from runtree_pipeline.reports.plots import warm
+
+    leaves = [
+        LeafResult(
+            f"r{i}",
+            f"r{i}",
+            {"test_no": i % 5, "opt": "abc"[i % 3], "act": "def"[i % 2], "draw": i / 30},
+            {},
+            {},
+            "FINISHED",
+            objective=(i * 7 % 30) / 30,
+            values=((i * 7 % 30) / 30, float(i % 4)),
+        )
+        for i in range(30)
+    ]
+    two = Objective((Goal("loss"), Goal("size")))
+
+    def draw() -> dict[str, bytes]:
+        return parent_plots(leaves, objective=two, best_run_id="r3", front=["r3", "r4"])
+
+    _CANVASES.clear()
+    alone = draw()
+    _CANVASES.clear()
+    try:
+        warm(widths=(2, 4), importance=True, pareto=True)
+        layouts = set(_CANVASES)
+        assert draw() == alone
+        assert set(_CANVASES) == layouts, "the warm-up missed a layout of a four-param parent"
+        assert set(alone) == {
+            "plots/objective_vs_params.png",
+            "plots/parallel_coordinates.png",
+            "plots/param_importances.png",
+            "plots/pareto_front.png",
+            "importance.json",
+        }
+    finally:
+        _CANVASES.clear()

@@ -124,8 +124,14 @@ class RayExecutor(Executor):
 
     def _wait_ready(self) -> None:
         self._ready.wait()
-        if self._start_error is not None:
-            raise self._start_error
+        error = self._start_error
+        if isinstance(error, (ValueError, ConnectionError)):  # a malformed or unreachable address: the user's to fix
+            where = os.environ.get("RAY_ADDRESS") if self.address == "local" else self.address
+            runtime = f"join the runtime at {where!r}" if where else "start a local runtime"
+            first = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise ConfigError(f"Ray could not {runtime}: {first}", key="executor.address")
+        if error is not None:
+            raise error
 
     def ready(self) -> None:
         if getattr(self, "_ready", None) is not None:
