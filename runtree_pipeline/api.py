@@ -63,9 +63,9 @@ def run_plan(
     store = None
     painter = new_painter(plan) if plots else None
     try:
-        executor.start(tracking_uri=uri)
         if painter is not None:  # matplotlib (and scikit-learn) import there while MLflow imports here
             painter.start()
+        executor.start(tracking_uri=uri)  # the local executor imports MLflow
         load_mlflow()
         executor.ready()  # an executor that cannot start leaves no store, experiment or run behind
         store = MlflowStore(uri=plan.tracking_uri, experiment=plan.experiment)

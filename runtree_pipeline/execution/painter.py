@@ -415,6 +415,10 @@ def _main(argv: list[str]) -> None:
         _serve(sys.stdin.fileno(), answers, drawers)
     else:
         _draw_calls(sys.stdin.fileno(), answers)
+    # Its drawers are ended and reaped; the interpreter's teardown (matplotlib's, scikit-learn's) would only make
+    # the driver's `close` wait.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
