@@ -133,15 +133,6 @@ def mlflow_server(session_server) -> str:
     return session_server.url
 
 
-@pytest.fixture
-def restartable_server(session_server):
-    """The worker's server, which this test may stop and start again (same port, same store); it is up afterwards.
-    Tests that share it keep to their own experiments."""
-    yield session_server
-    if session_server.proc is None:
-        session_server.start()
-
-
 def failing_tree(store: str, experiment: str, fail_on: list[int]) -> dict:
     """Two variants x four points with failing points, and a stage that takes its best: resumed with other
     `fail_on`, both stages get a superseded run. The tree the read-back tests (export, sqlite reads) read."""

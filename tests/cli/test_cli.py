@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -22,8 +23,9 @@ from mlflow import MlflowClient
 
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.cli.main import CONFIG_PACKAGE, describe_hydra_error, help_text
+from runtree_pipeline.cli.main import _command as finishing_command
 from runtree_pipeline.tracking.provenance import cli_command
-from tests.conftest import REPO, all_runs, cli_env
+from tests.conftest import REPO, all_runs, cli_env, copy_of
 
 
 def _by_level(runs):
@@ -97,16 +99,37 @@ def test_dry_run_prints_plan_and_touches_no_store(run_cli, tmp_path):
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_default_store_is_mlflow_db_in_working_directory_and_summary_in_hydra_run_dir(run_cli, tmp_path):
-    proc = run_cli("+sweep=tutorial", "stages.tuning.subvariants.n=2", "experiment=try2", "plots=false")
+@pytest.fixture(scope="module")
+def on_the_default_store(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, bool, Path]:
+    """One command with no tracking_uri (MLflow then creates `mlflow.db` in the working directory, 3 s), for the
+    tests that read what it left: its output, its directory, whether a write-ahead log was left beside the store,
+    and a copy of the store file alone, both taken as the command exited, before any test opened the store."""
+    where = tmp_path_factory.mktemp("default_store")
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtree_pipeline", "+sweep=tutorial", "stages.tuning.subvariants.n=2"]
+        + ["experiment=try2", "plots=false"],
+        cwd=where,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
+    wal_left = (where / "mlflow.db-wal").exists()
+    copy = tmp_path_factory.mktemp("copy") / "mlflow.db"
+    shutil.copy(where / "mlflow.db", copy)
+    return proc, where, wal_left, copy
+
+
+def test_default_store_is_mlflow_db_in_working_directory_and_summary_in_hydra_run_dir(on_the_default_store):
+    proc, where, _, _ = on_the_default_store
     assert "tuning" in proc.stdout and "best metric1=" in proc.stdout and "mlflow ui" in proc.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
     runs = all_runs(client, "try2")
     assert len(runs) == 1 + 5 + 10
     (stage,) = _by_level(runs)["stage"]
 
-    (summary_path,) = tmp_path.glob("outputs/*/*/summary.json")
+    (summary_path,) = where.glob("outputs/*/*/summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["ok"] is True
     assert summary["stages"]["tuning"]["run_id"] == stage.info.run_id
@@ -154,8 +177,10 @@ def user_project(tmp_path) -> Path:
     return tmp_path
 
 
-def test_user_targets_import_from_the_working_directory_in_the_driver_and_in_spawned_workers(user_project):
-    """`-P` keeps Python from putting the working directory on sys.path, as a console script does: the CLI must."""
+def test_user_targets_import_from_the_working_directory_in_the_driver_and_in_spawned_workers(user_project, empty_store):
+    """`-P` keeps Python from putting the working directory on sys.path, as a console script does: the CLI must.
+    (The default store is there already: creating it costs 3 s and proves nothing here.)"""
+    copy_of(empty_store, user_project, "mlflow.db")
     env = cli_env()
     assert str(user_project) not in env["PYTHONPATH"].split(os.pathsep)
     proc = subprocess.Popen(
@@ -597,6 +622,10 @@ def as_typed_in_a_shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
+CTRL_C_ARGS = ["+sweep=slow", "experiment=ctrlc", "tracking_uri=sqlite:///store.db"]
+CTRL_C_ARGS += ["+tags.note='two words'", "progress=false", "plots=false"]
+
+
 @pytest.mark.parametrize(
     "config_dir",
     [
@@ -605,17 +634,26 @@ def as_typed_in_a_shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
         pytest.param(["--config-d", "./my_conf"], id="abbreviated"),
     ],
 )
-def test_ctrl_c_prints_the_whole_command_that_finishes_the_execution(store, tmp_path, config_dir):
+def test_the_finishing_command_writes_the_config_flag_as_hydra_read_it(monkeypatch, config_dir):
+    """The config flag of the command printed on Ctrl-C is read from the process's arguments by Hydra's parser and
+    written one way: `-cd=DIR` and `--config-d DIR` were dropped, and the pasted line did not find the sweep. The
+    test below pastes one spelling's line into a shell; every spelling yields that same line."""
+    monkeypatch.setattr(sys, "argv", [str(REPO / "runtree_pipeline" / "__main__.py"), *config_dir, *CTRL_C_ARGS])
+    command = finishing_command(SimpleNamespace(task=CTRL_C_ARGS, hydra=[]), resume="0123456789ab")
+    program, *rest = shlex.split(command)
+    assert rest == ["-m", "runtree_pipeline", "--config-dir", "./my_conf", *CTRL_C_ARGS, "resume=0123456789ab"]
+    assert program in ("python", os.path.basename(sys.executable), sys.executable)
+
+
+def test_ctrl_c_prints_the_whole_command_that_finishes_the_execution(store, tmp_path):
     """Issue 18: only `resume=ID` was printed; pasted onto the plain command it looked in the sweep's experiment,
-    not in `experiment=ctrlc`, and exited 2. The printed line, pasted as is, finishes the same execution; the config
-    flag is written as Hydra read it, whichever spelling its parser took (`-cd=DIR` and `--config-d DIR` were
-    dropped, and the pasted line did not find the sweep)."""
+    not in `experiment=ctrlc`, and exited 2. The printed line, pasted as is, finishes the same execution. Started
+    with `-cd=DIR`, it names `--config-dir DIR` (the test above: each spelling Hydra's parser takes)."""
     (tmp_path / "my_conf" / "sweep").mkdir(parents=True)
     (tmp_path / "my_conf" / "sweep" / "slow.yaml").write_text(SLOW_PIPELINE)
-    args = ["+sweep=slow", "experiment=ctrlc", "tracking_uri=sqlite:///store.db"]
-    args += ["+tags.note='two words'", "progress=false", "plots=false"]
+    args = CTRL_C_ARGS
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtree_pipeline", *config_dir, *args],
+        [sys.executable, "-m", "runtree_pipeline", "-cd=./my_conf", *args],
         cwd=tmp_path,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -753,7 +791,10 @@ def test_a_job_that_records_nothing_leaves_the_working_directory_as_it_was(run_c
 
 
 @pytest.mark.fresh_store
-def test_output_directories_of_earlier_runs_and_of_a_run_that_recorded_something_stay(run_cli, user_conf, tmp_path):
+def test_output_directories_of_earlier_runs_and_of_a_run_that_recorded_something_stay(
+    run_cli, user_conf, tmp_path, empty_store
+):
+    copy_of(empty_store, tmp_path, "mlflow.db")  # the default store, there already: creating it costs 3 s
     proc = run_cli("--config-dir", str(user_conf), "+sweep=mine", "plots=false")
     assert proc.returncode == 0, proc.stderr
     (summary,) = tmp_path.glob("outputs/*/*/summary.json")
@@ -762,7 +803,6 @@ def test_output_directories_of_earlier_runs_and_of_a_run_that_recorded_something
     assert [p.relative_to(tmp_path) for p in tmp_path.glob("outputs/*/*")] == [summary.parent.relative_to(tmp_path)]
 
 
-@pytest.mark.fresh_store
 def test_a_job_that_records_nothing_leaves_alone_the_output_directory_another_launch_is_using(user_project, store):
     """Two launches started in the same second share `outputs/DATE/TIME/` (here both are given the same
     `hydra.run.dir`). The one interrupted before it recorded anything removed it, with the other's `.hydra/` and
@@ -791,7 +831,7 @@ def test_a_job_that_records_nothing_leaves_alone_the_output_directory_another_la
 
     first = start("+sweep=mine", "stages.a._target_=slowmod.f", "~stages.a.params", "stages.b.depends_on=[]")
     wait_for(user_project / "importing", first)  # its plan is being built: nothing recorded yet
-    second = start("+sweep=slow")
+    second = start("+sweep=slow", "stages.fit.params.sleep=0.25")  # 2 s of leaves after `calls.txt`
     wait_for(user_project / "calls.txt", second)
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=60)
@@ -803,13 +843,9 @@ def test_a_job_that_records_nothing_leaves_alone_the_output_directory_another_la
     assert (shared / ".hydra" / "config.yaml").is_file()
 
 
-def test_after_the_command_the_store_file_alone_holds_every_run(run_cli, tmp_path):
+def test_after_the_command_the_store_file_alone_holds_every_run(on_the_default_store):
     """The CLI ends without the interpreter's teardown, but closes its store connections first: sqlite folds its
     write-ahead log into the file, so a copy of `mlflow.db` alone is whole, and deleting it leaves nothing stale."""
-    proc = run_cli("+sweep=tutorial", "stages.tuning.subvariants.n=2", "plots=false", "progress=false")
-    assert proc.returncode == 0, proc.stderr
-    assert not (tmp_path / "mlflow.db-wal").exists()
-    copy = tmp_path / "copy" / "mlflow.db"
-    copy.parent.mkdir()
-    shutil.copy(tmp_path / "mlflow.db", copy)
-    assert len(all_runs(MlflowClient(f"sqlite:///{copy}"), "tutorial")) == 1 + 5 + 5 * 2
+    _, _, wal_left, copy = on_the_default_store
+    assert not wal_left
+    assert len(all_runs(MlflowClient(f"sqlite:///{copy}"), "try2")) == 1 + 5 + 5 * 2

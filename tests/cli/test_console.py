@@ -17,7 +17,7 @@ import pytest
 
 from runtree_pipeline import build_plan, run_plan
 from runtree_pipeline.cli import console
-from tests.conftest import all_runs, cli_env
+from tests.conftest import all_runs, cli_env, copy_of
 
 TUTORIAL = {
     "experiment": "tutorial",
@@ -65,10 +65,10 @@ CHAIN = {
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(tmp_path_factory, empty_store):
     """Three executions in one store, oldest first: the tutorial's shape, one with a failing leaf, and a newest
     one in another experiment that has no `tuning` stage and a single-run stage `after`."""
-    store = f"sqlite:///{tmp_path_factory.mktemp('console') / 'store.db'}"
+    store = copy_of(empty_store, tmp_path_factory.mktemp("console"))
     results = {
         name: run_plan(build_plan({**config, "tracking_uri": store}), plots=False)
         for name, config in (("tutorial", TUTORIAL), ("flaky", FLAKY), ("chain", CHAIN))
@@ -158,8 +158,7 @@ def test_list_shows_each_execution_newest_first(recorded, capsys):
     assert rows[0].endswith("fit=0 after=0.5")  # a stage without sweeps shows its own objective value
 
 
-def test_list_shows_a_dash_for_a_stage_without_objective_value(tmp_path, capsys):
-    store = f"sqlite:///{tmp_path / 'store.db'}"
+def test_list_shows_a_dash_for_a_stage_without_objective_value(store, capsys):
     config = {
         "tracking_uri": store,
         "objective": {"metric": "loss"},
@@ -224,9 +223,8 @@ def test_clear_errors(recorded, capsys, args, message):
     assert line.startswith("runtree: error: " + message.format(**names))
 
 
-def test_diff_names_the_changed_param_and_the_new_best(tmp_path, capsys):
+def test_diff_names_the_changed_param_and_the_new_best(store, capsys):
     """Without ids, the experiment's two newest executions, older first; identical ones say nothing differs."""
-    store = f"sqlite:///{tmp_path / 'store.db'}"
     ids = []
     for y in (-2.0, 0.0, 0.0):
         config = {**CHAIN, "tracking_uri": store}
@@ -286,21 +284,6 @@ def test_exit_codes_reach_the_shell(recorded):
     assert proc.stderr.startswith("runtree: error: no pipeline with stage 'nostage'")
 
 
-def test_tree_against_a_server(mlflow_server, capsys):
-    config = {**TUTORIAL, "tracking_uri": mlflow_server, "experiment": "console_http"}
-    config["stages"] = {
-        "tuning": {
-            **TUTORIAL["stages"]["tuning"],
-            "subvariants": {**TUTORIAL["stages"]["tuning"]["subvariants"], "n": 2},
-        }
-    }
-    result = run_plan(build_plan(config), plots=False)
-    proc = runtree(capsys, "tree", "--tracking-uri", mlflow_server, "--experiment", "console_http")
-    assert proc.code == 0, proc.err
-    assert proc.lines[0].startswith(f"pipeline {result.pipeline_id} of experiment 'console_http'")
-    assert len([line for line in proc.lines if "test_" in line]) == 5
-
-
 MINE = """\
 # @package _global_
 objective: {metric: loss}
@@ -316,11 +299,12 @@ stages:
 """
 
 
-def test_best_prints_commands_that_run_as_printed_from_anywhere(tmp_path, capsys):
+def test_best_prints_commands_that_run_as_printed_from_anywhere(tmp_path, capsys, empty_store):
     """A user's own pipeline (target module and config beside it, relative store path): the printed commands are
     pasted into a shell in another directory and reproduce the same best."""
     project = tmp_path / "project"
     (project / "my_conf" / "sweep").mkdir(parents=True)
+    copy_of(empty_store, project, "mlflow.db")  # an existing store: migrating a new one costs 1-5 s
     (project / "my_conf" / "sweep" / "mine.yaml").write_text(MINE)
     (project / "mytargets.py").write_text(
         "def bowl(*, x, scale, label):\n    return {'loss': scale * (x - 1) ** 2 + len(label)}\n"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from mlflow import MlflowClient
 
-from runtree_pipeline import run_pipeline
+from runtree_pipeline import build_plan, run_pipeline, run_plan
 from runtree_pipeline.execution.executors import ProcessExecutor
+from runtree_pipeline.tracking.localserver import free_port
 from tests.conftest import all_runs, cli_env
 
 
@@ -111,6 +114,70 @@ def _start(tmp_path, url, experiment, *args, **env):
     )
 
 
+class Outage:
+    """A loopback port in front of the worker's `mlflow server` that goes down and comes back up as a server that
+    stops does: new connections are refused; a request already received gets its answer, and an open connection
+    is then closed without passing on the next one (a write the server never saw, not one whose answer was lost).
+    Restarting the server itself would cost 7-9 s of a test where nothing depends on which process answers."""
+
+    def __init__(self, server_url: str) -> None:
+        self.upstream = ("127.0.0.1", int(server_url.rsplit(":", 1)[1]))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.listener: socket.socket | None = None
+
+    def start(self) -> Outage:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        listener, self.listener = self.listener, None
+        _shut(listener)
+        listener.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, upstream, listener), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, up_while: socket.socket | None) -> None:
+        """Bytes from `src` to `dst`; towards the server only while the listener it came through is up."""
+        try:
+            while (data := src.recv(65536)) and (up_while is None or self.listener is up_while):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _shut(src)
+            _shut(dst)
+            src.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def outage(mlflow_server):
+    front = Outage(mlflow_server).start()
+    yield front
+    if front.listener is not None:
+        front.stop()
+
+
 def _wait_calls(tmp_path, n):
     deadline = time.time() + 120
     path = tmp_path / "calls.txt"
@@ -128,26 +195,26 @@ def _assert_complete(url, experiment):
     assert stage.data.metrics["best_loss"] == min(r.data.metrics["loss"] for r in leaves) == 0.0
 
 
-def test_a_short_server_outage_mid_run_is_ridden_out(restartable_server, tmp_path):
-    proc = _start(tmp_path, restartable_server.url, "ridden_out")
+def test_a_short_server_outage_mid_run_is_ridden_out(outage, tmp_path):
+    proc = _start(tmp_path, outage.url, "ridden_out")
     _wait_calls(tmp_path, 2)
-    restartable_server.stop()
+    outage.stop()
     time.sleep(2)
-    restartable_server.start()
+    outage.start()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    _assert_complete(restartable_server.url, "ridden_out")
+    _assert_complete(outage.url, "ridden_out")
 
 
-def test_a_write_that_finally_fails_is_loud_and_resumable(restartable_server, tmp_path):
+def test_a_write_that_finally_fails_is_loud_and_resumable(outage, tmp_path):
     fast_fail = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
         "RUNTREE_RETRY_SECONDS": "1",
     }
-    proc = _start(tmp_path, restartable_server.url, "finally_fails", **fast_fail)
+    proc = _start(tmp_path, outage.url, "finally_fails", **fast_fail)
     _wait_calls(tmp_path, 2)
-    restartable_server.stop()
+    outage.stop()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 4, err
     last = err.strip().splitlines()[-1]
@@ -155,12 +222,12 @@ def test_a_write_that_finally_fails_is_loud_and_resumable(restartable_server, tm
     _, _, command = last.partition("; redo what is missing with: ")
     assert shlex.split(command)[1:4] == ["-m", "runtree_pipeline", "--config-dir"] and " resume=" in command, last
 
-    restartable_server.start()
+    outage.start()
     # The line as printed, pasted in the same directory with the PATH it was started with: it finishes the same
     # execution (one stage run in all).
     again = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    _assert_complete(restartable_server.url, "finally_fails")
+    _assert_complete(outage.url, "finally_fails")
 
 
 @pytest.mark.parametrize(("sleep", "n"), [(0.02, 24), (0.3, 6)])
@@ -194,6 +261,25 @@ def test_recorded_durations_are_the_work_not_the_bookkeeping(mlflow_server, slee
     assert -0.002 <= late_ends[0] and late_ends[-1] < 0.25 and statistics.median(late_ends) < 0.02, late_ends
     assert early_starts[0] >= -0.002, early_starts
     assert statistics.median(early_starts) < 0.5, early_starts
+
+
+def test_tree_against_a_server(mlflow_server, capsys):
+    """`runtree tree` reads a server's store as it reads a file's. Here rather than in tests/cli/test_console.py, so
+    that the one server of the worker that runs this module serves it: starting another costs 6-10 s."""
+    from tests.cli.test_console import TUTORIAL, runtree
+
+    config = {**TUTORIAL, "tracking_uri": mlflow_server, "experiment": "console_http"}
+    config["stages"] = {
+        "tuning": {
+            **TUTORIAL["stages"]["tuning"],
+            "subvariants": {**TUTORIAL["stages"]["tuning"]["subvariants"], "n": 2},
+        }
+    }
+    result = run_plan(build_plan(config), plots=False)
+    proc = runtree(capsys, "tree", "--tracking-uri", mlflow_server, "--experiment", "console_http")
+    assert proc.code == 0, proc.err
+    assert proc.lines[0].startswith(f"pipeline {result.pipeline_id} of experiment 'console_http'")
+    assert len([line for line in proc.lines if "test_" in line]) == 5
 
 
 def test_the_best_model_is_registered_through_a_server(mlflow_server):
