@@ -34,7 +34,7 @@ def watch():
     while True:
         for p in me.children(recursive=True):
             try:
-                seen.setdefault(p.pid, p.name())
+                seen[p.pid] = p.name()  # the latest: caught between fork and exec, a child is still "python"
             except psutil.Error:
                 pass
         time.sleep(0.02)
@@ -142,7 +142,7 @@ def test_sigterm_to_the_whole_group_while_ray_leaves_run_ends_the_pipeline_and_i
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(driver.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    seen.setdefault(child.pid, (child, child.name()))
+                    seen[child.pid] = (child, child.name())  # the latest: before its exec a child is "python"
         time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGTERM)
     _, stderr = driver.communicate(timeout=180)
