@@ -139,12 +139,12 @@ def stops_pipeline(*, x: float, log_file: str, at: float, after: int, driver: in
     import signal
     import time
 
-    import mlflow
-
     log = Path(log_file)
-    run = mlflow.active_run().info
     claimed = False
-    if x == at:
+    if x == at and not log.with_suffix(".claimed").exists():
+        import mlflow  # only here: importing it triples a fresh worker's (a Slurm job's) way to an ordinary call
+
+        run = mlflow.active_run().info
         try:
             with log.with_suffix(".claimed").open("x") as claim:
                 claim.write(run.run_name)

@@ -64,7 +64,7 @@ def assert_continued_from_the_newest_checkpoint(client, how: str, marker: Path, 
 
 def test_a_retry_after_a_timeout_continues_from_the_newest_checkpoint(store, client, tmp_path):
     executor = ProcessExecutor(workers=1)
-    marker, result = run_lost_once(store, tmp_path, "hang", executor, {"timeout_s": 8})
+    marker, result = run_lost_once(store, tmp_path, "hang", executor, {"timeout_s": 4})
     assert_continued_from_the_newest_checkpoint(client, "hang", marker, result)
     (run,) = all_runs(client, "hang")
     first = client.download_artifacts(run.info.run_id, "attempts/1")

@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 
 from runtree_pipeline import ConfigErrors, Interrupted, PipelineResult, build_plan, run_pipeline, run_plan
 from runtree_pipeline.execution.executors import Executor, LocalExecutor, ProcessExecutor, RayExecutor, processes
+from runtree_pipeline.execution.executors.ray import _stop_autoscaler
 from runtree_pipeline.execution.leaf import LeafTask
 from runtree_pipeline.plan.targets import FunctionTarget
 from runtree_pipeline.tracking.records import RunRef
@@ -57,6 +58,7 @@ def ray_runtime():
         try:
             yield
         finally:
+            _stop_autoscaler()  # else shutting down waits a second for it, in every module that uses this fixture
             ray.shutdown()
             signal.signal(signal.SIGTERM, sigterm)
 

@@ -1,7 +1,9 @@
 """A Ray runtime the executor starts itself (`address: local`, no runtime in the process yet) starts while the driver
 opens the store, and is gone, every process of it by pid, once the pipeline ends: after a success, after an error
-while it was still starting, and after SIGTERM, which must end the pipeline (143), not abort it. Each pipeline runs
-in a fresh driver process, with no RAY_ADDRESS, so the runtime is its own and not the contract module's."""
+while it was still starting, and after SIGTERM, which must end the pipeline (143), not abort it. The drivers have no
+RAY_ADDRESS, so the runtime is their own and not the contract module's. One driver runs the store-fails pipeline and
+then the successful one, each starting its own runtime, which must be gone before the next pipeline starts: that saves
+a driver's start-up and imports, and shows too that a driver can start a runtime again after one ended."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import cli_env, copy_of
 
 pytest.importorskip("ray")
 
@@ -40,15 +42,6 @@ def watch():
         time.sleep(0.02)
 
 threading.Thread(target=watch, daemon=True).start()
-code = 0
-try:
-    run_plan(build_plan(json.loads(sys.argv[1])), executor=RayExecutor(workers=2, num_cpus=0.5), plots=False)
-    outcome = "ok"
-except Interrupted as e:
-    outcome, code = "interrupted", e.exit_code
-except Exception as e:
-    outcome = type(e).__name__
-ray_seen = dict(seen)
 
 def alive(pid):
     try:
@@ -56,13 +49,25 @@ def alive(pid):
     except psutil.Error:
         return False
 
-print(json.dumps({"outcome": outcome, "seen": ray_seen, "alive": [pid for pid in ray_seen if alive(pid)]}))
-sys.exit(code)
+reports = []
+for config in json.loads(sys.argv[1]):
+    seen.clear()
+    try:
+        run_plan(build_plan(config), executor=RayExecutor(workers=2, num_cpus=0.5), plots=False)
+        outcome = "ok"
+    except Interrupted:
+        outcome = "interrupted"
+    except Exception as e:
+        outcome = type(e).__name__
+    ray_seen = dict(seen)
+    reports.append({"outcome": outcome, "seen": ray_seen, "alive": [pid for pid in ray_seen if alive(pid)]})
+print(json.dumps(reports))
 """
 
 
-def start_driver(config: dict, tmp_path: Path) -> subprocess.Popen:
-    return own_runtime([sys.executable, "-c", DRIVER, json.dumps(config)], tmp_path)
+def start_driver(configs: list[dict], tmp_path: Path) -> subprocess.Popen:
+    """One driver running `configs` in turn, each pipeline with a Ray runtime of its own."""
+    return own_runtime([sys.executable, "-c", DRIVER, json.dumps(configs)], tmp_path)
 
 
 def own_runtime(command: list[str], cwd: Path) -> subprocess.Popen:
@@ -74,11 +79,12 @@ def own_runtime(command: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def report(driver: subprocess.Popen) -> dict:
+def reports(driver: subprocess.Popen) -> list[dict]:
     stdout, stderr = driver.communicate(timeout=180)
-    assert stdout.strip(), stderr
+    assert driver.returncode == 0 and stdout.strip(), stderr
     seen = json.loads(stdout.strip().splitlines()[-1])
-    assert {"raylet", "gcs_server"} <= set(seen["seen"].values()), (seen, stderr)
+    for one in seen:
+        assert {"raylet", "gcs_server"} <= set(one["seen"].values()), (one, stderr)
     return seen
 
 
@@ -91,23 +97,31 @@ def config(store: str, log_file: Path, sleep: float) -> dict:
     return {"tracking_uri": store, "experiment": "own", "objective": {"metric": "loss"}, "stages": {"fit": stage}}
 
 
-def test_the_runtime_it_started_is_gone_once_the_pipeline_ends(store, tmp_path):
-    driver = start_driver(config(store, tmp_path / "calls", sleep=0), tmp_path)
-    seen = report(driver)
+@pytest.fixture(scope="module")
+def store_fails_then_succeeds(tmp_path_factory, empty_store) -> tuple[Path, dict, dict]:
+    """The store-fails pipeline first, so its runtime starts in a driver that never had one, as a user's would."""
+    tmp_path = tmp_path_factory.mktemp("own-runtime")
+    (tmp_path / "a_file").write_text("")
+    unopenable = f"sqlite:///{tmp_path / 'a_file' / 'store.db'}"
+    store = copy_of(empty_store, tmp_path)
+    configs = [config(unopenable, tmp_path / "failed-calls", sleep=0), config(store, tmp_path / "calls", sleep=0)]
+    failed, succeeded = reports(start_driver(configs, tmp_path))
+    return tmp_path, failed, succeeded
 
-    assert driver.returncode == 0 and seen["outcome"] == "ok", seen
+
+def test_the_runtime_it_started_is_gone_once_the_pipeline_ends(store_fails_then_succeeds):
+    tmp_path, _, seen = store_fails_then_succeeds
+
+    assert seen["outcome"] == "ok", seen
     assert len((tmp_path / "calls").read_text().splitlines()) == 4
     assert seen["alive"] == [], {pid: seen["seen"][pid] for pid in map(str, seen["alive"])}
 
 
-def test_a_runtime_still_starting_when_the_store_fails_to_open_is_gone_too(tmp_path):
-    (tmp_path / "a_file").write_text("")
-    unopenable = f"sqlite:///{tmp_path / 'a_file' / 'store.db'}"
-    driver = start_driver(config(unopenable, tmp_path / "calls", sleep=0), tmp_path)
-    seen = report(driver)
+def test_a_runtime_still_starting_when_the_store_fails_to_open_is_gone_too(store_fails_then_succeeds):
+    tmp_path, seen, _ = store_fails_then_succeeds
 
     assert seen["outcome"] not in ("ok", "interrupted"), seen
-    assert not (tmp_path / "calls").exists()
+    assert not (tmp_path / "failed-calls").exists()
     assert seen["alive"] == [], {pid: seen["seen"][pid] for pid in map(str, seen["alive"])}
 
 
@@ -149,8 +163,9 @@ def test_sigterm_to_the_whole_group_while_ray_leaves_run_ends_the_pipeline_and_i
 
     assert driver.returncode == 128 + signal.SIGTERM, stderr
     assert {"raylet", "gcs_server"} <= {name for _, name in seen.values()}, seen
-    time.sleep(1)  # what the driver did not stop itself dies of its own SIGTERM, at once, or never
-    left = {pid: name for pid, (child, name) in seen.items() if _alive(child)}
+    gone_by = time.monotonic() + 1  # what the driver did not stop itself dies of its own SIGTERM, at once, or never
+    while (left := {pid: name for pid, (child, name) in seen.items() if _alive(child)}) and time.monotonic() < gone_by:
+        time.sleep(0.05)
     assert left == {}
 
 

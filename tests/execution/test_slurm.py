@@ -12,13 +12,40 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from runtree_pipeline import build_plan, run_plan
-from runtree_pipeline.execution.executors import SlurmExecutor
-from tests.conftest import all_runs
+from runtree_pipeline.execution.executors import LocalExecutor, SlurmExecutor
+from tests.conftest import all_runs, copy_of
 from tests.execution.test_command_ray import program_config
-from tests.execution.test_executors import ExecutorContract, ctrl_c, leaf, reference  # noqa: F401 - fixtures
+from tests.execution.test_executors import (  # noqa: F401 - fixtures
+    ContractRun,
+    ExecutorContract,
+    contract_config,
+    ctrl_c,
+    leaf,
+    leaves_of,
+    tree_facts,
+)
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - fixture
+
+FIT_N = 3
+"""Fit leaves per variant in the contract pipeline here: each is a job that imports MLflow (5 s on this node), so
+3 not the contract's 5; seed 38 still draws the failing x=3 and the best x=2 once in each variant."""
+
+
+def small_contract_config(store: str, experiment: str) -> dict:
+    config = contract_config(store, experiment)
+    config["stages"]["fit"]["subvariants"].update(n=FIT_N, seed=38)
+    return config
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, empty_store):
+    """The smaller contract pipeline's tree as the local executor records it."""
+    store = copy_of(empty_store, tmp_path_factory.mktemp("reference"))
+    run_plan(build_plan(small_contract_config(store, "contract")), executor=LocalExecutor(), plots=False)
+    return tree_facts(MlflowClient(store), "contract")
 
 
 def queued() -> list[str]:
@@ -43,6 +70,60 @@ class TestSlurm(ExecutorContract):
     @classmethod
     def make_executor(cls, slurm_cluster):  # noqa: F811
         return lambda: SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2, timeout_min=10, startup_s=2)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def contract_run(cls, make_executor, tmp_path_factory, empty_store) -> ContractRun:
+        """The contract's run (another run's id in MLFLOW_RUN_ID included), with `FIT_N` fit leaves per variant."""
+        store = copy_of(empty_store, tmp_path_factory.mktemp("contract"))
+        client = MlflowClient(store)
+        stranger = client.create_run(client.create_experiment("elsewhere")).info.run_id
+        client.set_terminated(stranger)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MLFLOW_RUN_ID", stranger)
+            plan = build_plan(small_contract_config(store, "contract"))
+            result = run_plan(plan, executor=make_executor(), plots=False)
+        return ContractRun(result, client, stranger)
+
+    def test_fluent_logging_in_a_target_lands_on_its_leaf_with_steps(self, contract_run):
+        _, client, _ = contract_run
+        leaves = [r for r in leaves_of(all_runs(client, "contract")) if r.info.run_name.startswith("fit/")]
+        assert len(leaves) == 2 * FIT_N
+        for r in leaves:
+            x = float(r.data.params["x"])
+            history = client.get_metric_history(r.info.run_id, "curve")
+            assert sorted((m.step, m.value) for m in history) == [(i, x + i) for i in range(3)], r.info.run_name
+        parents = [r for r in all_runs(client, "contract") if r.data.tags["runtree.level"] != "subvariant"]
+        assert all(client.get_metric_history(r.info.run_id, "curve") == [] for r in parents)
+
+    def test_a_pruner_stops_a_leaf_from_its_reports_wherever_it_runs(self, make_executor, store, client):
+        """The contract's pruner test on one leaf that improves and one that diverges, which fill the cluster's two
+        CPUs in one round of jobs (each imports MLflow) instead of three."""
+        config = {
+            "tracking_uri": store,
+            "experiment": "pruned",
+            "objective": {"metric": "val_loss"},
+            "stages": {
+                "fit": {
+                    "_target_": "tests.targets.diverging",
+                    "subvariants": {
+                        "params": {"x": "range(2, 4)"},
+                        "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "upper": 5.0},
+                    },
+                }
+            },
+        }
+        result = run_plan(build_plan(config), executor=make_executor(), plots=False)
+        assert result.ok and result.stages["fit"].best.params["x"] == 2
+        assert result.stages["fit"].counts["pruned"] == 1 and result.stages["fit"].counts["failed"] == 0
+        runs = all_runs(client, "pruned")
+        leaves = {r.data.params["x"]: r for r in runs if r.data.tags["runtree.level"] != "stage"}
+        assert {x: r.info.status for x, r in leaves.items()} == {"2": "FINISHED", "3": "KILLED"}
+        (stage,) = (r for r in runs if r.data.tags["runtree.level"] == "stage")
+        assert stage.data.tags.get("runtree.order_dependent") == "pruner", "a rerun may prune other leaves"
+        assert leaves["3"].data.tags["runtree.pruned"] == "true"
+        assert leaves["3"].data.tags["runtree.pruned_at_step"] == "2"
+        assert [m.step for m in client.get_metric_history(leaves["3"].info.run_id, "val_loss")] == [0, 1, 2]
 
     def test_closing_leaves_no_job_in_the_queue(self, make_executor, store):
         executor = make_executor()
