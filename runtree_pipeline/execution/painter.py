@@ -165,12 +165,14 @@ class Painter:
         if process is None:
             return
         self._outbox.put(None)
-        with contextlib.suppress(Exception):
-            try:
+        try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(CLOSE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        finally:  # an interrupt during the wait must not leave it running: nobody would close it again
+            with contextlib.suppress(Exception):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(5)
         for future in list(self._calls.values()):
             settle(future, RuntimeError("the painter was stopped"))
 
@@ -396,12 +398,12 @@ def _end(drawer: _Drawer, *, kill: bool = False) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    from runtree_pipeline.reports.plots import warm
-
     # The driver decides what a signal to the whole group does, and ends the painter itself (or, killed, by the end
     # of its calls).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from runtree_pipeline.reports.plots import warm
+
     with contextlib.suppress(OSError, AttributeError):
         os.nice(NICE)
     answers = os.dup(sys.stdout.fileno())

@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 AHEAD_SECONDS = 0.1
 WARM_WIDTHS = 4
 """The painter warms up at most this many layouts (the widest): each costs it 0.3-0.4 s before its first parent."""
+WIDEST_WARM = 12
+"""Wider layouts are not warmed: drawing one costs seconds, far more than a layout's first figure saves."""
 
 
 class Runner:
@@ -825,5 +827,5 @@ def picture_warmup(plan: Plan) -> dict[str, Any]:
             widths.add(len(spec.subvariants.keys))
         importance = importance or (spec.leaf_count() >= MIN_ROWS and len(swept) >= 2)
         pareto = pareto or len(spec.objective.goals) == 2
-    widths.discard(0)
-    return {"widths": sorted(widths)[-WARM_WIDTHS:], "importance": importance, "pareto": pareto}
+    kept = sorted(w for w in widths if 0 < w <= WIDEST_WARM)
+    return {"widths": kept[-WARM_WIDTHS:], "importance": importance, "pareto": pareto}

@@ -51,7 +51,7 @@ def warm(*, widths: Sequence[int] = (2,), importance: bool = False, pareto: bool
             LeafResult(
                 f"warm{i}",
                 f"warm{i}",
-                {f"p{k}": f"c{(i + k) % 3}" if k % 2 else (i * (k + 3) % rows) / rows for k in range(width)},
+                {f"p{k}": f"c{(i + k) % 3}" if k % 2 else ((i + k) % rows) / rows for k in range(width)},
                 {},
                 {},
                 "FINISHED",

@@ -301,7 +301,9 @@ def test_the_painter_warms_up_on_the_layouts_of_the_shipped_sweeps(sweep, warmup
     assert painter is not None and painter.warmup == warmup
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drawers and subreapers are Linux's")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2, reason="drawers need fork, 2 cores"
+)
 def test_a_closed_painter_waits_for_its_drawers_itself_even_while_they_draw():
     """Killed outright, the painter would leave its drawers to be reaped by whoever adopts them: zombies for good
     where the driver is a container's first process. This process adopts orphans here, as such a driver does."""
@@ -310,6 +312,7 @@ def test_a_closed_painter_waits_for_its_drawers_itself_even_while_they_draw():
     assert ctypes.CDLL(None, use_errno=True).prctl(36, 1) == 0  # PR_SET_CHILD_SUBREAPER
     painter = Painter()
     painter.start()
+    started = time.monotonic()
     try:
         pids = set(drawers(painter))
         painter._submit(node("slow"), time.sleep, 30)

@@ -178,16 +178,33 @@ def _alive(process) -> bool:
         return False
 
 
-def test_a_malformed_ray_address_is_one_line_naming_the_key_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "env", "line"),
+    [
+        pytest.param(
+            [],
+            {"RAY_ADDRESS": "headnode:port"},
+            "key 'RAY_ADDRESS': Ray could not join the runtime at 'headnode:port'",
+            id="RAY_ADDRESS",
+        ),
+        pytest.param(
+            ["executor.address=headnode:port", "tracking_uri=http://127.0.0.1:9"],
+            {},
+            "key 'executor.address': Ray could not join the runtime at 'headnode:port'",
+            id="executor.address",
+        ),
+    ],
+)
+def test_a_malformed_ray_address_is_one_line_naming_where_it_came_from_and_writes_nothing(tmp_path, setting, env, line):
     (tmp_path / "conf" / "sweep").mkdir(parents=True)
     (tmp_path / "conf" / "sweep" / "own.yaml").write_text(SWEEP.replace("LOG", str(tmp_path / "calls")))
     store = tmp_path / "mlflow.db"
     command = [sys.executable, "-m", "runtree_pipeline", "--config-dir", str(tmp_path / "conf"), "+sweep=own"]
-    env = {**cli_env(), "RAY_ADDRESS": "headnode:port"}
+    environment = {k: v for k, v in cli_env().items() if k != "RAY_ADDRESS"} | env
     done = subprocess.run(
-        [*command, f"tracking_uri=sqlite:///{store}", "executor=ray", f"hydra.run.dir={tmp_path / 'out'}"],
+        [*command, f"tracking_uri=sqlite:///{store}", "executor=ray", *setting, f"hydra.run.dir={tmp_path / 'out'}"],
         cwd=tmp_path,
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=180,
@@ -195,7 +212,6 @@ def test_a_malformed_ray_address_is_one_line_naming_the_key_and_writes_nothing(t
 
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "runtree: error: key 'executor.address': Ray could not join the runtime at 'headnode:port': "
-        "Unable to parse port number from port (full address = headnode:port)"
+        f"runtree: error: {line}: Unable to parse port number from port (full address = headnode:port)"
     ]
     assert not store.exists() and not (tmp_path / "calls").exists()

@@ -222,3 +222,14 @@ def test_the_warm_up_builds_the_layouts_a_plan_asks_for_and_leaves_nothing_in_th
         }
     finally:
         _CANVASES.clear()
+
+
+def test_the_warm_up_builds_wide_layouts_without_importance_too():
+    from runtree_pipeline.reports.plots import warm
+
+    _CANVASES.clear()
+    try:
+        warm(widths=(7,))
+        assert {("objective", 3, 3), ("parallel", 8)} <= set(_CANVASES)
+    finally:
+        _CANVASES.clear()

@@ -76,7 +76,10 @@ class RayExecutor(Executor):
             return
         if not ray.is_initialized():
             self._started_ray = True  # before init: an interrupted init still has a runtime to shut down
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            except (ValueError, ConnectionError) as e:
+                raise _unreachable(e, self.address, "executor.address") from None
         if self.address != "local":
             self.report_host = ray.util.get_node_ip_address()
         self._connected()
@@ -98,7 +101,11 @@ class RayExecutor(Executor):
             # "local" itself would ignore RAY_ADDRESS; None would also join whatever cluster Ray last noted in
             # /tmp/ray/ray_current_cluster, another user's or one long gone.
             address = os.environ.get("RAY_ADDRESS") or "local"
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            except (ValueError, ConnectionError) as e:
+                where = "RAY_ADDRESS" if address != "local" else "executor.address"
+                raise _unreachable(e, None if address == "local" else address, where) from None
             self._connected()
         except BaseException as e:  # noqa: BLE001 - raised in the driver, by the first leaf (or `workers`)
             self._start_error = e
@@ -124,14 +131,8 @@ class RayExecutor(Executor):
 
     def _wait_ready(self) -> None:
         self._ready.wait()
-        error = self._start_error
-        if isinstance(error, (ValueError, ConnectionError)):  # a malformed or unreachable address: the user's to fix
-            where = os.environ.get("RAY_ADDRESS") if self.address == "local" else self.address
-            runtime = f"join the runtime at {where!r}" if where else "start a local runtime"
-            first = (str(error).strip() or type(error).__name__).splitlines()[0]
-            raise ConfigError(f"Ray could not {runtime}: {first}", key="executor.address")
-        if error is not None:
-            raise error
+        if self._start_error is not None:
+            raise self._start_error
 
     def ready(self) -> None:
         if getattr(self, "_ready", None) is not None:
@@ -230,3 +231,10 @@ class _Without(logging.Filter):
 def _describe_ray_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else 'the Ray task failed'}"
+
+
+def _unreachable(error: Exception, address: str | None, key: str) -> ConfigError:
+    """What `ray.init` raises for an address it cannot parse or reach, as the user's one line to fix."""
+    runtime = f"join the runtime at {address!r}" if address else "start a local runtime"
+    first = (str(error).strip() or type(error).__name__).splitlines()[0]
+    return ConfigError(f"Ray could not {runtime}: {first}", key=key)
