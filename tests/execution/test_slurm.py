@@ -66,6 +66,8 @@ def empty_queue(slurm_cluster):  # noqa: F811
 
 
 class TestSlurm(ExecutorContract):
+    pruned_points = range(2, 4)  # one leaf that improves, one that diverges: one round of jobs (each imports MLflow)
+
     @pytest.fixture(scope="class")
     @classmethod
     def make_executor(cls, slurm_cluster):  # noqa: F811
@@ -95,35 +97,6 @@ class TestSlurm(ExecutorContract):
             assert sorted((m.step, m.value) for m in history) == [(i, x + i) for i in range(3)], r.info.run_name
         parents = [r for r in all_runs(client, "contract") if r.data.tags["runtree.level"] != "subvariant"]
         assert all(client.get_metric_history(r.info.run_id, "curve") == [] for r in parents)
-
-    def test_a_pruner_stops_a_leaf_from_its_reports_wherever_it_runs(self, make_executor, store, client):
-        """The contract's pruner test on one leaf that improves and one that diverges, which fill the cluster's two
-        CPUs in one round of jobs (each imports MLflow) instead of three."""
-        config = {
-            "tracking_uri": store,
-            "experiment": "pruned",
-            "objective": {"metric": "val_loss"},
-            "stages": {
-                "fit": {
-                    "_target_": "tests.targets.diverging",
-                    "subvariants": {
-                        "params": {"x": "range(2, 4)"},
-                        "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "upper": 5.0},
-                    },
-                }
-            },
-        }
-        result = run_plan(build_plan(config), executor=make_executor(), plots=False)
-        assert result.ok and result.stages["fit"].best.params["x"] == 2
-        assert result.stages["fit"].counts["pruned"] == 1 and result.stages["fit"].counts["failed"] == 0
-        runs = all_runs(client, "pruned")
-        leaves = {r.data.params["x"]: r for r in runs if r.data.tags["runtree.level"] != "stage"}
-        assert {x: r.info.status for x, r in leaves.items()} == {"2": "FINISHED", "3": "KILLED"}
-        (stage,) = (r for r in runs if r.data.tags["runtree.level"] == "stage")
-        assert stage.data.tags.get("runtree.order_dependent") == "pruner", "a rerun may prune other leaves"
-        assert leaves["3"].data.tags["runtree.pruned"] == "true"
-        assert leaves["3"].data.tags["runtree.pruned_at_step"] == "2"
-        assert [m.step for m in client.get_metric_history(leaves["3"].info.run_id, "val_loss")] == [0, 1, 2]
 
     def test_closing_leaves_no_job_in_the_queue(self, make_executor, store):
         executor = make_executor()
