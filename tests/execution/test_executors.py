@@ -84,7 +84,10 @@ def run(config: dict, executor: Executor) -> PipelineResult:
 # --- the pipelines the contract runs -------------------------------------------------------------------------------
 
 
-def contract_config(store: str, experiment: str) -> dict:
+def contract_config(store: str, experiment: str, *, fit: tuple[int, int] = (5, 40)) -> dict:
+    """`fit`: the fit stage's draws per variant and their seed, chosen so that each variant's study draws x=3 (which
+    fails) and x=2 (the best) once."""
+    draws, seed = fit
     return {
         "tracking_uri": store,
         "experiment": experiment,
@@ -94,8 +97,12 @@ def contract_config(store: str, experiment: str) -> dict:
                 "_target_": "tests.targets.contract",
                 "params": {"fail_on": [3]},
                 "variants": {"points": {"a": {"y": 0.0}, "b": {"y": 1.0}}},
-                # seed 40: each variant's study draws x=3 (which fails) and x=2 (the best) once
-                "subvariants": {"sampler": "random", "n": 5, "seed": 40, "params": {"x": "choice(0, 1, 2, 3, 4, 5)"}},
+                "subvariants": {
+                    "sampler": "random",
+                    "n": draws,
+                    "seed": seed,
+                    "params": {"x": "choice(0, 1, 2, 3, 4, 5)"},
+                },
             },
             "refine": {
                 "_target_": "tests.targets.quad",
@@ -265,6 +272,8 @@ class ExecutorContract:
     workers_outlive_close = False
     #: The pruner test's points: x < 3 improve, x >= 3 diverge and are pruned (a cluster of slow jobs takes fewer).
     pruned_points = range(0, 6)
+    #: The contract pipeline's fit draws per variant and their seed (see `contract_config`).
+    fit = (5, 40)
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -285,7 +294,7 @@ class ExecutorContract:
         client.set_terminated(stranger)
         with pytest.MonkeyPatch.context() as env:
             env.setenv("MLFLOW_RUN_ID", stranger)
-            result = run(contract_config(store, "contract"), make_executor())
+            result = run(contract_config(store, "contract", fit=cls.fit), make_executor())
         return ContractRun(result, client, stranger)
 
     def test_builds_the_same_tree_as_the_local_executor(self, contract_run, reference):
@@ -305,7 +314,7 @@ class ExecutorContract:
     def test_fluent_logging_in_a_target_lands_on_its_leaf_with_steps(self, contract_run):
         _, client, _ = contract_run
         leaves = [r for r in leaves_of(all_runs(client, "contract")) if r.info.run_name.startswith("fit/")]
-        assert len(leaves) == 10
+        assert len(leaves) == 2 * self.fit[0]
         for leaf in leaves:
             x = float(leaf.data.params["x"])
             history = client.get_metric_history(leaf.info.run_id, "curve")

@@ -19,32 +19,24 @@ from runtree_pipeline.execution.executors import LocalExecutor, SlurmExecutor
 from tests.conftest import all_runs, copy_of
 from tests.execution.test_command_ray import program_config
 from tests.execution.test_executors import (  # noqa: F401 - fixtures
-    ContractRun,
     ExecutorContract,
     contract_config,
     ctrl_c,
     leaf,
-    leaves_of,
     tree_facts,
 )
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - fixture
 
-FIT_N = 3
-"""Fit leaves per variant in the contract pipeline here: each is a job that imports MLflow (5 s on this node), so
-3 not the contract's 5; seed 38 still draws the failing x=3 and the best x=2 once in each variant."""
-
-
-def small_contract_config(store: str, experiment: str) -> dict:
-    config = contract_config(store, experiment)
-    config["stages"]["fit"]["subvariants"].update(n=FIT_N, seed=38)
-    return config
+FIT = (3, 38)
+"""The contract's fit draws per variant here, and their seed: each is a job that imports MLflow (5 s on this node),
+so 3 not the contract's 5; seed 38 still draws the failing x=3 and the best x=2 once in each variant."""
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, empty_store):
     """The smaller contract pipeline's tree as the local executor records it."""
     store = copy_of(empty_store, tmp_path_factory.mktemp("reference"))
-    run_plan(build_plan(small_contract_config(store, "contract")), executor=LocalExecutor(), plots=False)
+    run_plan(build_plan(contract_config(store, "contract", fit=FIT)), executor=LocalExecutor(), plots=False)
     return tree_facts(MlflowClient(store), "contract")
 
 
@@ -67,36 +59,12 @@ def empty_queue(slurm_cluster):  # noqa: F811
 
 class TestSlurm(ExecutorContract):
     pruned_points = range(2, 4)  # one leaf that improves, one that diverges: one round of jobs (each imports MLflow)
+    fit = FIT
 
     @pytest.fixture(scope="class")
     @classmethod
     def make_executor(cls, slurm_cluster):  # noqa: F811
         return lambda: SlurmExecutor(partition=slurm_cluster.partition, max_jobs=2, timeout_min=10, startup_s=2)
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def contract_run(cls, make_executor, tmp_path_factory, empty_store) -> ContractRun:
-        """The contract's run (another run's id in MLFLOW_RUN_ID included), with `FIT_N` fit leaves per variant."""
-        store = copy_of(empty_store, tmp_path_factory.mktemp("contract"))
-        client = MlflowClient(store)
-        stranger = client.create_run(client.create_experiment("elsewhere")).info.run_id
-        client.set_terminated(stranger)
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("MLFLOW_RUN_ID", stranger)
-            plan = build_plan(small_contract_config(store, "contract"))
-            result = run_plan(plan, executor=make_executor(), plots=False)
-        return ContractRun(result, client, stranger)
-
-    def test_fluent_logging_in_a_target_lands_on_its_leaf_with_steps(self, contract_run):
-        _, client, _ = contract_run
-        leaves = [r for r in leaves_of(all_runs(client, "contract")) if r.info.run_name.startswith("fit/")]
-        assert len(leaves) == 2 * FIT_N
-        for r in leaves:
-            x = float(r.data.params["x"])
-            history = client.get_metric_history(r.info.run_id, "curve")
-            assert sorted((m.step, m.value) for m in history) == [(i, x + i) for i in range(3)], r.info.run_name
-        parents = [r for r in all_runs(client, "contract") if r.data.tags["runtree.level"] != "subvariant"]
-        assert all(client.get_metric_history(r.info.run_id, "curve") == [] for r in parents)
 
     def test_closing_leaves_no_job_in_the_queue(self, make_executor, store):
         executor = make_executor()
