@@ -76,10 +76,7 @@ class RayExecutor(Executor):
             return
         if not ray.is_initialized():
             self._started_ray = True  # before init: an interrupted init still has a runtime to shut down
-            try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=True, configure_logging=False)
-            except (ValueError, ConnectionError) as e:
-                raise _unreachable(e, self.address, "executor.address") from None
+            _init(self.address, "executor.address")
         if self.address != "local":
             self.report_host = ray.util.get_node_ip_address()
         self._connected()
@@ -101,11 +98,7 @@ class RayExecutor(Executor):
             # "local" itself would ignore RAY_ADDRESS; None would also join whatever cluster Ray last noted in
             # /tmp/ray/ray_current_cluster, another user's or one long gone.
             address = os.environ.get("RAY_ADDRESS") or "local"
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
-            except (ValueError, ConnectionError) as e:
-                where = "RAY_ADDRESS" if address != "local" else "executor.address"
-                raise _unreachable(e, None if address == "local" else address, where) from None
+            _init(address, "RAY_ADDRESS" if address != "local" else "executor.address")
             self._connected()
         except BaseException as e:  # noqa: BLE001 - raised in the driver, by the first leaf (or `workers`)
             self._start_error = e
@@ -233,8 +226,14 @@ def _describe_ray_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else 'the Ray task failed'}"
 
 
-def _unreachable(error: Exception, address: str | None, key: str) -> ConfigError:
-    """What `ray.init` raises for an address it cannot parse or reach, as the user's one line to fix."""
-    runtime = f"join the runtime at {address!r}" if address else "start a local runtime"
-    first = (str(error).strip() or type(error).__name__).splitlines()[0]
-    return ConfigError(f"Ray could not {runtime}: {first}", key=key)
+def _init(address: str, key: str) -> None:
+    """`ray.init` as runtree calls it; what it raises for an address it cannot parse or reach becomes the user's one
+    line to fix, naming `key`, where the address came from."""
+    import ray
+
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    except (ValueError, ConnectionError) as e:
+        runtime = "start a local runtime" if address == "local" else f"join the runtime at {address!r}"
+        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise ConfigError(f"Ray could not {runtime}: {first}", key=key) from None
